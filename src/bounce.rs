@@ -1,0 +1,656 @@
+//! Delivery status notifications: an RFC 6522 multipart/report carrying an RFC 3464
+//! message/delivery-status, sent from the null sender to the envelope sender when
+//! recipients fail permanently or expire.
+//!
+//! Pure: no I/O and no clock. Everything taken from clients and remote servers is
+//! treated as hostile: control characters never reach a header field, every line ends
+//! in CRLF and stays within 998 bytes, and the MIME boundary never occurs in the content.
+
+use crate::date::rfc5322;
+use std::time::SystemTime;
+
+pub struct FailedRecipient {
+    /// The envelope recipient as given by the client.
+    pub address: String,
+    /// RFC 3463 code, e.g. "5.1.1", or "4.4.7" for expiry; anything malformed becomes "5.0.0".
+    pub status: String,
+    /// Host name or IP of the server that refused it.
+    pub remote_mta: Option<String>,
+    /// The remote reply verbatim (lines joined with "\n") or our own reason.
+    pub diagnostic: Option<String>,
+}
+
+pub struct Original<'a> {
+    pub queue_id: &'a str,
+    /// Envelope sender; never empty, the null sender is never bounced.
+    pub sender: &'a str,
+    pub arrival: SystemTime,
+    /// The header section without the blank line after it, CRLF line ends, maybe truncated.
+    pub headers: &'a [u8],
+}
+
+/// RFC 5322's line length limit, CRLF excluded.
+const MAX_LINE: usize = 998;
+const MAX_DIAGNOSTIC: usize = 1000;
+
+/// Returns the whole message (headers + body) with CRLF line ends, ready to be spooled.
+pub fn build(
+    reporting_mta: &str,
+    postmaster: &str,
+    original: &Original,
+    failed: &[FailedRecipient],
+    now: SystemTime,
+    unique: &str,
+) -> Vec<u8> {
+    let mta = clean(reporting_mta);
+    let rcpts: Vec<Rcpt> = failed.iter().map(Rcpt::new).collect();
+    let notice = lines_to_bytes(notification(&mta, &clean(postmaster), original, &rcpts));
+    let report = lines_to_bytes(delivery_status(&mta, original, &rcpts, now));
+    let headers = original_headers(original.headers);
+    let charset = if notice.is_ascii() {
+        "us-ascii"
+    } else {
+        "utf-8"
+    };
+    let parts = [
+        (
+            format!("text/plain; charset={charset}"),
+            "Notification",
+            notice,
+        ),
+        ("message/delivery-status".into(), "Delivery report", report),
+        (
+            "text/rfc822-headers".into(),
+            "Undelivered message headers",
+            headers,
+        ),
+    ];
+    let boundary = pick_boundary(unique, &parts.each_ref().map(|p| p.2.as_slice()));
+
+    let mut out = lines_to_bytes(vec![
+        format!("From: Mail Delivery System <MAILER-DAEMON@{mta}>"),
+        format!("To: <{}>", clean(original.sender)),
+        "Subject: Undelivered Mail Returned to Sender".into(),
+        format!("Date: {}", rfc5322(now)),
+        format!("Message-ID: <{}@{mta}>", clean(unique)),
+        "Auto-Submitted: auto-replied".into(),
+        "MIME-Version: 1.0".into(),
+        "Content-Type: multipart/report; report-type=delivery-status;".into(),
+        format!(" boundary=\"{boundary}\""),
+        String::new(),
+        "This is a MIME-formatted delivery status notification.".into(),
+    ]);
+    for (content_type, description, body) in &parts {
+        let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
+        out.extend(lines_to_bytes(vec![
+            String::new(),
+            format!("--{boundary}"),
+            format!("Content-Type: {content_type}"),
+            format!("Content-Transfer-Encoding: {encoding}"),
+            format!("Content-Description: {description}"),
+            String::new(),
+        ]));
+        out.extend_from_slice(body);
+    }
+    out.extend(lines_to_bytes(vec![
+        String::new(),
+        format!("--{boundary}--"),
+    ]));
+    out
+}
+
+/// A failed recipient with every value made safe for a header field.
+struct Rcpt {
+    address: String,
+    status: String,
+    remote_mta: Option<String>,
+    diagnostic: Vec<String>,
+}
+
+impl Rcpt {
+    fn new(f: &FailedRecipient) -> Rcpt {
+        let status = if valid_status(&f.status) {
+            f.status.clone()
+        } else {
+            "5.0.0".into()
+        };
+        let diagnostic = f.diagnostic.as_deref().map_or_else(Vec::new, |d| {
+            let mut end = d.len().min(MAX_DIAGNOSTIC);
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            // Blank lines would end the field block, so drop them.
+            d[..end]
+                .split('\n')
+                .map(clean)
+                .filter(|l| !l.trim().is_empty())
+                .collect()
+        });
+        Rcpt {
+            address: clean(&f.address),
+            status,
+            remote_mta: f.remote_mta.as_deref().map(clean).filter(|h| !h.is_empty()),
+            diagnostic,
+        }
+    }
+}
+
+fn notification(mta: &str, postmaster: &str, original: &Original, rcpts: &[Rcpt]) -> Vec<String> {
+    let mut l = vec![
+        format!("This is the mail delivery system at {mta}."),
+        String::new(),
+        format!(
+            "Your message (queue ID {}) could not be delivered",
+            clean(original.queue_id)
+        ),
+        "to the recipients listed below. Delivery failed permanently or the".into(),
+        "message expired in the queue; no further attempts will be made.".into(),
+    ];
+    for r in rcpts {
+        l.push(String::new());
+        l.push(format!("<{}>", r.address));
+        l.push(format!("    Status: {}", r.status));
+        if let Some(host) = &r.remote_mta {
+            l.push(format!("    Remote server: {host}"));
+        }
+        for (i, d) in r.diagnostic.iter().enumerate() {
+            l.push(format!(
+                "{}{d}",
+                if i == 0 {
+                    "    Reason: "
+                } else {
+                    "            "
+                }
+            ));
+        }
+    }
+    l.push(String::new());
+    l.push(format!(
+        "If you need help, contact the postmaster: {postmaster}"
+    ));
+    l.push("The delivery report and the headers of your message are attached.".into());
+    l
+}
+
+fn delivery_status(mta: &str, original: &Original, rcpts: &[Rcpt], now: SystemTime) -> Vec<String> {
+    let mut l = vec![
+        format!("Reporting-MTA: dns; {mta}"),
+        format!("X-Mxrelay-Queue-ID: {}", clean(original.queue_id)),
+        format!("Arrival-Date: {}", rfc5322(original.arrival)),
+    ];
+    let now = rfc5322(now);
+    for r in rcpts {
+        // RFC 6533: SMTPUTF8 addresses are typed "utf-8".
+        let kind = if r.address.is_ascii() {
+            "rfc822"
+        } else {
+            "utf-8"
+        };
+        l.push(String::new());
+        l.push(format!("Final-Recipient: {kind}; {}", r.address));
+        l.push("Action: failed".into());
+        l.push(format!("Status: {}", r.status));
+        if let Some(host) = &r.remote_mta {
+            l.push(format!("Remote-MTA: dns; {host}"));
+        }
+        for (i, d) in r.diagnostic.iter().enumerate() {
+            l.push(if i == 0 {
+                format!("Diagnostic-Code: smtp; {d}")
+            } else {
+                format!(" {d}")
+            });
+        }
+        l.push(format!("Last-Attempt-Date: {now}"));
+    }
+    l
+}
+
+/// The original header lines, re-terminated with CRLF; stray CR and NUL bytes and
+/// blank lines (which would end the header block early) are dropped.
+fn original_headers(headers: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.len() + 64);
+    for line in headers.split(|&b| b == b'\n') {
+        let line: Vec<u8> = line
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != 0)
+            .collect();
+        if !line.is_empty() {
+            put_line(&mut out, &line);
+        }
+    }
+    out
+}
+
+/// Drops control characters (CR, LF, NUL, DEL, C1, ...) so a value stays on its line.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+fn valid_status(s: &str) -> bool {
+    let mut it = s.split('.');
+    let short_num = |n: &str| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit());
+    matches!(it.next(), Some("2" | "4" | "5"))
+        && it.next().is_some_and(short_num)
+        && it.next().is_some_and(short_num)
+        && it.next().is_none()
+}
+
+fn lines_to_bytes(lines: Vec<String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        put_line(&mut out, line.as_bytes());
+    }
+    out
+}
+
+/// Appends `line` and CRLF, folding it so no output line exceeds `MAX_LINE` bytes.
+/// Folds before existing whitespace when possible (lossless when unfolded); otherwise,
+/// as a last resort, breaks at the limit and starts the continuation with a space.
+fn put_line(out: &mut Vec<u8>, mut rest: &[u8]) {
+    let is_wsp = |b: u8| b == b' ' || b == b'\t';
+    let mut lead = false;
+    loop {
+        if lead {
+            out.push(b' ');
+        }
+        let room = MAX_LINE - usize::from(lead);
+        if rest.len() <= room {
+            out.extend_from_slice(rest);
+            out.extend_from_slice(b"\r\n");
+            return;
+        }
+        // The folded-off part must keep a non-whitespace byte (RFC 5322 3.2.2).
+        let at_wsp = (1..=room)
+            .rev()
+            .find(|&i| is_wsp(rest[i]) && !is_wsp(rest[i - 1]));
+        lead = at_wsp.is_none();
+        let cut = at_wsp.unwrap_or_else(|| {
+            // Avoid splitting a UTF-8 sequence if one straddles the limit.
+            (room - 3..=room)
+                .rev()
+                .find(|&i| rest[i] & 0xC0 != 0x80)
+                .unwrap_or(room)
+        });
+        out.extend_from_slice(&rest[..cut]);
+        out.extend_from_slice(b"\r\n");
+        rest = &rest[cut..];
+    }
+}
+
+/// A boundary derived from `unique` that occurs in none of the part bodies.
+fn pick_boundary(unique: &str, bodies: &[&[u8]]) -> String {
+    // "=_" cannot occur in base64 or quoted-printable text, hence the customary prefix.
+    let base: String = "=_"
+        .chars()
+        .chain(
+            unique
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "'()+_,-./:=?".contains(*c))
+                .take(60),
+        )
+        .collect();
+    let occurs = |b: &str| {
+        let b = b.as_bytes();
+        bodies
+            .iter()
+            .any(|body| body.windows(b.len()).any(|w| w == b))
+    };
+    (0..)
+        .map(|n| {
+            if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{n}")
+            }
+        })
+        .find(|b| !occurs(b))
+        .expect("a finite body cannot contain every candidate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const NOW: u64 = 1_795_707_297; // Thu, 26 Nov 2026 15:34:57 +0000
+    const HEADERS: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\n\
+        Subject: hello\r\n  world\r\nMessage-ID: <m1@example.org>\r\n";
+
+    fn rcpt(address: &str, status: &str, mta: Option<&str>, diag: Option<&str>) -> FailedRecipient {
+        FailedRecipient {
+            address: address.into(),
+            status: status.into(),
+            remote_mta: mta.map(Into::into),
+            diagnostic: diag.map(Into::into),
+        }
+    }
+
+    fn two() -> Vec<FailedRecipient> {
+        vec![
+            rcpt(
+                "bob@example.net",
+                "5.1.1",
+                Some("mx.example.net"),
+                Some(
+                    "550-5.1.1 <bob@example.net>: user unknown\n550 5.1.1 see https://example.net/",
+                ),
+            ),
+            rcpt(
+                "carol@example.com",
+                "4.4.7",
+                None,
+                Some("message expired after 5d"),
+            ),
+        ]
+    }
+
+    fn bounce(headers: &[u8], failed: &[FailedRecipient], unique: &str) -> String {
+        let original = Original {
+            queue_id: "Q1234",
+            sender: "alice@example.org",
+            arrival: UNIX_EPOCH + Duration::from_secs(NOW - 5 * 86_400),
+            headers,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(NOW);
+        let out = build(
+            "relay.example.org",
+            "postmaster@example.org",
+            &original,
+            failed,
+            now,
+            unique,
+        );
+        String::from_utf8(out).expect("test inputs are UTF-8")
+    }
+
+    /// (top-level headers, boundary, [(part headers, part body)]) of a well-formed output.
+    fn split(msg: &str) -> (String, String, Vec<(String, String)>) {
+        let (head, body) = msg.split_once("\r\n\r\n").unwrap();
+        let boundary = head
+            .rsplit("boundary=\"")
+            .next()
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let delimiter = format!("\r\n--{boundary}");
+        let (rest, epilogue) = body.rsplit_once(&format!("{delimiter}--")).unwrap();
+        assert_eq!(epilogue, "\r\n");
+        let parts = rest.split(&delimiter).skip(1).map(|p| {
+            let (h, b) = p
+                .strip_prefix("\r\n")
+                .unwrap()
+                .split_once("\r\n\r\n")
+                .unwrap();
+            (h.to_string(), b.to_string())
+        });
+        (head.to_string(), boundary.to_string(), parts.collect())
+    }
+
+    fn assert_wire_safe(msg: &[u8]) {
+        assert!(msg.ends_with(b"\r\n"));
+        assert!(!msg.contains(&0));
+        for (i, &b) in msg.iter().enumerate() {
+            match b {
+                b'\r' => assert_eq!(msg.get(i + 1), Some(&b'\n'), "bare CR at {i}"),
+                b'\n' => assert!(i > 0 && msg[i - 1] == b'\r', "bare LF at {i}"),
+                _ => {}
+            }
+        }
+        for line in msg.split(|&b| b == b'\n') {
+            assert!(line.len() <= MAX_LINE + 1, "line of {} bytes", line.len());
+        }
+    }
+
+    /// Every header line in `block` starts a known field or continues the previous one.
+    fn assert_only_fields(block: &str, known: &[&str]) {
+        for line in block.split("\r\n").filter(|l| !l.is_empty()) {
+            let ok = line.starts_with(' ')
+                || known
+                    .iter()
+                    .any(|k| line.split_once(':').is_some_and(|(n, _)| n == *k));
+            assert!(ok, "unexpected line {line:?}");
+        }
+    }
+
+    const TOP_FIELDS: &[&str] = &[
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Auto-Submitted",
+        "MIME-Version",
+        "Content-Type",
+    ];
+    const DSN_FIELDS: &[&str] = &[
+        "Reporting-MTA",
+        "X-Mxrelay-Queue-ID",
+        "Arrival-Date",
+        "Final-Recipient",
+        "Action",
+        "Status",
+        "Remote-MTA",
+        "Diagnostic-Code",
+        "Last-Attempt-Date",
+    ];
+
+    #[test]
+    fn structure() {
+        let msg = bounce(HEADERS, &two(), "Q1234.1795707297");
+        let (head, boundary, parts) = split(&msg);
+        assert_eq!(boundary, "=_Q1234.1795707297");
+        assert!(head.starts_with(
+            "From: Mail Delivery System <MAILER-DAEMON@relay.example.org>\r\n\
+             To: <alice@example.org>\r\n\
+             Subject: Undelivered Mail Returned to Sender\r\n\
+             Date: Thu, 26 Nov 2026 15:34:57 +0000\r\n\
+             Message-ID: <Q1234.1795707297@relay.example.org>\r\n\
+             Auto-Submitted: auto-replied\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status;\r\n boundary=\""
+        ));
+        assert_only_fields(&head, TOP_FIELDS);
+        let delimiters: Vec<&str> = msg.lines().filter(|l| l.contains(&boundary)).collect();
+        let b = format!("--{boundary}");
+        assert_eq!(delimiters[1..], [&b, &b, &b, &format!("{b}--")]);
+        let types: Vec<&str> = parts
+            .iter()
+            .map(|(h, _)| h.lines().next().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "Content-Type: text/plain; charset=us-ascii",
+                "Content-Type: message/delivery-status",
+                "Content-Type: text/rfc822-headers",
+            ]
+        );
+        let text = &parts[0].1;
+        for needle in [
+            "Q1234",
+            "<bob@example.net>",
+            "550 5.1.1 see",
+            "<carol@example.com>",
+            "message expired after 5d",
+            "postmaster@example.org",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert_eq!(parts[2].1.as_bytes(), HEADERS);
+        assert!(msg.ends_with(&format!("\r\n\r\n--{boundary}--\r\n")));
+    }
+
+    #[test]
+    fn per_recipient_fields() {
+        let msg = bounce(HEADERS, &two(), "u1");
+        let (_, _, parts) = split(&msg);
+        assert_eq!(
+            parts[1].1,
+            "Reporting-MTA: dns; relay.example.org\r\n\
+             X-Mxrelay-Queue-ID: Q1234\r\n\
+             Arrival-Date: Sat, 21 Nov 2026 15:34:57 +0000\r\n\
+             \r\n\
+             Final-Recipient: rfc822; bob@example.net\r\n\
+             Action: failed\r\n\
+             Status: 5.1.1\r\n\
+             Remote-MTA: dns; mx.example.net\r\n\
+             Diagnostic-Code: smtp; 550-5.1.1 <bob@example.net>: user unknown\r\n \
+             550 5.1.1 see https://example.net/\r\n\
+             Last-Attempt-Date: Thu, 26 Nov 2026 15:34:57 +0000\r\n\
+             \r\n\
+             Final-Recipient: rfc822; carol@example.com\r\n\
+             Action: failed\r\n\
+             Status: 4.4.7\r\n\
+             Diagnostic-Code: smtp; message expired after 5d\r\n\
+             Last-Attempt-Date: Thu, 26 Nov 2026 15:34:57 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn header_injection_adds_no_field() {
+        let failed = [rcpt(
+            "eve@example.com\r\nBcc: a@evil",
+            "5.1.1\r\nBcc: b@evil",
+            Some("mx\nBcc: c@evil"),
+            Some("550 no\r\nBcc: x@y\r\n\r\nInjected body\n\rBcc: z@evil"),
+        )];
+        let msg = bounce(HEADERS, &failed, "u\r\nBcc: d@evil");
+        assert_wire_safe(msg.as_bytes());
+        assert!(!msg.lines().any(|l| l.starts_with("Bcc:")), "{msg}");
+        let (head, _, parts) = split(&msg);
+        assert_only_fields(&head, TOP_FIELDS);
+        assert_eq!(parts.len(), 3);
+        for block in parts[1].1.split("\r\n\r\n") {
+            assert_only_fields(block, DSN_FIELDS);
+        }
+        assert!(parts[1].1.contains("Status: 5.0.0\r\n"));
+        assert!(
+            parts[1]
+                .1
+                .contains("Diagnostic-Code: smtp; 550 no\r\n Bcc: x@y\r\n Injected")
+        );
+    }
+
+    #[test]
+    fn long_lines_are_folded() {
+        let spaced: String = (0..400).map(|i| format!("w{i} ")).collect();
+        let solid = "x".repeat(2500);
+        let headers = format!("X-Spaced: {spaced}\r\nX-Solid: {solid}\r\nX-Short: y\r\n");
+        let diag = format!("550 {}", "z".repeat(5000));
+        let failed = [rcpt(
+            &"r".repeat(1200),
+            "5.1.1",
+            Some(&"h".repeat(1100)),
+            Some(&diag),
+        )];
+        let msg = bounce(headers.as_bytes(), &failed, "u1");
+        assert_wire_safe(msg.as_bytes());
+        let (_, _, parts) = split(&msg);
+        let unfolded = parts[2].1.replace("\r\n ", " ");
+        let spaced_line = unfolded
+            .lines()
+            .find(|l| l.starts_with("X-Spaced"))
+            .unwrap();
+        assert_eq!(
+            spaced_line,
+            format!("X-Spaced: {spaced}"),
+            "folding at whitespace is lossless"
+        );
+        let solid_line = unfolded.lines().find(|l| l.starts_with("X-Solid")).unwrap();
+        assert_eq!(solid_line.replace(' ', ""), format!("X-Solid:{solid}"));
+        let code = parts[1].1.split("Diagnostic-Code: smtp; ").nth(1).unwrap();
+        let code = code
+            .split("\r\nLast-Attempt-Date")
+            .next()
+            .unwrap()
+            .replace("\r\n", "");
+        // Hard breaks inserted spaces, so compare without any.
+        assert_eq!(
+            code.replace(' ', ""),
+            diag[..MAX_DIAGNOSTIC].replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn boundary_avoids_content() {
+        let headers = b"X-A: --=_abc\r\nX-B: =_abc.2\r\n";
+        let failed = [rcpt("a@b", "5.1.1", None, Some("550 =_abc.1"))];
+        let msg = bounce(headers, &failed, "abc");
+        let (_, boundary, parts) = split(&msg);
+        assert_eq!(boundary, "=_abc.3");
+        assert_eq!(parts.len(), 3);
+        assert!(
+            parts
+                .iter()
+                .all(|(h, b)| !h.contains(&boundary) && !b.contains(&boundary))
+        );
+        let odd = bounce(HEADERS, &failed, "x y\"<>;\u{e9}");
+        assert_eq!(split(&odd).1, "=_xy");
+    }
+
+    #[test]
+    fn utf8_address_keeps_bytes() {
+        let failed = [rcpt("j\u{f6}rg@b\u{fc}cher.example", "5.1.1", None, None)];
+        let msg = bounce(HEADERS, &failed, "u1");
+        let (_, _, parts) = split(&msg);
+        assert!(
+            parts[0]
+                .0
+                .starts_with("Content-Type: text/plain; charset=utf-8\r\n")
+        );
+        assert!(parts[0].0.contains("Content-Transfer-Encoding: 8bit"));
+        assert!(
+            parts[1]
+                .1
+                .contains("Final-Recipient: utf-8; j\u{f6}rg@b\u{fc}cher.example\r\n")
+        );
+        assert!(parts[2].0.contains("Content-Transfer-Encoding: 7bit"));
+    }
+
+    fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte =
+            prop_oneof![4 => 0x20u8..0x7f, 1 => Just(b'\r'), 1 => Just(b'\n'), 1 => any::<u8>()];
+        (prop::collection::vec(byte, 0..1500), "[ -~]{0,2100}").prop_map(|(mut v, long)| {
+            v.extend_from_slice(long.as_bytes());
+            v
+        })
+    }
+
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "(\r|\n|\r\n|[ -~]{0,300}|\u{85}|\u{e9}){0,40}"
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn output_is_always_wire_safe(
+            headers in hostile_bytes(),
+            diags in prop::collection::vec(prop::option::of(hostile_text()), 0..4),
+            address in hostile_text(),
+            host in prop::option::of(hostile_text()),
+            unique in "[ -~]{0,80}",
+        ) {
+            let failed: Vec<FailedRecipient> = diags.into_iter().map(|d| FailedRecipient {
+                address: address.clone(), status: "5.7.1".into(), remote_mta: host.clone(), diagnostic: d,
+            }).collect();
+            let original = Original { queue_id: "Q", sender: &address, arrival: UNIX_EPOCH, headers: &headers };
+            let out = build("relay.example", "postmaster@relay.example", &original, &failed, UNIX_EPOCH, &unique);
+            assert_wire_safe(&out);
+            let text = String::from_utf8_lossy(&out);
+            let (head, boundary, parts) = split(&text);
+            assert_only_fields(&head, TOP_FIELDS);
+            prop_assert!(boundary.len() <= 70);
+            prop_assert_eq!(parts.len(), 3);
+            let body = text.split_once("\r\n\r\n").unwrap().1;
+            prop_assert_eq!(body.matches(boundary.as_str()).count(), 4);
+            for block in parts[1].1.split("\r\n\r\n") {
+                assert_only_fields(block, DSN_FIELDS);
+            }
+        }
+    }
+}

@@ -1,0 +1,686 @@
+//! Command-line flags → validated, typed configuration. One table (`FLAGS`) feeds getopts and
+//! `--help`; every error names its flag. Nothing reads flags after start-up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::smtp::address::{self, Mailbox};
+
+pub struct FlagDef {
+    pub long: &'static str,
+    pub short: &'static str,
+    /// Empty for switches.
+    pub hint: &'static str,
+    pub help: &'static str,
+    /// Shown in --help; `None` for switches and computed defaults explained in `help`.
+    pub default: Option<&'static str>,
+    pub multi: bool,
+}
+
+const fn opt(
+    long: &'static str,
+    hint: &'static str,
+    help: &'static str,
+    default: Option<&'static str>,
+) -> FlagDef {
+    FlagDef {
+        long,
+        short: "",
+        hint,
+        help,
+        default,
+        multi: false,
+    }
+}
+const fn multi(
+    long: &'static str,
+    hint: &'static str,
+    help: &'static str,
+    default: Option<&'static str>,
+) -> FlagDef {
+    FlagDef {
+        long,
+        short: "",
+        hint,
+        help,
+        default,
+        multi: true,
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
+
+pub static FLAGS: &[FlagDef] = &[
+    multi(
+        "listen",
+        "ADDR:PORT",
+        "Accept SMTP on this address (repeatable; IPv6 as [::1]:2525)",
+        Some(DEFAULT_LISTEN),
+    ),
+    opt(
+        "hostname",
+        "NAME",
+        "Name used in the greeting, EHLO, Received: and DSNs",
+        Some("the system host name"),
+    ),
+    opt(
+        "spool",
+        "DIR",
+        "Queue directory",
+        Some("/var/spool/mxrelay as root, else ~/.local/state/mxrelay"),
+    ),
+    opt(
+        "smarthost",
+        "HOST[:PORT]",
+        "Send all mail through this host instead of MX lookups (port 25 if omitted)",
+        None,
+    ),
+    multi(
+        "route",
+        "DOMAIN=HOST[:PORT]",
+        "Send mail for DOMAIN to HOST (repeatable; like a transport map)",
+        None,
+    ),
+    multi(
+        "trusted-network",
+        "CIDR",
+        "Clients allowed to relay (repeatable)",
+        Some("127.0.0.0/8 and ::1/128"),
+    ),
+    opt(
+        "postmaster",
+        "ADDRESS",
+        "Where mail to <postmaster> and copies of double bounces go",
+        Some("postmaster@HOSTNAME"),
+    ),
+    opt("workers", "N", "Delivery threads", Some("4")),
+    opt(
+        "max-connections",
+        "N",
+        "Concurrent SMTP clients; more get 421",
+        Some("100"),
+    ),
+    opt(
+        "max-message-size",
+        "BYTES",
+        "Largest message accepted (K, M, G suffixes allowed)",
+        Some("25M"),
+    ),
+    opt(
+        "max-recipients",
+        "N",
+        "Recipients per message",
+        Some("1000"),
+    ),
+    opt(
+        "max-errors",
+        "N",
+        "Bad commands per connection before 421 and disconnect",
+        Some("10"),
+    ),
+    opt(
+        "max-line-length",
+        "BYTES",
+        "Longest SMTP command line",
+        Some("2048"),
+    ),
+    opt(
+        "max-hops",
+        "N",
+        "Refuse a message with more Received: headers than this (mail loop)",
+        Some("50"),
+    ),
+    opt(
+        "idle-timeout",
+        "DURATION",
+        "Close an SMTP client that sends nothing for this long",
+        Some("5m"),
+    ),
+    opt(
+        "retry",
+        "LIST",
+        "Delays between delivery attempts, the last one repeats (+/-10% jitter)",
+        Some("1m,5m,15m,30m,1h,2h,4h"),
+    ),
+    opt(
+        "max-queue-lifetime",
+        "DURATION",
+        "Bounce what is still undelivered after this long",
+        Some("5d"),
+    ),
+    opt(
+        "connect-timeout",
+        "DURATION",
+        "Timeout for connecting to a next hop",
+        Some("30s"),
+    ),
+    opt(
+        "delivery-timeout",
+        "DURATION",
+        "Cap on each client-side SMTP timeout (RFC 5321 4.5.3.2 values otherwise)",
+        None,
+    ),
+    multi(
+        "dns-server",
+        "IP[:PORT]",
+        "DNS server for MX lookups (repeatable)",
+        Some("from /etc/resolv.conf"),
+    ),
+    opt(
+        "mx-port",
+        "PORT",
+        "Port used to connect to MX hosts (for labs and tests)",
+        Some("25"),
+    ),
+    opt(
+        "shutdown-grace",
+        "DURATION",
+        "On SIGTERM/SIGINT, how long in-flight sessions may finish",
+        Some("10s"),
+    ),
+    FlagDef {
+        long: "verbose",
+        short: "v",
+        hint: "",
+        help: "Debug logging (RUST_LOG overrides)",
+        default: None,
+        multi: false,
+    },
+    FlagDef {
+        long: "help",
+        short: "h",
+        hint: "",
+        help: "Show this help",
+        default: None,
+        multi: false,
+    },
+    FlagDef {
+        long: "version",
+        short: "V",
+        hint: "",
+        help: "Show the version",
+        default: None,
+        multi: false,
+    },
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub hostname: String,
+    pub spool: PathBuf,
+    pub smarthost: Option<HostPort>,
+    pub routes: Vec<(String, HostPort)>,
+    pub trusted: Vec<Cidr>,
+    pub postmaster: Mailbox,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_errors: u32,
+    pub max_line_length: usize,
+    pub max_hops: u32,
+    pub idle_timeout: Duration,
+    pub retry: Vec<Duration>,
+    pub max_queue_lifetime: Duration,
+    pub connect_timeout: Duration,
+    pub delivery_timeout: Option<Duration>,
+    pub dns_servers: Vec<SocketAddr>,
+    pub mx_port: u16,
+    pub shutdown_grace: Duration,
+    pub verbose: bool,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Config>),
+    Help(String),
+    Version,
+}
+
+/// An invalid flag: printed as one line, exit status 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn options() -> getopts::Options {
+    let mut o = getopts::Options::new();
+    for f in FLAGS {
+        match (f.hint.is_empty(), f.multi) {
+            (true, _) => o.optflag(f.short, f.long, f.help),
+            (false, true) => o.optmulti(f.short, f.long, f.help, f.hint),
+            (false, false) => o.optopt(f.short, f.long, f.help, f.hint),
+        };
+    }
+    o
+}
+
+pub fn usage() -> String {
+    let mut s = String::from(
+        "Usage: mxrelay [FLAGS]\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
+         or through a smarthost, with retries and bounces.\n\nFlags:\n",
+    );
+    for f in FLAGS {
+        let short = if f.short.is_empty() {
+            "    ".to_string()
+        } else {
+            format!("-{}, ", f.short)
+        };
+        let head = format!("  {short}--{} {}", f.long, f.hint);
+        s.push_str(&format!("{head:<44} {}", f.help));
+        if let Some(d) = f.default {
+            s.push_str(&format!(" [default: {d}]"));
+        }
+        s.push('\n');
+    }
+    s.push_str("\nDurations take s, m, h or d suffixes (ms too), e.g. 30s, 5m, 5d.\nLog level: RUST_LOG (error, warn, info, debug, trace).\n");
+    s
+}
+
+pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
+    let m = options()
+        .parse(args)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    if m.opt_present("help") {
+        return Ok(Parsed::Help(usage()));
+    }
+    if m.opt_present("version") {
+        return Ok(Parsed::Version);
+    }
+    if let Some(extra) = m.free.first() {
+        return Err(ConfigError(format!(
+            "unexpected argument {extra:?} (see --help)"
+        )));
+    }
+    let get = |name: &str| m.opt_str(name);
+    let bad = |name: &str, why: String| ConfigError(format!("--{name}: {why}"));
+    let num = |name: &str, default: u64, min: u64| -> Result<u64, ConfigError> {
+        match get(name) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n >= min => Ok(n),
+                Ok(_) => Err(bad(name, format!("must be at least {min}"))),
+                Err(_) => Err(bad(name, format!("{v:?} is not a number"))),
+            },
+        }
+    };
+    let dur = |name: &str, default: &str| -> Result<Duration, ConfigError> {
+        let v = get(name).unwrap_or_else(|| default.to_string());
+        parse_duration(&v).map_err(|e| bad(name, e))
+    };
+
+    let mut listen = Vec::new();
+    let listen_strs = m.opt_strs("listen");
+    for v in if listen_strs.is_empty() {
+        vec![DEFAULT_LISTEN.to_string()]
+    } else {
+        listen_strs
+    } {
+        listen.push(
+            v.parse::<SocketAddr>()
+                .map_err(|_| bad("listen", format!("{v:?} is not ADDR:PORT")))?,
+        );
+    }
+    let hostname = match get("hostname") {
+        Some(h) => h,
+        None => dns_lookup::get_hostname().unwrap_or_else(|_| "localhost".into()),
+    };
+    if !address::is_valid_domain(&hostname) {
+        return Err(bad(
+            "hostname",
+            format!("{hostname:?} is not a valid host name"),
+        ));
+    }
+    let spool = match get("spool") {
+        Some(s) if s.is_empty() => return Err(bad("spool", "empty path".into())),
+        Some(s) => PathBuf::from(s),
+        None => default_spool(),
+    };
+    let smarthost = get("smarthost")
+        .map(|v| parse_host_port(&v, 25).map_err(|e| bad("smarthost", e)))
+        .transpose()?;
+    let mut routes = Vec::new();
+    for v in m.opt_strs("route") {
+        let (domain, target) = v
+            .split_once('=')
+            .ok_or_else(|| bad("route", format!("{v:?} is not DOMAIN=HOST[:PORT]")))?;
+        if !address::is_valid_domain(domain) {
+            return Err(bad("route", format!("{domain:?} is not a domain")));
+        }
+        routes.push((
+            address::domain_key(domain),
+            parse_host_port(target, 25).map_err(|e| bad("route", e))?,
+        ));
+    }
+    let trusted_strs = m.opt_strs("trusted-network");
+    let trusted_strs = if trusted_strs.is_empty() {
+        vec!["127.0.0.0/8".into(), "::1/128".into()]
+    } else {
+        trusted_strs
+    };
+    let trusted = trusted_strs
+        .iter()
+        .map(|v| parse_cidr(v).map_err(|e| bad("trusted-network", e)))
+        .collect::<Result<_, _>>()?;
+    let postmaster = match get("postmaster") {
+        Some(p) => Mailbox::parse(&p).map_err(|e| bad("postmaster", format!("{p:?}: {e}")))?,
+        None => Mailbox {
+            local: "postmaster".into(),
+            domain: hostname.clone(),
+        },
+    };
+    let max_message_size = match get("max-message-size") {
+        None => 25 << 20,
+        Some(v) => parse_size(&v).map_err(|e| bad("max-message-size", e))?,
+    };
+    let retry_str = get("retry").unwrap_or_else(|| "1m,5m,15m,30m,1h,2h,4h".into());
+    let retry = retry_str
+        .split(',')
+        .map(|s| parse_duration(s.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("retry", e))?;
+    if retry.iter().any(Duration::is_zero) {
+        return Err(bad("retry", "delays must be greater than zero".into()));
+    }
+    let dns_servers = m
+        .opt_strs("dns-server")
+        .iter()
+        .map(|v| {
+            v.parse::<SocketAddr>()
+                .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| bad("dns-server", format!("{v:?} is not IP[:PORT]")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mx_port = num("mx-port", 25, 1)?;
+    if mx_port > 65535 {
+        return Err(bad("mx-port", "must be at most 65535".into()));
+    }
+    let config = Config {
+        listen,
+        hostname,
+        spool,
+        smarthost,
+        routes,
+        trusted,
+        postmaster,
+        workers: num("workers", 4, 1)? as usize,
+        max_connections: num("max-connections", 100, 1)? as usize,
+        max_message_size,
+        max_recipients: num("max-recipients", 1000, 1)? as usize,
+        max_errors: num("max-errors", 10, 1)? as u32,
+        max_line_length: num("max-line-length", 2048, 512)? as usize,
+        max_hops: num("max-hops", 50, 1)? as u32,
+        idle_timeout: dur("idle-timeout", "5m")?,
+        retry,
+        max_queue_lifetime: dur("max-queue-lifetime", "5d")?,
+        connect_timeout: dur("connect-timeout", "30s")?,
+        delivery_timeout: get("delivery-timeout")
+            .map(|v| parse_duration(&v).map_err(|e| bad("delivery-timeout", e)))
+            .transpose()?,
+        dns_servers,
+        mx_port: mx_port as u16,
+        shutdown_grace: dur("shutdown-grace", "10s")?,
+        verbose: m.opt_present("verbose"),
+    };
+    for (name, d) in [
+        ("idle-timeout", config.idle_timeout),
+        ("connect-timeout", config.connect_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(bad(name, "must be greater than zero".into()));
+        }
+    }
+    Ok(Parsed::Run(Box::new(config)))
+}
+
+fn default_spool() -> PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    match std::env::var_os("HOME") {
+        Some(home) if !root => PathBuf::from(home).join(".local/state/mxrelay"),
+        _ => PathBuf::from("/var/spool/mxrelay"),
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 2h, 5d"))?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => None,
+    };
+    d.ok_or_else(|| format!("{s:?} is not a duration like 30s, 5m, 2h, 5d"))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size like 10485760, 512K, 25M"))
+}
+
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<HostPort, String> {
+    let err = || format!("{s:?} is not HOST[:PORT]");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(err)?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, p.parse::<u16>().map_err(|_| err())?),
+            None if after.is_empty() => (h, default_port),
+            None => return Err(err()),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().map_err(|_| err())?),
+            Some(_) if s.parse::<IpAddr>().is_ok() => (s, default_port),
+            Some(_) => return Err(err()),
+            None => (s, default_port),
+        }
+    };
+    if port == 0 || (host.parse::<IpAddr>().is_err() && !address::is_valid_domain(host)) {
+        return Err(err());
+    }
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
+}
+
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let err = || format!("{s:?} is not an address or CIDR like 192.0.2.0/24");
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (
+            ip.parse::<IpAddr>().map_err(|_| err())?,
+            Some(p.parse::<u8>().map_err(|_| err())?),
+        ),
+        None => (s.parse::<IpAddr>().map_err(|_| err())?, None),
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    if prefix > max {
+        return Err(err());
+    }
+    Ok(Cidr { addr: ip, prefix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, ConfigError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse_args(&args)? {
+            Parsed::Run(c) => Ok(*c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&["--hostname", "relay.test"]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.postmaster.to_string(), "postmaster@relay.test");
+        assert_eq!(c.retry.len(), 7);
+        assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86400));
+        assert!(
+            c.trusted
+                .iter()
+                .any(|n| n.contains("127.0.0.9".parse().unwrap()))
+        );
+        assert!(c.trusted.iter().any(|n| n.contains("::1".parse().unwrap())));
+        assert!(
+            !c.trusted
+                .iter()
+                .any(|n| n.contains("192.0.2.1".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--listen", "nope"], "--listen"),
+            (&["--retry", "1m,x"], "--retry"),
+            (&["--retry", "0s"], "--retry"),
+            (&["--workers", "0"], "--workers"),
+            (&["--smarthost", "a b"], "--smarthost"),
+            (&["--route", "example.test"], "--route"),
+            (&["--trusted-network", "10.0.0.0/33"], "--trusted-network"),
+            (&["--max-message-size", "12Q"], "--max-message-size"),
+            (&["--dns-server", "x"], "--dns-server"),
+            (&["--bogus"], "bogus"),
+            (&["stray"], "stray"),
+        ];
+        for (args, want) in cases {
+            let e = run(args).unwrap_err();
+            assert!(e.0.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432000)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("5w").is_err()
+                && parse_duration("").is_err()
+                && parse_duration("m").is_err()
+        );
+        assert_eq!(parse_size("25M"), Ok(25 << 20));
+        assert_eq!(
+            parse_host_port("smtp.test", 25),
+            Ok(HostPort {
+                host: "smtp.test".into(),
+                port: 25
+            })
+        );
+        assert_eq!(
+            parse_host_port("smtp.test:587", 25),
+            Ok(HostPort {
+                host: "smtp.test".into(),
+                port: 587
+            })
+        );
+        assert_eq!(
+            parse_host_port("[::1]:2526", 25),
+            Ok(HostPort {
+                host: "::1".into(),
+                port: 2526
+            })
+        );
+        assert_eq!(
+            parse_host_port("::1", 25),
+            Ok(HostPort {
+                host: "::1".into(),
+                port: 25
+            })
+        );
+        assert!(parse_host_port("h:0", 25).is_err());
+        let net = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
+        assert!(
+            parse_cidr("fd00::/8")
+                .unwrap()
+                .contains("fdab::1".parse().unwrap())
+        );
+        assert!(
+            parse_cidr("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_defaults() {
+        let u = usage();
+        for f in FLAGS {
+            assert!(u.contains(&format!("--{}", f.long)), "{}", f.long);
+            if let Some(d) = f.default {
+                assert!(u.contains(d), "{d}");
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! One delivery attempt for one job: tries the destination's hosts in order and runs the SMTP
+//! client transaction. Failures are sorted by scope, as Postfix does: a host problem
+//! (connect, greeting, EHLO, MAIL 4xx, I/O) moves on to the next host; a 5xx to MAIL or DATA
+//! fails the message; RCPT replies decide each recipient. Remote replies are kept verbatim.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use super::route::{self, Candidate, RouteError};
+use super::{Context, Job, RcptResult};
+use crate::net::{Line, LineReader};
+use crate::smtp::client::{self, Needs};
+use crate::smtp::data::DotStuffer;
+use crate::smtp::ehlo::Extensions;
+use crate::smtp::reply::{Reply, ReplyParser};
+
+/// RFC 5321 4.5.3.2 timeouts.
+const GREETING: Duration = Duration::from_secs(300);
+const MAIL: Duration = Duration::from_secs(300);
+const RCPT: Duration = Duration::from_secs(300);
+const DATA_INIT: Duration = Duration::from_secs(120);
+const DATA_BLOCK: Duration = Duration::from_secs(180);
+const DATA_END: Duration = Duration::from_secs(600);
+
+pub type Results = Vec<(usize, RcptResult)>;
+
+pub fn deliver(job: &Job, ctx: &Context) -> Results {
+    let all = |r: RcptResult| {
+        job.rcpts
+            .iter()
+            .map(|(i, _)| (*i, r.clone()))
+            .collect::<Results>()
+    };
+    let hosts = match route::candidates(&job.dest, ctx.resolver.as_ref(), ctx.mx_port, |n| {
+        super::random_below(n)
+    }) {
+        Ok(h) => h,
+        Err(RouteError::Permanent { status, reason }) => {
+            return all(RcptResult::Failed {
+                status: status.into(),
+                relay: None,
+                reason,
+            });
+        }
+        Err(RouteError::Temporary(reason)) => return all(RcptResult::Deferred { reason }),
+    };
+    let implicit_mx = matches!(&job.dest, super::route::Destination::Mx(d) if hosts.len() == 1 && &hosts[0].name == d);
+    let mut last_error = String::from("no usable host");
+    for host in &hosts {
+        let addrs = match route::addresses(host, ctx.resolver.as_ref()) {
+            Ok(a) if a.is_empty() && implicit_mx => {
+                return all(RcptResult::Failed {
+                    status: "5.1.2".into(),
+                    relay: None,
+                    reason: format!("{} has no MX and no address records", host.name),
+                });
+            }
+            Ok(a) if a.is_empty() => {
+                last_error = format!("{} has no address records", host.name);
+                continue;
+            }
+            Ok(a) => a,
+            Err(e) => {
+                last_error = e;
+                continue;
+            }
+        };
+        for addr in addrs {
+            match try_host(job, ctx, host, addr) {
+                Ok(results) => return results,
+                Err(reason) => {
+                    log::debug!("{}: {}[{}]: {reason}", job.id, host.name, addr);
+                    last_error = reason;
+                }
+            }
+        }
+    }
+    all(RcptResult::Deferred { reason: last_error })
+}
+
+struct Client {
+    reader: LineReader<TcpStream>,
+    stream: TcpStream,
+    cap: Option<Duration>,
+    relay: String,
+}
+
+impl Client {
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| format!("write to {} failed: {e}", self.relay))
+    }
+
+    fn read_reply(&mut self, timeout: Duration) -> Result<Reply, String> {
+        let t = self.cap.map_or(timeout, |c| c.min(timeout));
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(t))
+            .map_err(|e| e.to_string())?;
+        let mut parser = ReplyParser::default();
+        loop {
+            let line = match self.reader.read_line(1000) {
+                Ok(Line::Line(l)) => String::from_utf8_lossy(l).into_owned(),
+                Ok(Line::TooLong) => {
+                    return Err(format!("{} sent an over-long reply line", self.relay));
+                }
+                Ok(Line::Eof) => return Err(format!("{} closed the connection", self.relay)),
+                Err(e) => return Err(format!("reading from {} failed: {e}", self.relay)),
+            };
+            match parser.feed(&line) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{} sent a malformed reply: {e:?}", self.relay)),
+            }
+        }
+    }
+
+    fn quit(mut self) {
+        let _ = self.send(b"QUIT\r\n");
+        let _ = self.read_reply(Duration::from_secs(5));
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// `Ok` when the transaction reached a verdict per recipient; `Err` to try the next host.
+fn try_host(
+    job: &Job,
+    ctx: &Context,
+    host: &Candidate,
+    addr: SocketAddr,
+) -> Result<Results, String> {
+    let relay = format!("{}[{}]:{}", host.name, addr.ip(), addr.port());
+    let stream = TcpStream::connect_timeout(&addr, ctx.connect_timeout)
+        .map_err(|e| format!("connect to {relay} failed: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let write_timeout = ctx
+        .delivery_timeout
+        .map_or(DATA_BLOCK, |c| c.min(DATA_BLOCK));
+    stream
+        .set_write_timeout(Some(write_timeout))
+        .map_err(|e| e.to_string())?;
+    let reader = LineReader::new(stream.try_clone().map_err(|e| e.to_string())?, 8192);
+    let mut c = Client {
+        reader,
+        stream,
+        cap: ctx.delivery_timeout,
+        relay: relay.clone(),
+    };
+
+    let greeting = c.read_reply(GREETING)?;
+    if greeting.code != 220 {
+        c.quit();
+        return Err(format!("{relay} greeted with {}", greeting.summary()));
+    }
+    c.send(format!("EHLO {}\r\n", ctx.hostname).as_bytes())?;
+    let mut ehlo = c.read_reply(MAIL)?;
+    if ehlo.code >= 500 {
+        c.send(format!("HELO {}\r\n", ctx.hostname).as_bytes())?;
+        ehlo = c.read_reply(MAIL)?;
+        ehlo.lines.truncate(1);
+    }
+    if ehlo.code != 250 {
+        c.quit();
+        return Err(format!("{relay} refused EHLO/HELO: {}", ehlo.summary()));
+    }
+    let ext = Extensions::parse(&ehlo);
+    let needs = Needs {
+        size: job.size,
+        eight_bit: job.eight_bit,
+        smtputf8: !job.sender.is_ascii() || job.rcpts.iter().any(|(_, a)| !a.is_ascii()),
+    };
+    let fail_all = |status: String, reason: String| {
+        job.rcpts
+            .iter()
+            .map(|(i, _)| {
+                (
+                    *i,
+                    RcptResult::Failed {
+                        status: status.clone(),
+                        relay: Some(relay.clone()),
+                        reason: reason.clone(),
+                    },
+                )
+            })
+            .collect::<Results>()
+    };
+    if let Err(u) = client::check_next_hop(&ext, &needs) {
+        c.quit();
+        return Ok(fail_all(u.status.into(), u.reason));
+    }
+
+    // MAIL, every RCPT and DATA: in one write when the next hop pipelines (RFC 2920).
+    let mail = client::mail_from(&job.sender, &ext, &needs, job.smtputf8);
+    let rcpts: Vec<String> = job.rcpts.iter().map(|(_, a)| client::rcpt_to(a)).collect();
+    if ext.pipelining {
+        let mut batch = mail.into_bytes();
+        rcpts
+            .iter()
+            .for_each(|r| batch.extend_from_slice(r.as_bytes()));
+        batch.extend_from_slice(b"DATA\r\n");
+        c.send(&batch)?;
+    } else {
+        c.send(mail.as_bytes())?;
+    }
+    let mail_reply = c.read_reply(MAIL)?;
+    if !mail_reply.is_positive() {
+        c.quit();
+        if mail_reply.is_transient() {
+            return Err(format!("{relay} said to MAIL: {}", mail_reply.summary()));
+        }
+        return Ok(fail_all(
+            client::status_of(&mail_reply),
+            mail_reply.summary(),
+        ));
+    }
+    let mut results = Results::new();
+    let mut accepted = Vec::new();
+    for (n, (idx, _)) in job.rcpts.iter().enumerate() {
+        if !ext.pipelining {
+            c.send(rcpts[n].as_bytes())?;
+        }
+        let r = c.read_reply(RCPT)?;
+        if r.is_positive() {
+            accepted.push(*idx);
+        } else if r.is_transient() {
+            results.push((
+                *idx,
+                RcptResult::Deferred {
+                    reason: format!("{relay} said: {}", r.summary()),
+                },
+            ));
+        } else {
+            results.push((
+                *idx,
+                RcptResult::Failed {
+                    status: client::status_of(&r),
+                    relay: Some(relay.clone()),
+                    reason: r.summary(),
+                },
+            ));
+        }
+    }
+    if accepted.is_empty() {
+        if ext.pipelining {
+            // The DATA we pipelined is answered with an error; read it before leaving.
+            let _ = c.read_reply(DATA_INIT);
+        }
+        c.quit();
+        return Ok(results);
+    }
+    if !ext.pipelining {
+        c.send(b"DATA\r\n")?;
+    }
+    let data_reply = c.read_reply(DATA_INIT)?;
+    if data_reply.code != 354 {
+        c.quit();
+        let verdict = verdict(&data_reply, &relay);
+        results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
+        return Ok(results);
+    }
+    send_body(&mut c, job).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
+    let end = c.read_reply(DATA_END)?;
+    let verdict = verdict(&end, &relay);
+    results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
+    c.quit();
+    Ok(results)
+}
+
+fn verdict(r: &Reply, relay: &str) -> RcptResult {
+    if r.is_positive() {
+        RcptResult::Delivered {
+            relay: relay.to_string(),
+            reply: r.summary(),
+        }
+    } else if r.is_transient() {
+        RcptResult::Deferred {
+            reason: format!("{relay} said: {}", r.summary()),
+        }
+    } else {
+        RcptResult::Failed {
+            status: client::status_of(r),
+            relay: Some(relay.to_string()),
+            reason: r.summary(),
+        }
+    }
+}
+
+/// Streams the spooled body with dot-stuffing; the end marker goes out with the last chunk.
+fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
+    let mut file = File::open(&job.body)?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut wire = Vec::with_capacity(chunk.len() + chunk.len() / 16 + 8);
+    let mut stuffer = DotStuffer::default();
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        stuffer.stuff(&chunk[..n], &mut wire);
+        if wire.len() >= chunk.len() {
+            c.stream.write_all(&wire)?;
+            wire.clear();
+        }
+    }
+    stuffer.finish(&mut wire);
+    c.stream.write_all(&wire)
+}

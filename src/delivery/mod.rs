@@ -1,0 +1,103 @@
+//! Delivery: the scheduler (the only writer of queued state) hands jobs, one per destination,
+//! over a bounded channel to a fixed pool of worker threads, which send back per-recipient
+//! outcomes.
+
+pub mod attempt;
+pub mod retry;
+pub mod route;
+pub mod scheduler;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::dns::Resolver;
+use route::Destination;
+
+/// The recipients of one message that share a destination, delivered in one transaction.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: String,
+    pub sender: String,
+    /// (index in the envelope, address)
+    pub rcpts: Vec<(usize, String)>,
+    pub dest: Destination,
+    pub body: PathBuf,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptResult {
+    Delivered {
+        relay: String,
+        reply: String,
+    },
+    Deferred {
+        reason: String,
+    },
+    Failed {
+        status: String,
+        relay: Option<String>,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub id: String,
+    pub results: Vec<(usize, RcptResult)>,
+}
+
+/// What workers need to deliver.
+pub struct Context {
+    pub hostname: String,
+    pub resolver: Arc<dyn Resolver>,
+    pub mx_port: u16,
+    pub connect_timeout: Duration,
+    /// Caps every client-side SMTP timeout (tests, impatient setups).
+    pub delivery_timeout: Option<Duration>,
+}
+
+pub fn spawn_workers(
+    n: usize,
+    jobs: Receiver<Job>,
+    outcomes: Sender<Outcome>,
+    ctx: Arc<Context>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    (0..n)
+        .map(|i| {
+            let (jobs, outcomes, ctx) = (jobs.clone(), outcomes.clone(), ctx.clone());
+            thread::Builder::new()
+                .name(format!("deliver-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        let results = attempt::deliver(&job, &ctx);
+                        if outcomes
+                            .send(Outcome {
+                                id: job.id,
+                                results,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+        })
+        .collect()
+}
+
+/// A uniform pick in `0..n` (n > 0) from the OS generator; good enough for MX shuffling and
+/// retry jitter, where predictability is the only concern.
+pub fn random_below(n: usize) -> usize {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    (u64::from_le_bytes(b) % n.max(1) as u64) as usize
+}

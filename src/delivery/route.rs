@@ -1,0 +1,269 @@
+//! Where mail for a domain goes: `--smarthost` beats `--route`, which beats MX. For MX
+//! delivery this also orders the hosts (preference, equal preferences shuffled), handles
+//! the null MX (RFC 7505) and the implicit MX (RFC 5321 5.1).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::HostPort;
+use crate::dns::{DnsError, MxLookup, Resolver};
+use crate::smtp::address::domain_key;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A fixed next hop (smarthost or static route), resolved by the system resolver.
+    Relay(HostPort),
+    /// MX delivery for this domain (lower case).
+    Mx(String),
+    /// An address literal, `user@[192.0.2.1]`.
+    Literal(IpAddr),
+}
+
+pub struct RouteTable {
+    pub smarthost: Option<HostPort>,
+    pub routes: HashMap<String, HostPort>,
+}
+
+impl RouteTable {
+    pub fn destination(&self, domain: &str) -> Destination {
+        if let Some(h) = &self.smarthost {
+            return Destination::Relay(h.clone());
+        }
+        let key = domain_key(domain);
+        if let Some(h) = self.routes.get(&key) {
+            return Destination::Relay(h.clone());
+        }
+        if let Some(lit) = key.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
+            let ip = lit.strip_prefix("ipv6:").unwrap_or(lit);
+            if let Ok(ip) = ip.parse() {
+                return Destination::Literal(ip);
+            }
+        }
+        Destination::Mx(key)
+    }
+}
+
+/// One host to try, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub port: u16,
+    pub lookup: Lookup,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// getaddrinfo (honours /etc/hosts): smarthosts and routes.
+    System,
+    /// The DNS client: MX hosts (so `--dns-server` covers them).
+    Dns,
+    Fixed(IpAddr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    Permanent {
+        status: &'static str,
+        reason: String,
+    },
+    Temporary(String),
+}
+
+pub fn candidates(
+    dest: &Destination,
+    resolver: &dyn Resolver,
+    mx_port: u16,
+    shuffle: impl Fn(usize) -> usize,
+) -> Result<Vec<Candidate>, RouteError> {
+    match dest {
+        Destination::Relay(h) => {
+            let lookup = h.host.parse().map(Lookup::Fixed).unwrap_or(Lookup::System);
+            Ok(vec![Candidate {
+                name: h.host.clone(),
+                port: h.port,
+                lookup,
+            }])
+        }
+        Destination::Literal(ip) => Ok(vec![Candidate {
+            name: ip.to_string(),
+            port: mx_port,
+            lookup: Lookup::Fixed(*ip),
+        }]),
+        Destination::Mx(domain) => match resolver.mx(domain) {
+            Ok(MxLookup::Hosts(mut hosts)) => {
+                hosts.sort_by_key(|h| h.0);
+                // Shuffle within each run of equal preference (Fisher-Yates).
+                let mut start = 0;
+                while start < hosts.len() {
+                    let end = start
+                        + hosts[start..]
+                            .iter()
+                            .take_while(|h| h.0 == hosts[start].0)
+                            .count();
+                    for i in (start + 1..end).rev() {
+                        let j = start + shuffle(i - start + 1);
+                        hosts.swap(i, j);
+                    }
+                    start = end;
+                }
+                Ok(hosts
+                    .into_iter()
+                    .map(|(_, name)| Candidate {
+                        name,
+                        port: mx_port,
+                        lookup: Lookup::Dns,
+                    })
+                    .collect())
+            }
+            Ok(MxLookup::Null) => Err(RouteError::Permanent {
+                status: "5.1.10",
+                reason: format!("{domain} does not accept mail (null MX)"),
+            }),
+            Ok(MxLookup::None) => Ok(vec![Candidate {
+                name: domain.clone(),
+                port: mx_port,
+                lookup: Lookup::Dns,
+            }]),
+            Err(DnsError::NoSuchDomain) => Err(RouteError::Permanent {
+                status: "5.1.2",
+                reason: format!("domain {domain} does not exist"),
+            }),
+            Err(DnsError::BadName(why)) => Err(RouteError::Permanent {
+                status: "5.1.2",
+                reason: format!("bad domain {domain}: {why}"),
+            }),
+            Err(DnsError::Temporary(why)) => Err(RouteError::Temporary(format!(
+                "MX lookup for {domain} failed: {why}"
+            ))),
+        },
+    }
+}
+
+/// The addresses of one candidate. `Ok(empty)` means the name has no addresses.
+pub fn addresses(c: &Candidate, resolver: &dyn Resolver) -> Result<Vec<SocketAddr>, String> {
+    let ips = match &c.lookup {
+        Lookup::Fixed(ip) => vec![*ip],
+        Lookup::System => dns_lookup::lookup_host(&c.name)
+            .map_err(|e| format!("cannot resolve {}: {e}", c.name))?
+            .collect(),
+        Lookup::Dns => match resolver.addrs(&c.name) {
+            Ok(ips) => ips,
+            Err(DnsError::NoSuchDomain) => Vec::new(),
+            Err(e) => return Err(format!("address lookup for {} failed: {e}", c.name)),
+        },
+    };
+    let mut seen = Vec::new();
+    for ip in ips {
+        let sa = SocketAddr::new(ip, c.port);
+        if !seen.contains(&sa) {
+            seen.push(sa);
+        }
+    }
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Result<MxLookup, DnsError>);
+    impl Resolver for Fixed {
+        fn mx(&self, _: &str) -> Result<MxLookup, DnsError> {
+            self.0.clone()
+        }
+        fn addrs(&self, _: &str) -> Result<Vec<IpAddr>, DnsError> {
+            Ok(vec![])
+        }
+    }
+
+    fn table(smarthost: Option<&str>) -> RouteTable {
+        let hp = |s: &str| crate::config::parse_host_port(s, 25).unwrap();
+        RouteTable {
+            smarthost: smarthost.map(hp),
+            routes: HashMap::from([("routed.test".to_string(), hp("10.0.0.1:2525"))]),
+        }
+    }
+
+    #[test]
+    fn precedence() {
+        let t = table(None);
+        assert_eq!(
+            t.destination("Routed.Test"),
+            Destination::Relay(HostPort {
+                host: "10.0.0.1".into(),
+                port: 2525
+            })
+        );
+        assert_eq!(
+            t.destination("Example.TEST"),
+            Destination::Mx("example.test".into())
+        );
+        assert_eq!(
+            t.destination("[192.0.2.1]"),
+            Destination::Literal("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            t.destination("[IPv6:2001:db8::1]"),
+            Destination::Literal("2001:db8::1".parse().unwrap())
+        );
+        let t = table(Some("smart.test:587"));
+        assert_eq!(
+            t.destination("routed.test"),
+            Destination::Relay(HostPort {
+                host: "smart.test".into(),
+                port: 587
+            })
+        );
+    }
+
+    #[test]
+    fn mx_outcomes() {
+        let mx = |r| candidates(&Destination::Mx("d.test".into()), &Fixed(r), 25, |_| 0);
+        let hosts = mx(Ok(MxLookup::Hosts(vec![
+            (20, "b".into()),
+            (10, "a".into()),
+            (20, "c".into()),
+        ])))
+        .unwrap();
+        let names: Vec<_> = hosts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names[0], "a");
+        assert_eq!(names.len(), 3);
+        assert!(matches!(
+            mx(Ok(MxLookup::Null)),
+            Err(RouteError::Permanent {
+                status: "5.1.10",
+                ..
+            })
+        ));
+        assert!(matches!(
+            mx(Err(DnsError::NoSuchDomain)),
+            Err(RouteError::Permanent {
+                status: "5.1.2",
+                ..
+            })
+        ));
+        assert!(matches!(
+            mx(Err(DnsError::Temporary("x".into()))),
+            Err(RouteError::Temporary(_))
+        ));
+        assert_eq!(mx(Ok(MxLookup::None)).unwrap()[0].name, "d.test");
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled() {
+        let r = Fixed(Ok(MxLookup::Hosts(vec![
+            (10, "a".into()),
+            (10, "b".into()),
+            (5, "z".into()),
+        ])));
+        let order = |pick: usize| -> Vec<String> {
+            candidates(&Destination::Mx("d.test".into()), &r, 25, |_| pick)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.name)
+                .collect()
+        };
+        assert_eq!(order(0), ["z", "b", "a"]);
+        assert_eq!(order(1), ["z", "a", "b"]);
+    }
+}

@@ -1,0 +1,13 @@
+//! mxrelay: a small, durable SMTP relay. See README.md for what it does and DESIGN notes in
+//! each module for how.
+
+pub mod bounce;
+pub mod config;
+pub mod date;
+pub mod delivery;
+pub mod dns;
+pub mod net;
+pub mod relay;
+pub mod server;
+pub mod smtp;
+pub mod spool;

@@ -1,0 +1,143 @@
+//! A bounded line reader over any byte stream: lines end at LF (a CR before it is dropped),
+//! a line longer than the limit is drained and reported as `TooLong` without ever being held,
+//! and the bytes read ahead stay available (pipelined commands, DATA).
+
+use std::io::{self, Read};
+
+pub enum Line<'a> {
+    Line(&'a [u8]),
+    TooLong,
+    Eof,
+}
+
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> LineReader<R> {
+    /// `capacity` must exceed the longest line that will be asked for.
+    pub fn new(inner: R, capacity: usize) -> LineReader<R> {
+        LineReader {
+            inner,
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+
+    /// Reads more bytes after what is buffered; `Ok(0)` is end of stream.
+    pub fn fill(&mut self) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Err(io::Error::other("line buffer full"));
+        }
+        let n = loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The next line without its line end, blocking for more input as needed.
+    pub fn read_line(&mut self, max: usize) -> io::Result<Line<'_>> {
+        let max = max.min(self.buf.len() - 1);
+        let mut draining = false;
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            if let Some(lf) = avail.iter().position(|&b| b == b'\n') {
+                let line_start = self.start;
+                self.start += lf + 1;
+                if draining || lf > max {
+                    return Ok(Line::TooLong);
+                }
+                let mut line = &self.buf[line_start..line_start + lf];
+                if let [rest @ .., b'\r'] = line {
+                    line = rest;
+                }
+                return Ok(Line::Line(line));
+            }
+            if avail.len() > max {
+                // Too long: forget what we have and keep reading until the line ends.
+                draining = true;
+                self.start = self.end;
+            }
+            if self.fill()? == 0 {
+                return Ok(if draining { Line::TooLong } else { Line::Eof });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its input in small pieces, as a socket might.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(self.0.len()).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn lines(input: &[u8], max: usize, chunk: usize) -> Vec<String> {
+        let mut r = LineReader::new(Trickle(input, chunk), 64);
+        let mut out = Vec::new();
+        loop {
+            match r.read_line(max).unwrap() {
+                Line::Line(l) => out.push(String::from_utf8_lossy(l).into_owned()),
+                Line::TooLong => out.push("<too long>".into()),
+                Line::Eof => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn splits_and_bounds_lines() {
+        for chunk in [1, 3, 100] {
+            assert_eq!(
+                lines(b"EHLO a\r\nNOOP\nQUIT\r\n", 20, chunk),
+                ["EHLO a", "NOOP", "QUIT"]
+            );
+            let long = [&b"x".repeat(200)[..], b"\r\nNOOP\r\n"].concat();
+            assert_eq!(lines(&long, 20, chunk), ["<too long>", "NOOP"]);
+            assert_eq!(lines(b"partial", 20, chunk), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn keeps_read_ahead_bytes() {
+        let mut r = LineReader::new(&b"DATA\r\nbody\r\n.\r\n"[..], 64);
+        assert!(matches!(r.read_line(100).unwrap(), Line::Line(b"DATA")));
+        assert_eq!(r.buffered(), b"body\r\n.\r\n");
+    }
+}

@@ -1,0 +1,202 @@
+//! The SMTP listener side: one accept thread per listening socket, a thread per client, a
+//! connection cap (421 beyond it), and a graceful stop. The accept thread only accepts.
+
+pub mod conn;
+pub mod reply_map;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::config::Cidr;
+use crate::smtp::address::Mailbox;
+use crate::smtp::reply;
+use crate::spool::{Envelope, Spool};
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub hostname: String,
+    pub trusted: Vec<Cidr>,
+    pub postmaster: Mailbox,
+    pub max_connections: usize,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_errors: u32,
+    pub max_line_length: usize,
+    pub max_hops: u32,
+    pub idle_timeout: Duration,
+}
+
+/// What every connection thread shares.
+pub struct Shared {
+    pub cfg: ServerConfig,
+    pub spool: Arc<Spool>,
+    /// Committed messages go to the scheduler.
+    pub queued: Sender<Envelope>,
+    pub stopping: AtomicBool,
+    active: AtomicUsize,
+    next_conn: AtomicU64,
+    open: Mutex<HashMap<u64, TcpStream>>,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addrs: Vec<SocketAddr>,
+    accept_threads: Vec<JoinHandle<()>>,
+}
+
+/// Session threads need little stack: the protocol state is small and buffers are on the heap.
+const CONN_STACK: usize = 256 * 1024;
+
+impl Server {
+    /// Binds every listener first (so a bad address fails start-up), then starts accepting.
+    pub fn start(
+        addrs: &[SocketAddr],
+        cfg: ServerConfig,
+        spool: Arc<Spool>,
+        queued: Sender<Envelope>,
+    ) -> std::io::Result<Server> {
+        let listeners = addrs
+            .iter()
+            .map(|a| {
+                TcpListener::bind(a).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared {
+            cfg,
+            spool,
+            queued,
+            stopping: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+        });
+        let mut local_addrs = Vec::new();
+        let mut accept_threads = Vec::new();
+        for listener in listeners {
+            let addr = listener.local_addr()?;
+            log::info!("listening on {addr}");
+            local_addrs.push(addr);
+            let shared = shared.clone();
+            accept_threads.push(
+                thread::Builder::new()
+                    .name(format!("accept-{addr}"))
+                    .spawn(move || accept_loop(listener, shared))?,
+            );
+        }
+        Ok(Server {
+            shared,
+            local_addrs,
+            accept_threads,
+        })
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, lets sessions finish for up to `grace` (each gets 421 at its next
+    /// command), then cuts the rest. A message not yet answered with 250 was not accepted, so
+    /// cutting a session loses nothing.
+    pub fn stop(self, grace: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for addr in &self.local_addrs {
+            // Wake the blocking accept() so it sees the flag.
+            let _ = TcpStream::connect_timeout(&wake_addr(*addr), Duration::from_secs(1));
+        }
+        for t in self.accept_threads {
+            let _ = t.join();
+        }
+        let deadline = Instant::now() + grace;
+        while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let open = self.shared.open.lock().expect("conn registry");
+        if !open.is_empty() {
+            log::info!(
+                "closing {} sessions still open after the grace period",
+                open.len()
+            );
+        }
+        for s in open.values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            log::warn!(
+                "connection from {peer} refused: {} connections open",
+                shared.cfg.max_connections
+            );
+            refuse(stream);
+            continue;
+        }
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            shared.open.lock().expect("conn registry").insert(id, clone);
+        }
+        let worker = shared.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("smtp-{id}"))
+            .stack_size(CONN_STACK)
+            .spawn(move || {
+                conn::run(stream, peer, &worker);
+                worker.open.lock().expect("conn registry").remove(&id);
+                worker.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a session thread for {peer}: {e}");
+            shared.open.lock().expect("conn registry").remove(&id);
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Tells a client over the cap to come back later; never blocks the accept thread.
+fn refuse(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(reply::too_many_connections().render().as_bytes());
+}
