@@ -52,7 +52,7 @@ pub fn build(
     } else {
         "utf-8"
     };
-    let parts = [
+    let mut parts = [
         (
             format!("text/plain; charset={charset}"),
             "Notification",
@@ -80,8 +80,18 @@ pub fn build(
         String::new(),
         "This is a MIME-formatted delivery status notification.".into(),
     ]);
-    for (content_type, description, body) in &parts {
-        let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
+    for (content_type, description, body) in &mut parts {
+        // A DSN must get through 7-bit hops: text parts with 8-bit bytes (an original
+        // Subject in UTF-8, a remote reply) go quoted-printable. The delivery-status part
+        // keeps 8-bit only for SMTPUTF8 addresses, which need an SMTPUTF8 hop anyway.
+        let encoding = if body.is_ascii() {
+            "7bit"
+        } else if content_type.starts_with("text/") {
+            *body = quoted_printable(body);
+            "quoted-printable"
+        } else {
+            "8bit"
+        };
         out.extend(lines_to_bytes(vec![
             String::new(),
             format!("--{boundary}"),
@@ -96,6 +106,35 @@ pub fn build(
         String::new(),
         format!("--{boundary}--"),
     ]));
+    out
+}
+
+/// RFC 2045 6.7 quoted-printable of CRLF-separated lines: lines stay ≤ 76 columns with soft
+/// breaks, trailing whitespace is encoded, line ends stay hard CRLF.
+fn quoted_printable(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 3 / 2);
+    let text = body.strip_suffix(b"\r\n").unwrap_or(body);
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut col = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let last = i + 1 == line.len();
+            let literal =
+                (b'!'..=b'~').contains(&b) && b != b'=' || (b == b' ' || b == b'\t') && !last;
+            let width = if literal { 1 } else { 3 };
+            if col + width > 75 {
+                out.extend_from_slice(b"=\r\n");
+                col = 0;
+            }
+            if literal {
+                out.push(b);
+            } else {
+                out.extend_from_slice(format!("={b:02X}").as_bytes());
+            }
+            col += width;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
     out
 }
 
@@ -311,6 +350,29 @@ fn pick_boundary(unique: &str, bodies: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_printable_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"plain\r\n", b"plain\r\n"),
+            (b"Subject: caf\xc3\xa9\r\n", b"Subject: caf=C3=A9\r\n"),
+            (b"a=b \r\nend\t\r\n", b"a=3Db=20\r\nend=09\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                quoted_printable(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long = quoted_printable(&[0xffu8; 100]);
+        assert!(
+            long.split(|&b| b == b'\n').all(|l| l.len() <= 77),
+            "{}",
+            String::from_utf8_lossy(&long)
+        );
+    }
     use proptest::prelude::*;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -601,7 +663,11 @@ mod tests {
                 .0
                 .starts_with("Content-Type: text/plain; charset=utf-8\r\n")
         );
-        assert!(parts[0].0.contains("Content-Transfer-Encoding: 8bit"));
+        assert!(
+            parts[0]
+                .0
+                .contains("Content-Transfer-Encoding: quoted-printable")
+        );
         assert!(
             parts[1]
                 .1

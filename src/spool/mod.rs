@@ -146,10 +146,11 @@ impl Spool {
 
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
+        let path = self.tmp.join(format!("{}.body", env.id));
         let mut incoming = Incoming {
             id: env.id.clone(),
-            file: File::create(self.tmp.join(format!("{}.body", env.id)))?,
-            path: self.tmp.join(format!("{}.body", env.id)),
+            file: File::create(&path)?,
+            path,
         };
         incoming.write_all(body)?;
         self.commit(incoming, env)

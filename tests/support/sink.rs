@@ -130,6 +130,9 @@ struct Shared {
     script: Mutex<Script>,
     messages: Mutex<Vec<Message>>,
     commands: Mutex<Vec<String>>,
+    /// (read number, command): commands that arrived in the same read share the number.
+    reads: Mutex<Vec<(u64, String)>>,
+    next_read: AtomicU64,
     connections: AtomicUsize,
     stop: AtomicBool,
     /// Open connections (clones of their sockets), so Drop can hang up on them.
@@ -158,6 +161,8 @@ impl Sink {
             script: Mutex::new(script),
             messages: Mutex::new(Vec::new()),
             commands: Mutex::new(Vec::new()),
+            reads: Mutex::new(Vec::new()),
+            next_read: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
@@ -211,6 +216,19 @@ impl Sink {
     /// the CRLF; over-long refused lines are not included).
     pub fn commands(&self) -> Vec<String> {
         lock(&self.shared.commands).clone()
+    }
+
+    /// Commands grouped by the read that brought them in: a pipelining client's MAIL, RCPTs
+    /// and DATA arrive as one group.
+    pub fn batches(&self) -> Vec<Vec<String>> {
+        let mut out: Vec<(u64, Vec<String>)> = Vec::new();
+        for (n, cmd) in lock(&self.shared.reads).iter() {
+            match out.last_mut() {
+                Some((m, group)) if m == n => group.push(cmd.clone()),
+                _ => out.push((*n, vec![cmd.clone()])),
+            }
+        }
+        out.into_iter().map(|(_, g)| g).collect()
     }
 
     /// Number of TCP connections accepted so far.
@@ -329,6 +347,7 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
             helo: None,
             mail_from: None,
             rcpts: Vec::new(),
+            read_no: 0,
         })
     };
     let Ok(mut conn) = setup() else {
@@ -381,6 +400,7 @@ struct Conn {
     helo: Option<String>,
     mail_from: Option<String>,
     rcpts: Vec<String>,
+    read_no: u64,
 }
 
 impl Conn {
@@ -402,6 +422,7 @@ impl Conn {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         self.buf.extend_from_slice(&tmp[..n]);
+        self.read_no = self.shared.next_read.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -451,6 +472,7 @@ impl Conn {
             };
             let line = String::from_utf8_lossy(&line).into_owned();
             lock(&self.shared.commands).push(line.clone());
+            lock(&self.shared.reads).push((self.read_no, line.clone()));
             if let Flow::Close = self.command(&line)? {
                 return Ok(());
             }

@@ -1,0 +1,576 @@
+//! End-to-end delivery: the real binary between a test client and recording sinks, with a
+//! fake DNS server answering MX/A queries. Everything stays on 127.x addresses.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use support::dns::FakeDns;
+use support::sink::{Message, Script, Sink};
+use support::{Relay, TempDir, WAIT, queue_id, sink_on, submit, wait_until};
+
+const MSG: &[u8] =
+    b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n";
+
+/// A fake DNS plus a sink that serves as the MX of every domain registered with `domain`.
+struct Mx {
+    dns: FakeDns,
+    sink: Sink,
+}
+
+impl Mx {
+    fn new(script: Script) -> Mx {
+        let sink = sink_on("127.0.0.2", 0, script);
+        Mx {
+            dns: FakeDns::start(),
+            sink,
+        }
+    }
+
+    fn domain(&self, d: &str) -> &Self {
+        let host = format!("mx.{d}");
+        self.dns
+            .mx(d, &[(10, &host)])
+            .a(&host, Ipv4Addr::new(127, 0, 0, 2));
+        self
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            "--dns-server",
+            &self.dns.addr.to_string(),
+            "--mx-port",
+            &self.sink.addr.port().to_string(),
+            "--retry",
+            "1s",
+            "--delivery-timeout",
+            "5s",
+            "--connect-timeout",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn relay(&self, spool: &TempDir, extra: &[&str]) -> Relay {
+        let mut args = self.args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Relay::start(
+            spool.path(),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+}
+
+fn body_after_received(m: &Message) -> Vec<u8> {
+    let text = &m.data;
+    assert!(
+        text.starts_with(
+            b"Received: from client.test ([127.0.0.1])\r\n\tby relay.test (mxrelay) with ESMTP id "
+        ),
+        "{}",
+        String::from_utf8_lossy(text)
+    );
+    // The header ends at the first line break not followed by a continuation tab.
+    let end = text
+        .windows(3)
+        .position(|w| &w[..2] == b"\r\n" && w[2] != b'\t')
+        .unwrap();
+    text[end + 2..].to_vec()
+}
+
+#[test]
+fn delivers_through_a_smarthost() {
+    let sink = sink_on("127.0.0.3", 0, Script::default());
+    let spool = TempDir::new("smarthost");
+    let relay = Relay::start(spool.path(), &["--smarthost", &sink.addr.to_string()]);
+    let reply = submit(
+        relay.addr,
+        "a@client.test",
+        &["b@example.test", "c@other.test"],
+        MSG,
+    );
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let msgs = sink.wait_for(1, WAIT);
+    assert_eq!(
+        msgs.len(),
+        1,
+        "one transaction carries every recipient for the smarthost"
+    );
+    assert_eq!(msgs[0].rcpts, ["b@example.test", "c@other.test"]);
+    assert!(msgs[0].mail_from.starts_with("<a@client.test>"));
+    assert_eq!(body_after_received(&msgs[0]), MSG);
+    let id = queue_id(&reply);
+    relay.wait_log(&format!("{id}: removed"));
+    assert_eq!(relay.queued(), 0);
+}
+
+#[test]
+fn falls_back_to_the_second_mx() {
+    // mx1 (127.0.0.4) has nothing listening on the sink's port: connection refused.
+    let sink = sink_on("127.0.0.5", 0, Script::default());
+    let dns = FakeDns::start();
+    dns.mx(
+        "example.test",
+        &[(20, "mx2.example.test"), (10, "mx1.example.test")],
+    )
+    .a("mx1.example.test", Ipv4Addr::new(127, 0, 0, 4))
+    .a("mx2.example.test", Ipv4Addr::new(127, 0, 0, 5));
+    let spool = TempDir::new("mxfallback");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--dns-server",
+            &dns.addr.to_string(),
+            "--mx-port",
+            &sink.addr.port().to_string(),
+            "--connect-timeout",
+            "2s",
+        ],
+    );
+    submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
+    let msgs = sink.wait_for(1, WAIT);
+    assert_eq!(msgs[0].rcpts, ["b@example.test"]);
+    relay.wait_log("relay=mx2.example.test[127.0.0.5]");
+    let log = relay.log();
+    assert!(
+        log.contains("mx1.example.test[127.0.0.4]"),
+        "mx1 was tried first:\n{log}"
+    );
+}
+
+#[test]
+fn temporary_failure_then_success() {
+    let tries = Arc::new(AtomicUsize::new(0));
+    let t = tries.clone();
+    let mx = Mx::new(Script::default().data(move |_| {
+        if t.fetch_add(1, Ordering::SeqCst) == 0 {
+            "451 4.3.0 try again".into()
+        } else {
+            "250 2.0.0 ok".into()
+        }
+    }));
+    mx.domain("example.test");
+    let spool = TempDir::new("tempfail");
+    let relay = mx.relay(&spool, &[]);
+    let id = queue_id(&submit(
+        relay.addr,
+        "a@client.test",
+        &["b@example.test"],
+        MSG,
+    ));
+    let msgs = mx.sink.wait_for(1, WAIT);
+    assert_eq!(msgs.len(), 1);
+    relay.wait_log(&format!("{id}: removed"));
+    let log = relay.log();
+    assert!(
+        log.contains(&format!("{id}: deferred to=<b@example.test>"))
+            && log.contains("451 4.3.0 try again"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{id}: deferred, attempt 1 failed, next try in")),
+        "{log}"
+    );
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
+}
+
+fn dsns(sink: &Sink) -> Vec<Message> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| m.mail_from.starts_with("<>"))
+        .collect()
+}
+
+#[test]
+fn permanent_failure_sends_a_dsn_to_the_sender() {
+    let mx = Mx::new(Script::default().rcpt(|a| {
+        if a.starts_with("nobody") {
+            "550 5.1.1 <nobody@example.test>: user unknown".into()
+        } else {
+            "250 ok".into()
+        }
+    }));
+    mx.domain("example.test").domain("client.test");
+    let spool = TempDir::new("bounce");
+    let relay = mx.relay(&spool, &[]);
+    let id = queue_id(&submit(
+        relay.addr,
+        "alice@client.test",
+        &["nobody@example.test"],
+        MSG,
+    ));
+    assert!(
+        wait_until(WAIT, || dsns(&mx.sink).len() == 1),
+        "no DSN:\n{}",
+        relay.log()
+    );
+    let dsn = &dsns(&mx.sink)[0];
+    assert_eq!(dsn.rcpts, ["alice@client.test"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    for want in [
+        "multipart/report; report-type=delivery-status",
+        "Final-Recipient: rfc822; nobody@example.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.test>: user unknown",
+        "Remote-MTA: dns; mx.example.test[127.0.0.2]",
+        "text/rfc822-headers",
+        "Subject: hello",
+        &id,
+    ] {
+        assert!(text.contains(want), "DSN lacks {want:?}:\n{text}");
+    }
+    relay.wait_log(&format!("{id}: removed"));
+    // The DSN itself was delivered and removed too.
+    assert!(wait_until(WAIT, || relay.queued() == 0), "{}", relay.log());
+}
+
+#[test]
+fn mixed_results_retry_only_the_pending_recipient() {
+    let tmp_tries = Arc::new(AtomicUsize::new(0));
+    let t = tmp_tries.clone();
+    let mx = Mx::new(Script::default().rcpt(move |a| {
+        if a.starts_with("bad") {
+            "550 5.1.1 no such user".into()
+        } else if a.starts_with("later") && t.fetch_add(1, Ordering::SeqCst) == 0 {
+            "450 4.2.1 mailbox busy".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    }));
+    mx.domain("example.test").domain("client.test");
+    let spool = TempDir::new("mixed");
+    let relay = mx.relay(&spool, &[]);
+    let id = queue_id(&submit(
+        relay.addr,
+        "a@client.test",
+        &["ok@example.test", "later@example.test", "bad@example.test"],
+        MSG,
+    ));
+    relay.wait_log(&format!("{id}: removed"));
+    let delivered: Vec<Vec<String>> = mx
+        .sink
+        .messages()
+        .into_iter()
+        .filter(|m| !m.mail_from.starts_with("<>"))
+        .map(|m| m.rcpts)
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![
+            vec!["ok@example.test".to_string()],
+            vec!["later@example.test".to_string()]
+        ]
+    );
+    let rcpt_cmds: Vec<String> = mx
+        .sink
+        .commands()
+        .into_iter()
+        .filter(|c| c.starts_with("RCPT"))
+        .collect();
+    assert_eq!(
+        rcpt_cmds.iter().filter(|c| c.contains("ok@")).count(),
+        1,
+        "ok@ was not retried: {rcpt_cmds:?}"
+    );
+    assert_eq!(
+        rcpt_cmds.iter().filter(|c| c.contains("bad@")).count(),
+        1,
+        "bad@ was not retried: {rcpt_cmds:?}"
+    );
+    assert!(wait_until(WAIT, || dsns(&mx.sink).len() == 1));
+    let dsn = String::from_utf8_lossy(&dsns(&mx.sink)[0].data).into_owned();
+    assert!(
+        dsn.contains("bad@example.test") && !dsn.contains("Final-Recipient: rfc822; ok@"),
+        "{dsn}"
+    );
+}
+
+#[test]
+fn one_transaction_per_domain_for_150_recipients() {
+    let mx = Mx::new(Script::default());
+    mx.domain("one.test")
+        .domain("two.test")
+        .domain("three.test");
+    let spool = TempDir::new("150");
+    let relay = mx.relay(&spool, &[]);
+    let rcpts: Vec<String> = (0..150)
+        .map(|i| format!("user{i}@{}", ["one.test", "two.test", "three.test"][i % 3]))
+        .collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let id = queue_id(&submit(relay.addr, "a@client.test", &refs, MSG));
+    let msgs = mx.sink.wait_for(3, WAIT);
+    assert_eq!(msgs.len(), 3);
+    for m in &msgs {
+        assert_eq!(m.rcpts.len(), 50);
+        let domain = m.rcpts[0].split('@').nth(1).unwrap();
+        assert!(
+            m.rcpts.iter().all(|r| r.ends_with(domain)),
+            "one domain per transaction"
+        );
+    }
+    relay.wait_log(&format!("{id}: removed"));
+}
+
+#[test]
+fn dot_stuffed_body_arrives_byte_exact() {
+    let mx = Mx::new(Script::default());
+    mx.domain("example.test");
+    let spool = TempDir::new("dots");
+    let relay = mx.relay(&spool, &[]);
+    let content: &[u8] = b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmiddle . dot\r\n \t trailing space \r\n\xc3\xa9t\xc3\xa9\r\n\r\n";
+    // What the client puts on the wire: every leading dot doubled.
+    let mut wire = Vec::new();
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    submit(relay.addr, "a@client.test", &["b@example.test"], &wire);
+    let m = &mx.sink.wait_for(1, WAIT)[0];
+    assert_eq!(body_after_received(m), content);
+    let raw = String::from_utf8_lossy(&m.raw_data);
+    assert!(
+        raw.contains("\r\n..\r\n...\r\n..leading\r\n"),
+        "stuffed on the wire: {raw:?}"
+    );
+    assert!(m.mail_from.contains("BODY=8BITMIME"), "{}", m.mail_from);
+}
+
+#[test]
+fn client_pipelines_when_offered_and_not_otherwise() {
+    for pipelining in [true, false] {
+        let kw: &[&str] = if pipelining {
+            &["PIPELINING", "8BITMIME"]
+        } else {
+            &["8BITMIME"]
+        };
+        let mx = Mx::new(Script::default().keywords(kw));
+        mx.domain("example.test");
+        let spool = TempDir::new("pipe");
+        let relay = mx.relay(&spool, &[]);
+        submit(
+            relay.addr,
+            "a@client.test",
+            &["b@example.test", "c@example.test"],
+            MSG,
+        );
+        mx.sink.wait_for(1, WAIT);
+        // The sink records, per command, how many commands were already waiting in its buffer.
+        let batches = mx.sink.batches();
+        let mail_batch = batches
+            .iter()
+            .find(|b| b[0].starts_with("MAIL"))
+            .expect("MAIL sent");
+        if pipelining {
+            assert_eq!(
+                mail_batch.len(),
+                4,
+                "MAIL, 2x RCPT and DATA in one write: {batches:?}"
+            );
+            assert_eq!(mail_batch[3], "DATA");
+        } else {
+            assert_eq!(mail_batch.len(), 1, "one command per write: {batches:?}");
+        }
+    }
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_at_once_servfail_defers() {
+    let mx = Mx::new(Script::default());
+    mx.domain("client.test");
+    mx.dns.null_mx("nullmx.test");
+    mx.dns.servfail("broken.test");
+    let spool = TempDir::new("dnsfail");
+    let relay = mx.relay(&spool, &[]);
+    submit(
+        relay.addr,
+        "a@client.test",
+        &["x@nullmx.test", "y@nxdomain.test", "z@broken.test"],
+        MSG,
+    );
+    assert!(
+        wait_until(WAIT, || !dsns(&mx.sink).is_empty()),
+        "{}",
+        relay.log()
+    );
+    let dsn = String::from_utf8_lossy(&dsns(&mx.sink)[0].data).into_owned();
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; x@nullmx.test") && dsn.contains("Status: 5.1.10"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; y@nxdomain.test") && dsn.contains("Status: 5.1.2"),
+        "{dsn}"
+    );
+    assert!(
+        !dsn.contains("z@broken.test"),
+        "SERVFAIL is temporary: {dsn}"
+    );
+    relay.wait_log("deferred to=<z@broken.test>");
+    assert_eq!(relay.queued(), 1, "the SERVFAIL recipient stays queued");
+}
+
+#[test]
+fn expired_mail_bounces_with_4_4_7() {
+    let mx = Mx::new(Script::default().rcpt(|a| {
+        if a.starts_with("slow") {
+            "451 4.4.1 not now".into()
+        } else {
+            "250 ok".into()
+        }
+    }));
+    mx.domain("example.test").domain("client.test");
+    let spool = TempDir::new("expire");
+    let relay = mx.relay(&spool, &["--max-queue-lifetime", "2s"]);
+    let id = queue_id(&submit(
+        relay.addr,
+        "a@client.test",
+        &["slow@example.test"],
+        MSG,
+    ));
+    assert!(
+        wait_until(WAIT, || dsns(&mx.sink).len() == 1),
+        "{}",
+        relay.log()
+    );
+    let dsn = String::from_utf8_lossy(&dsns(&mx.sink)[0].data).into_owned();
+    assert!(
+        dsn.contains("Status: 4.4.7") && dsn.contains("451 4.4.1 not now"),
+        "{dsn}"
+    );
+    relay.wait_log(&format!("{id}: expired"));
+}
+
+#[test]
+fn null_sender_is_never_bounced_but_copied_to_the_postmaster() {
+    let mx = Mx::new(Script::default().rcpt(|a| {
+        if a.starts_with("gone") {
+            "550 5.1.1 gone".into()
+        } else {
+            "250 ok".into()
+        }
+    }));
+    mx.domain("example.test").domain("admin.test");
+    let spool = TempDir::new("nullsender");
+    let relay = mx.relay(&spool, &["--postmaster", "pm@admin.test"]);
+    let id = queue_id(&submit(relay.addr, "", &["gone@example.test"], MSG));
+    relay.wait_log(&format!("{id}: null sender, not bounced"));
+    let copies = mx.sink.wait_for(1, WAIT);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].rcpts, ["pm@admin.test"]);
+    assert!(copies[0].mail_from.starts_with("<>"));
+    // A double bounce that fails is dropped, not bounced again.
+    mx.sink
+        .set_script(Script::default().rcpt(|_| "550 5.1.1 nobody here".into()));
+    let id2 = queue_id(&submit(relay.addr, "", &["gone@example.test"], MSG));
+    relay.wait_log(&format!("{id2}: null sender, not bounced"));
+    relay.wait_log("undeliverable double bounce dropped");
+    assert!(wait_until(WAIT, || relay.queued() == 0));
+}
+
+#[test]
+fn eight_bit_mail_to_a_hop_without_8bitmime_bounces() {
+    let mx = Mx::new(Script::default().keywords(&["PIPELINING"]));
+    mx.domain("example.test").domain("client.test");
+    let spool = TempDir::new("8bit");
+    let relay = mx.relay(&spool, &[]);
+    submit(
+        relay.addr,
+        "a@client.test",
+        &["b@example.test"],
+        "Subject: caf\u{e9}\r\n\r\nd\u{e9}j\u{e0} vu\r\n".as_bytes(),
+    );
+    // The 7-bit DSN gets through; the 8-bit message never does.
+    assert!(
+        wait_until(WAIT, || dsns(&mx.sink).len() == 1),
+        "{}",
+        relay.log()
+    );
+    let dsn = String::from_utf8_lossy(&dsns(&mx.sink)[0].data).into_owned();
+    assert!(
+        dsn.contains("Status: 5.6.3") && dsn.contains("8BITMIME"),
+        "{dsn}"
+    );
+    assert_eq!(mx.sink.messages().len(), 1);
+}
+
+#[test]
+fn smtputf8_address_needs_smtputf8_at_the_next_hop() {
+    let mx = Mx::new(Script::default());
+    mx.domain("example.test");
+    let spool = TempDir::new("utf8");
+    let relay = mx.relay(&spool, &[]);
+    let mut c = support::Client::connect(relay.addr);
+    c.reply();
+    c.cmd("EHLO client.test");
+    assert!(
+        c.cmd("MAIL FROM:<j\u{f6}rg@client.test> SMTPUTF8")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<b@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    let m = &mx.sink.wait_for(1, WAIT)[0];
+    assert!(
+        m.mail_from.starts_with("<j\u{f6}rg@client.test>") && m.mail_from.contains("SMTPUTF8"),
+        "{}",
+        m.mail_from
+    );
+    assert!(String::from_utf8_lossy(&m.data).contains("with UTF8SMTP"));
+}
+
+#[test]
+fn static_route_beats_mx() {
+    let routed = sink_on("127.0.0.6", 0, Script::default());
+    let mx = Mx::new(Script::default());
+    mx.domain("example.test").domain("routed.test");
+    let spool = TempDir::new("route");
+    let relay = mx.relay(
+        &spool,
+        &["--route", &format!("routed.test={}", routed.addr)],
+    );
+    submit(
+        relay.addr,
+        "a@client.test",
+        &["x@routed.test", "y@example.test"],
+        MSG,
+    );
+    assert_eq!(routed.wait_for(1, WAIT)[0].rcpts, ["x@routed.test"]);
+    assert_eq!(mx.sink.wait_for(1, WAIT)[0].rcpts, ["y@example.test"]);
+}
+
+#[test]
+fn ipv6_listener_trusted_network_and_aaaa_mx() {
+    let sink = match Sink::start("::1", 0, Script::default()) {
+        Ok(s) => s,
+        Err(e) => panic!("IPv6 loopback is needed for this test: {e}"),
+    };
+    let dns = FakeDns::start();
+    dns.mx("example.test", &[(10, "mx6.example.test")])
+        .aaaa("mx6.example.test", "::1".parse().unwrap());
+    let spool = TempDir::new("ipv6");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--listen",
+            "[::1]:0",
+            "--dns-server",
+            &dns.addr.to_string(),
+            "--mx-port",
+            &sink.addr.port().to_string(),
+        ],
+    );
+    assert!(relay.addr.is_ipv6());
+    let reply = submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
+    assert!(reply.starts_with("250"), "{reply}");
+    let m = &sink.wait_for(1, WAIT)[0];
+    assert!(String::from_utf8_lossy(&m.data).contains("([IPv6:::1])"));
+    relay.wait_log("relay=mx6.example.test[::1]");
+}

@@ -1,0 +1,248 @@
+//! Shared helpers for the integration tests: temp spools, the real `mxrelay` binary as a
+//! child process (log captured), a raw SMTP client, plus the fake DNS server and the
+//! recording sink. Every wait is bounded.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod sink;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p =
+            std::env::temp_dir().join(format!("mxrelay-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real binary, started with a temp spool on 127.0.0.1:0; its log is captured.
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    pub spool: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Relay {
+    pub fn start(spool: &Path, args: &[&str]) -> Relay {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxrelay"));
+        cmd.args(["--hostname", "relay.test", "--spool"]).arg(spool);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start mxrelay");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut addr = None;
+        let found = wait_until(WAIT, || {
+            let l = log.lock().unwrap();
+            addr = l
+                .lines()
+                .find_map(|line| line.split("listening on ").nth(1))
+                .and_then(|a| a.trim().parse().ok());
+            addr.is_some() || l.contains("cannot start")
+        });
+        let relay = Relay {
+            child,
+            addr: addr.unwrap_or_else(|| "127.0.0.1:1".parse().unwrap()),
+            spool: spool.to_path_buf(),
+            log,
+        };
+        assert!(
+            found && addr.is_some(),
+            "relay did not start:\n{}",
+            relay.log()
+        );
+        relay
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` `count` times; panics with the log otherwise.
+    pub fn wait_log_n(&self, needle: &str, count: usize) {
+        if !wait_until(WAIT, || self.log().matches(needle).count() >= count) {
+            panic!("log never had {count}x {needle:?}:\n{}", self.log());
+        }
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_n(needle, 1)
+    }
+
+    /// Queued envelopes in the spool.
+    pub fn queued(&self) -> usize {
+        std::fs::read_dir(self.spool.join("queue"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "env"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), 15);
+        let mut status = None;
+        wait_until(WAIT, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap_or_else(|| panic!("relay did not stop on SIGTERM:\n{}", self.log()))
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw SMTP client for driving the relay.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply; lines joined with "\n". Empty string on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return out;
+            }
+            let done = line.as_bytes().get(3) != Some(&b'-');
+            out.push_str(line.trim_end());
+            if done {
+                return out;
+            }
+            out.push('\n');
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True when the server closed the connection.
+    pub fn at_eof(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0))
+    }
+}
+
+/// One whole transaction; returns the reply to the end of DATA. `body` is raw wire content
+/// (already dot-stuffed as the caller wants) without the final ".".
+pub fn submit(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> String {
+    let mut c = Client::connect(addr);
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    assert!(r.starts_with("250"), "MAIL: {r}");
+    for rcpt in rcpts {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(r.starts_with("250"), "RCPT {rcpt}: {r}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(body);
+    c.send(b".\r\n");
+    let r = c.reply();
+    c.cmd("QUIT");
+    r
+}
+
+/// The queue id from "250 2.0.0 Ok: queued as ID".
+pub fn queue_id(reply: &str) -> String {
+    reply.rsplit(' ').next().unwrap().to_string()
+}
+
+/// A sink on `ip` with a free port, retrying ports already taken there.
+pub fn sink_on(ip: &str, port: u16, script: sink::Script) -> sink::Sink {
+    sink::Sink::start(ip, port, script).unwrap_or_else(|e| panic!("sink on {ip}:{port}: {e}"))
+}
