@@ -128,7 +128,7 @@ pub static FLAGS: &[FlagDef] = &[
     opt(
         "max-hops",
         "N",
-        "Refuse a message with more Received: headers than this (mail loop)",
+        "Refuse mail whose hop count (Received: headers, ours included) exceeds N: a loop",
         Some("50"),
     ),
     opt(
