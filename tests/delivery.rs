@@ -574,3 +574,89 @@ fn ipv6_listener_trusted_network_and_aaaa_mx() {
     assert!(String::from_utf8_lossy(&m.data).contains("([IPv6:::1])"));
     relay.wait_log("relay=mx6.example.test[::1]");
 }
+
+#[test]
+fn helo_fallback_when_the_next_hop_lacks_ehlo() {
+    let mx = Mx::new(Script::default().no_ehlo());
+    mx.domain("example.test");
+    let spool = TempDir::new("helo");
+    let relay = mx.relay(&spool, &[]);
+    submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
+    let m = &mx.sink.wait_for(1, WAIT)[0];
+    assert_eq!(m.helo, "relay.test");
+    let cmds = mx.sink.commands();
+    assert!(
+        cmds.iter().any(|c| c == "EHLO relay.test") && cmds.iter().any(|c| c == "HELO relay.test"),
+        "{cmds:?}"
+    );
+    assert!(
+        m.mail_from.trim_end() == "<a@client.test>",
+        "no ESMTP parameters after HELO: {}",
+        m.mail_from
+    );
+}
+
+#[test]
+fn a_4xx_greeting_moves_on_to_the_next_mx() {
+    let busy = sink_on(
+        "127.0.0.9",
+        0,
+        Script::default().greeting(|| "421 4.3.2 too busy".into()),
+    );
+    let good = sink_on("127.0.0.10", busy.addr.port(), Script::default());
+    let dns = FakeDns::start();
+    dns.mx(
+        "example.test",
+        &[(10, "busy.example.test"), (20, "good.example.test")],
+    )
+    .a("busy.example.test", Ipv4Addr::new(127, 0, 0, 9))
+    .a("good.example.test", Ipv4Addr::new(127, 0, 0, 10));
+    let spool = TempDir::new("greet4xx");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--dns-server",
+            &dns.addr.to_string(),
+            "--mx-port",
+            &busy.addr.port().to_string(),
+        ],
+    );
+    submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
+    good.wait_for(1, WAIT);
+    assert_eq!(busy.connections(), 1);
+    assert!(busy.messages().is_empty());
+}
+
+#[test]
+fn next_hop_size_limit_bounces_with_5_3_4() {
+    let mx = Mx::new(Script::default().keywords(&["PIPELINING", "8BITMIME", "SIZE 3000"]));
+    mx.domain("example.test").domain("client.test");
+    let spool = TempDir::new("size");
+    let relay = mx.relay(&spool, &[]);
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.extend(
+        std::iter::repeat_n(
+            b"0123456789012345678901234567890123456789\r\n".as_slice(),
+            100,
+        )
+        .flatten(),
+    );
+    submit(relay.addr, "a@client.test", &["b@example.test"], &big);
+    assert!(
+        wait_until(WAIT, || dsns(&mx.sink).len() == 1),
+        "{}",
+        relay.log()
+    );
+    let dsn = String::from_utf8_lossy(&dsns(&mx.sink)[0].data).into_owned();
+    assert!(
+        dsn.contains("Status: 5.3.4") && dsn.contains("limit of 3000 bytes"),
+        "{dsn}"
+    );
+    assert!(
+        !mx.sink
+            .commands()
+            .iter()
+            .any(|c| c.starts_with("MAIL FROM:<a@client.test>")),
+        "never offered to the hop"
+    );
+}

@@ -79,6 +79,8 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         // NOOP and HELP may carry an argument, which is ignored.
         "NOOP" => Ok(Command::Noop),
         "HELP" => Ok(Command::Help),
+        "VRFY" if arg.trim().is_empty() => Err(CommandError::Syntax("VRFY string")),
+        "VRFY" if arg.trim().is_empty() => Err(CommandError::Syntax("VRFY string")),
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
@@ -156,6 +158,8 @@ mod tests {
             ("NOOP whatever", Ok(Command::Noop)),
             ("QUIT", Ok(Command::Quit)),
             ("VRFY root", Ok(Command::Vrfy)),
+            ("VRFY", Err(CommandError::Syntax("VRFY string"))),
+            ("VRFY", Err(CommandError::Syntax("VRFY string"))),
             ("STARTTLS", Ok(Command::NotImplemented)),
             ("AUTH PLAIN", Ok(Command::NotImplemented)),
             ("XYZZY", Ok(Command::Unknown)),

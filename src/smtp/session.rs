@@ -233,7 +233,7 @@ impl Session {
         let mailbox = match to {
             ForwardPath::Postmaster => self.cfg.postmaster.clone(),
             ForwardPath::Mailbox(m)
-                if m.local.eq_ignore_ascii_case("postmaster")
+                if m.local.trim_matches('"').eq_ignore_ascii_case("postmaster")
                     && m.domain.eq_ignore_ascii_case(&self.cfg.hostname) =>
             {
                 self.cfg.postmaster.clone()
