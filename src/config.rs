@@ -33,6 +33,16 @@ const fn opt(
         multi: false,
     }
 }
+const fn switch(long: &'static str, help: &'static str) -> FlagDef {
+    FlagDef {
+        long,
+        short: "",
+        hint: "",
+        help,
+        default: None,
+        multi: false,
+    }
+}
 const fn multi(
     long: &'static str,
     hint: &'static str,
@@ -54,8 +64,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub static FLAGS: &[FlagDef] = &[
     multi(
         "listen",
-        "ADDR:PORT",
-        "Accept SMTP on this address (repeatable; IPv6 as [::1]:2525)",
+        "ADDR:PORT[/ROLE]",
+        "Accept SMTP here (repeatable; IPv6 as [::1]:2525). ROLE: smtp (relay port), submission \
+         (STARTTLS, AUTH required), smtps (implicit TLS, AUTH required)",
         Some(DEFAULT_LISTEN),
     ),
     opt(
@@ -179,6 +190,92 @@ pub static FLAGS: &[FlagDef] = &[
         "On SIGTERM/SIGINT, how long in-flight sessions may finish",
         Some("10s"),
     ),
+    opt(
+        "tls-cert",
+        "FILE",
+        "Server certificate chain (PEM), reloaded on SIGHUP and when it changes",
+        Some("self-signed, generated into the spool when TLS is needed"),
+    ),
+    opt(
+        "tls-key",
+        "FILE",
+        "Private key for --tls-cert (PEM: PKCS#8, RSA or EC)",
+        None,
+    ),
+    opt(
+        "tls-handshake-timeout",
+        "DURATION",
+        "Time a client gets to finish the TLS handshake",
+        Some("30s"),
+    ),
+    opt(
+        "users",
+        "FILE",
+        "Accounts for SMTP AUTH: user:hash[:domain,...] per line (bcrypt $2y$ or SHA-512 $6$)",
+        None,
+    ),
+    multi(
+        "sender-domain",
+        "USER=DOMAIN",
+        "Envelope sender domains USER may use (repeatable; default any)",
+        None,
+    ),
+    switch(
+        "plaintext-auth-loopback",
+        "Allow AUTH without TLS from loopback clients",
+    ),
+    opt(
+        "auth-fail-delay",
+        "DURATION",
+        "Pause before answering a failed AUTH",
+        Some("1s"),
+    ),
+    opt(
+        "auth-max-failures",
+        "N",
+        "Failed AUTH attempts from one address before 421 and lockout",
+        Some("5"),
+    ),
+    opt(
+        "auth-lockout",
+        "DURATION",
+        "Window for counting failures, and the lockout after them",
+        Some("10m"),
+    ),
+    opt(
+        "tls-outbound",
+        "may|encrypt|verify",
+        "TLS to MX hosts and routes: opportunistic, required, or required and verified",
+        Some("may"),
+    ),
+    opt(
+        "smarthost-tls",
+        "starttls|implicit|none",
+        "TLS to the smarthost (certificate verified unless --smarthost-insecure)",
+        Some("starttls"),
+    ),
+    switch(
+        "smarthost-insecure",
+        "Do not verify the smarthost's certificate",
+    ),
+    opt(
+        "smarthost-user",
+        "USER",
+        "Log in to the smarthost as USER",
+        None,
+    ),
+    opt(
+        "smarthost-password-file",
+        "FILE",
+        "File holding the smarthost password (or API key)",
+        None,
+    ),
+    opt(
+        "tls-ca-file",
+        "FILE",
+        "Extra CA certificate (PEM) trusted when verifying next hops",
+        None,
+    ),
     FlagDef {
         long: "verbose",
         short: "v",
@@ -204,6 +301,47 @@ pub static FLAGS: &[FlagDef] = &[
         multi: false,
     },
 ];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Relay port: trusted networks or authenticated clients may relay; STARTTLS offered
+    /// when a certificate is configured.
+    Smtp,
+    /// Message submission (RFC 6409): STARTTLS, AUTH required before MAIL.
+    Submission,
+    /// Implicit TLS submission (RFC 8314), AUTH required.
+    Smtps,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Smtp => "smtp",
+            Role::Submission => "submission",
+            Role::Smtps => "smtps",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub role: Role,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsOutbound {
+    May,
+    Encrypt,
+    Verify,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmarthostTls {
+    StartTls,
+    Implicit,
+    None,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPort {
@@ -247,7 +385,7 @@ impl Cidr {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     pub hostname: String,
     pub spool: PathBuf,
     pub smarthost: Option<HostPort>,
@@ -269,6 +407,20 @@ pub struct Config {
     pub dns_servers: Vec<SocketAddr>,
     pub mx_port: u16,
     pub shutdown_grace: Duration,
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub tls_handshake_timeout: Duration,
+    pub users: Option<PathBuf>,
+    pub sender_domains: Vec<(String, String)>,
+    pub plaintext_auth_loopback: bool,
+    pub auth_fail_delay: Duration,
+    pub auth_max_failures: u32,
+    pub auth_lockout: Duration,
+    pub tls_outbound: TlsOutbound,
+    pub smarthost_tls: SmarthostTls,
+    pub smarthost_insecure: bool,
+    /// User and the file holding the password.
+    pub smarthost_auth: Option<(String, PathBuf)>,
+    pub tls_ca_file: Option<PathBuf>,
     pub verbose: bool,
 }
 
@@ -303,7 +455,7 @@ fn options() -> getopts::Options {
 
 pub fn usage() -> String {
     let mut s = String::from(
-        "Usage: mxrelay [FLAGS]\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
+        "Usage: mxrelay [FLAGS]\n       mxrelay hash-password   (reads a password on stdin, prints a bcrypt hash for --users)\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
          or through a smarthost, with retries and bounces.\n\nFlags:\n",
     );
     for f in FLAGS {
@@ -362,10 +514,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
     } else {
         listen_strs
     } {
-        listen.push(
-            v.parse::<SocketAddr>()
-                .map_err(|_| bad("listen", format!("{v:?} is not ADDR:PORT")))?,
-        );
+        listen.push(parse_listener(&v).map_err(|e| bad("listen", e))?);
     }
     let hostname = match get("hostname") {
         Some(h) => h,
@@ -466,8 +615,73 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         dns_servers,
         mx_port: mx_port as u16,
         shutdown_grace: dur("shutdown-grace", "10s")?,
+        tls_cert: match (get("tls-cert"), get("tls-key")) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("tls-cert", "needs --tls-key too".into())),
+            (None, Some(_)) => return Err(bad("tls-key", "needs --tls-cert too".into())),
+        },
+        tls_handshake_timeout: dur("tls-handshake-timeout", "30s")?,
+        users: get("users").map(PathBuf::from),
+        sender_domains: m
+            .opt_strs("sender-domain")
+            .iter()
+            .map(|v| match v.split_once('=') {
+                Some((u, d)) if !u.is_empty() && address::is_valid_domain(d) => {
+                    Ok((u.to_string(), d.to_ascii_lowercase()))
+                }
+                _ => Err(bad("sender-domain", format!("{v:?} is not USER=DOMAIN"))),
+            })
+            .collect::<Result<_, _>>()?,
+        plaintext_auth_loopback: m.opt_present("plaintext-auth-loopback"),
+        auth_fail_delay: dur("auth-fail-delay", "1s")?,
+        auth_max_failures: num("auth-max-failures", 5, 1)? as u32,
+        auth_lockout: dur("auth-lockout", "10m")?,
+        tls_outbound: match get("tls-outbound").as_deref().unwrap_or("may") {
+            "may" => TlsOutbound::May,
+            "encrypt" => TlsOutbound::Encrypt,
+            "verify" => TlsOutbound::Verify,
+            other => {
+                return Err(bad(
+                    "tls-outbound",
+                    format!("{other:?} is not may, encrypt or verify"),
+                ));
+            }
+        },
+        smarthost_tls: match get("smarthost-tls").as_deref().unwrap_or("starttls") {
+            "starttls" => SmarthostTls::StartTls,
+            "implicit" => SmarthostTls::Implicit,
+            "none" => SmarthostTls::None,
+            other => {
+                return Err(bad(
+                    "smarthost-tls",
+                    format!("{other:?} is not starttls, implicit or none"),
+                ));
+            }
+        },
+        smarthost_insecure: m.opt_present("smarthost-insecure"),
+        smarthost_auth: match (get("smarthost-user"), get("smarthost-password-file")) {
+            (Some(u), Some(f)) => Some((u, PathBuf::from(f))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(bad(
+                    "smarthost-user",
+                    "needs --smarthost-password-file too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "smarthost-password-file",
+                    "needs --smarthost-user too".into(),
+                ));
+            }
+        },
+        tls_ca_file: get("tls-ca-file").map(PathBuf::from),
         verbose: m.opt_present("verbose"),
     };
+    if config.smarthost_auth.is_some() && config.smarthost.is_none() {
+        return Err(bad("smarthost-user", "needs --smarthost".into()));
+    }
     for (name, d) in [
         ("idle-timeout", config.idle_timeout),
         ("connect-timeout", config.connect_timeout),
@@ -486,6 +700,24 @@ fn default_spool() -> PathBuf {
         Some(home) if !root => PathBuf::from(home).join(".local/state/mxrelay"),
         _ => PathBuf::from("/var/spool/mxrelay"),
     }
+}
+
+/// `ADDR:PORT[/ROLE]`.
+pub fn parse_listener(s: &str) -> Result<Listener, String> {
+    let (addr, role) = match s.rsplit_once('/') {
+        Some((a, r)) => (a, r),
+        None => (s, "smtp"),
+    };
+    let role = match role {
+        "smtp" => Role::Smtp,
+        "submission" => Role::Submission,
+        "smtps" => Role::Smtps,
+        other => return Err(format!("{other:?} is not a role (smtp, submission, smtps)")),
+    };
+    let addr = addr
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not ADDR:PORT[/ROLE]"))?;
+    Ok(Listener { addr, role })
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -579,7 +811,15 @@ mod tests {
     #[test]
     fn defaults() {
         let c = run(&["--hostname", "relay.test"]).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![Listener {
+                addr: "127.0.0.1:2525".parse().unwrap(),
+                role: Role::Smtp
+            }]
+        );
+        assert_eq!(c.tls_outbound, TlsOutbound::May);
+        assert_eq!(c.smarthost_tls, SmarthostTls::StartTls);
         assert_eq!(c.postmaster.to_string(), "postmaster@relay.test");
         assert_eq!(c.retry.len(), 7);
         assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86400));
@@ -600,6 +840,16 @@ mod tests {
     fn errors_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
             (&["--listen", "nope"], "--listen"),
+            (&["--listen", "127.0.0.1:25/bogus"], "--listen"),
+            (&["--tls-cert", "c.pem"], "--tls-cert"),
+            (&["--smarthost-user", "u"], "--smarthost-user"),
+            (
+                &["--smarthost-user", "u", "--smarthost-password-file", "f"],
+                "needs --smarthost",
+            ),
+            (&["--tls-outbound", "always"], "--tls-outbound"),
+            (&["--smarthost-tls", "ssl"], "--smarthost-tls"),
+            (&["--sender-domain", "alice"], "--sender-domain"),
             (&["--retry", "1m,x"], "--retry"),
             (&["--retry", "0s"], "--retry"),
             (&["--workers", "0"], "--workers"),
@@ -615,6 +865,21 @@ mod tests {
             let e = run(args).unwrap_err();
             assert!(e.0.contains(want), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn listener_roles() {
+        let l = |s| parse_listener(s).unwrap();
+        assert_eq!(l("127.0.0.1:25").role, Role::Smtp);
+        assert_eq!(l("0.0.0.0:587/submission").role, Role::Submission);
+        assert_eq!(
+            l("[::1]:465/smtps"),
+            Listener {
+                addr: "[::1]:465".parse().unwrap(),
+                role: Role::Smtps
+            }
+        );
+        assert!(parse_listener("127.0.0.1:25/").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! mxrelay: a small, durable SMTP relay. See README.md for what it does and DESIGN notes in
 //! each module for how.
 
+pub mod auth;
 pub mod bounce;
 pub mod config;
 pub mod date;
@@ -11,3 +12,4 @@ pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod tls;

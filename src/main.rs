@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use mxrelay::config::{self, Parsed};
 use mxrelay::relay::Relay;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hash-password") {
+        return hash_password();
+    }
     let cfg = match config::parse_args(&args) {
         Ok(Parsed::Run(c)) => c,
         Ok(Parsed::Help(text)) => {
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot install signal handlers: {e}");
@@ -49,13 +52,38 @@ fn main() -> ExitCode {
         cfg.hostname,
         cfg.spool.display()
     );
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            log::info!("SIGHUP: reloading");
+            relay.reload();
+            continue;
+        }
         log::info!(
             "signal {sig}: shutting down (grace {:?})",
             cfg.shutdown_grace
         );
+        break;
     }
     relay.stop(cfg.shutdown_grace);
     log::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// `mxrelay hash-password`: reads a password (one line on stdin) and prints a bcrypt hash
+/// for the users file, in the `$2y$` form htpasswd -B writes.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("mxrelay hash-password: cannot read the password from stdin");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!(
+            "mxrelay hash-password: empty password (give it on stdin, e.g. echo secret | mxrelay hash-password)"
+        );
+        return ExitCode::from(2);
+    }
+    println!("{}", mxrelay::auth::hash_password(password));
     ExitCode::SUCCESS
 }

@@ -1,8 +1,62 @@
-//! A bounded line reader over any byte stream: lines end at LF (a CR before it is dropped),
-//! a line longer than the limit is drained and reported as `TooLong` without ever being held,
-//! and the bytes read ahead stay available (pipelined commands, DATA).
+//! Connections: `Stream` is a TCP socket, plain or under TLS (server side through openssl,
+//! client side through native-tls), and `LineReader` is a bounded line reader over it: lines
+//! end at LF (a CR before it is dropped), a line longer than the limit is drained and
+//! reported as `TooLong` without ever being held, and the bytes read ahead stay available
+//! (pipelined commands, DATA).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+pub enum Stream {
+    Plain(TcpStream),
+    /// A session we accepted under TLS.
+    Server(Box<openssl::ssl::SslStream<TcpStream>>),
+    /// A delivery connection under TLS.
+    Client(Box<native_tls::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The socket underneath, for timeouts and shutdown.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Server(s) => s.get_ref(),
+            Stream::Client(s) => s.get_ref(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Server(s) => s.read(buf),
+            Stream::Client(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Server(s) => s.write(buf),
+            Stream::Client(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Server(s) => s.flush(),
+            Stream::Client(s) => s.flush(),
+        }
+    }
+}
 
 pub enum Line<'a> {
     Line(&'a [u8]),
@@ -34,6 +88,16 @@ impl<R: Read> LineReader<R> {
 
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// Gives the stream back (to upgrade it to TLS); `Err` if input was already read ahead,
+    /// which after STARTTLS means the peer pipelined plaintext (CVE-2011-0411).
+    pub fn into_inner(self) -> Result<R, R> {
+        if self.start == self.end {
+            Ok(self.inner)
+        } else {
+            Err(self.inner)
+        }
     }
 
     pub fn buffered(&self) -> &[u8] {

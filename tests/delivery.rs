@@ -86,7 +86,15 @@ fn body_after_received(m: &Message) -> Vec<u8> {
 fn delivers_through_a_smarthost() {
     let sink = sink_on("127.0.0.3", 0, Script::default());
     let spool = TempDir::new("smarthost");
-    let relay = Relay::start(spool.path(), &["--smarthost", &sink.addr.to_string()]);
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &sink.addr.to_string(),
+            "--smarthost-tls",
+            "none",
+        ],
+    );
     let reply = submit(
         relay.addr,
         "a@client.test",

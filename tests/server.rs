@@ -25,7 +25,15 @@ fn greeted(relay: &Relay) -> Client {
 fn smuggling_variants_never_split_a_message() {
     let sink = sink_on("127.0.0.7", 0, Script::default());
     let spool = TempDir::new("smuggle");
-    let relay = Relay::start(spool.path(), &["--smarthost", &sink.addr.to_string()]);
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &sink.addr.to_string(),
+            "--smarthost-tls",
+            "none",
+        ],
+    );
     let variants: &[&[u8]] = &[
         b"\n.\n",
         b"\n.\r\n",
@@ -170,6 +178,8 @@ fn killed_right_after_250_still_delivers_exactly_once() {
     let args = [
         "--smarthost",
         &sink.addr.to_string(),
+        "--smarthost-tls",
+        "none",
         "--retry",
         "1s",
         "--delivery-timeout",

@@ -7,7 +7,7 @@
 //! | line                  | meaning                                                             |
 //! |-----------------------|---------------------------------------------------------------------|
 //! | `# text`              | comment; the first one says which rule the file pins                |
-//! | `! config k=v ...`    | `relay=allowed\|denied`, `max-recipients=N`, `max-errors=N`, `max-size=N` |
+//! | `! config k=v ...`    | `relay=allowed\|denied`, `max-recipients=N`, `max-errors=N`, `max-size=N`, `auth=on` (account alice/secret, AUTH allowed without TLS from loopback) |
 //! | `! socket-only`       | skipped by the pure run (the rule needs the real DATA reader)       |
 //! | `! data refused NNN`  | pure run only: the DATA just sent ends with this refusal (552 size, 554 hops), as the driver would report it |
 //! | `C: line`             | one command, sent with CRLF                                         |
@@ -30,6 +30,8 @@ use mxrelay::smtp::reply::{self, Reply};
 use mxrelay::smtp::session::{Effect, Session, SessionConfig};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The one account of `! config auth=on` transcripts.
+const ACCOUNT: (&str, &str) = ("alice", "secret");
 
 #[derive(Clone, Debug)]
 struct Limits {
@@ -37,6 +39,7 @@ struct Limits {
     max_recipients: usize,
     max_errors: u32,
     max_size: u64,
+    auth: bool,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             max_recipients: 1000,
             max_errors: 10,
             max_size: 10 << 20,
+            auth: false,
         }
     }
 }
@@ -133,6 +137,7 @@ fn directive(t: &mut Transcript, d: &str) -> Result<(), String> {
                     Some(("max-recipients", v)) => l.max_recipients = num(v)? as usize,
                     Some(("max-errors", v)) => l.max_errors = num(v)? as u32,
                     Some(("max-size", v)) => l.max_size = num(v)?,
+                    Some(("auth", "on")) => l.auth = true,
                     _ => return Err(format!("unknown setting {s}")),
                 }
             }
@@ -210,6 +215,11 @@ impl Pure {
             max_errors: l.max_errors,
             relay_allowed: l.relay_allowed,
             postmaster: Mailbox::parse("postmaster@relay.test").unwrap(),
+            tls_available: false,
+            implicit_tls: false,
+            auth_available: l.auth,
+            require_auth: false,
+            plaintext_auth: l.auth,
         });
         let mut pure = Pure {
             pending: VecDeque::new(),
@@ -236,11 +246,21 @@ impl Peer for Pure {
                 PureState::Closed { .. } => return Err(format!("{c:?} sent after the close")),
             }
             let step = self.session.feed(c.as_bytes());
-            self.push(&step.reply);
+            if let Some(r) = &step.reply {
+                self.push(r);
+            }
             self.state = match step.effect {
                 Effect::None => PureState::Commands,
                 Effect::BeginData => PureState::InData,
                 Effect::Close => PureState::Closed { eof_seen: false },
+                Effect::StartTls => return Err("STARTTLS cannot be scripted in transcripts".into()),
+                Effect::Authenticate { user, password } => {
+                    let ok =
+                        (user.as_str(), password.as_slice()) == (ACCOUNT.0, ACCOUNT.1.as_bytes());
+                    let r = self.session.auth_result(ok, Vec::new());
+                    self.push(&r);
+                    PureState::Commands
+                }
             };
         }
         Ok(())
@@ -389,6 +409,25 @@ fn start_relay(t: &Transcript, spool: &Path) -> Relay {
         "--max-message-size".into(),
         l.max_size.to_string(),
     ]);
+    if l.auth {
+        fs::create_dir_all(spool).unwrap();
+        let users = spool.join("users");
+        fs::write(
+            &users,
+            format!(
+                "{}:{}\n",
+                ACCOUNT.0,
+                mxrelay::auth::hash_password(ACCOUNT.1)
+            ),
+        )
+        .unwrap();
+        args.extend([
+            "--users".into(),
+            users.display().to_string(),
+            "--plaintext-auth-loopback".into(),
+        ]);
+        args.extend(["--auth-fail-delay".into(), "0s".into()]);
+    }
     if !l.relay_allowed {
         // 127.0.0.1 is outside this network, so the test client is untrusted.
         args.extend(["--trusted-network".into(), "10.255.255.0/24".into()]);

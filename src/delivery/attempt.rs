@@ -8,13 +8,15 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::route::{self, Candidate, RouteError};
+use super::route::{self, Candidate, Destination, RouteError};
 use super::{Context, Job, RcptResult};
-use crate::net::{Line, LineReader};
+use crate::config::{SmarthostTls, TlsOutbound};
+use crate::net::{Line, LineReader, Stream};
 use crate::smtp::client::{self, Needs};
 use crate::smtp::data::DotStuffer;
 use crate::smtp::ehlo::Extensions;
 use crate::smtp::reply::{Reply, ReplyParser};
+use crate::smtp::sasl;
 
 /// RFC 5321 4.5.3.2 timeouts.
 const GREETING: Duration = Duration::from_secs(300);
@@ -26,6 +28,54 @@ const DATA_END: Duration = Duration::from_secs(600);
 
 pub type Results = Vec<(usize, RcptResult)>;
 
+/// How this destination wants TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsMode {
+    Off,
+    /// STARTTLS when offered, certificate not checked; plaintext if the handshake fails.
+    Opportunistic,
+    /// STARTTLS or nothing.
+    Required {
+        verify: bool,
+    },
+    /// TLS from the first byte (port 465 style).
+    Implicit {
+        verify: bool,
+    },
+}
+
+fn tls_mode(dest: &Destination, ctx: &Context) -> TlsMode {
+    match dest {
+        Destination::Smarthost(_) => match ctx.smarthost_tls {
+            SmarthostTls::StartTls => TlsMode::Required {
+                verify: !ctx.smarthost_insecure,
+            },
+            SmarthostTls::Implicit => TlsMode::Implicit {
+                verify: !ctx.smarthost_insecure,
+            },
+            SmarthostTls::None => TlsMode::Off,
+        },
+        _ => match ctx.tls_outbound {
+            TlsOutbound::May => TlsMode::Opportunistic,
+            TlsOutbound::Encrypt => TlsMode::Required { verify: false },
+            TlsOutbound::Verify => TlsMode::Required { verify: true },
+        },
+    }
+}
+
+/// Why a host did not work out; `tls` marks a failed handshake, after which opportunistic
+/// TLS tries the same host again in plaintext.
+struct HostError {
+    reason: String,
+    tls: bool,
+}
+
+impl From<String> for HostError {
+    fn from(reason: String) -> Self {
+        HostError { reason, tls: false }
+    }
+}
+
 pub fn deliver(job: &Job, ctx: &Context) -> Results {
     let all = |r: RcptResult| {
         job.rcpts
@@ -33,9 +83,12 @@ pub fn deliver(job: &Job, ctx: &Context) -> Results {
             .map(|(i, _)| (*i, r.clone()))
             .collect::<Results>()
     };
-    let hosts = match route::candidates(&job.dest, ctx.resolver.as_ref(), ctx.mx_port, |n| {
-        super::random_below(n)
-    }) {
+    let hosts = match route::candidates(
+        &job.dest,
+        ctx.resolver.as_ref(),
+        ctx.mx_port,
+        super::random_below,
+    ) {
         Ok(h) => h,
         Err(RouteError::Permanent { status, reason }) => {
             return all(RcptResult::Failed {
@@ -46,7 +99,9 @@ pub fn deliver(job: &Job, ctx: &Context) -> Results {
         }
         Err(RouteError::Temporary(reason)) => return all(RcptResult::Deferred { reason }),
     };
-    let implicit_mx = matches!(&job.dest, super::route::Destination::Mx(d) if hosts.len() == 1 && &hosts[0].name == d);
+    let implicit_mx =
+        matches!(&job.dest, Destination::Mx(d) if hosts.len() == 1 && &hosts[0].name == d);
+    let mode = tls_mode(&job.dest, ctx);
     let mut last_error = String::from("no usable host");
     for host in &hosts {
         let addrs = match route::addresses(host, ctx.resolver.as_ref()) {
@@ -68,11 +123,18 @@ pub fn deliver(job: &Job, ctx: &Context) -> Results {
             }
         };
         for addr in addrs {
-            match try_host(job, ctx, host, addr) {
+            let mut result = try_host(job, ctx, host, addr, mode);
+            if let Err(HostError { tls: true, reason }) = &result
+                && mode == TlsMode::Opportunistic
+            {
+                log::info!("{}: {reason}; retrying {} without TLS", job.id, host.name);
+                result = try_host(job, ctx, host, addr, TlsMode::Off);
+            }
+            match result {
                 Ok(results) => return results,
-                Err(reason) => {
-                    log::debug!("{}: {}[{}]: {reason}", job.id, host.name, addr);
-                    last_error = reason;
+                Err(e) => {
+                    log::debug!("{}: {}[{}]: {}", job.id, host.name, addr, e.reason);
+                    last_error = e.reason;
                 }
             }
         }
@@ -81,15 +143,15 @@ pub fn deliver(job: &Job, ctx: &Context) -> Results {
 }
 
 struct Client {
-    reader: LineReader<TcpStream>,
-    stream: TcpStream,
+    reader: LineReader<Stream>,
     cap: Option<Duration>,
     relay: String,
 }
 
 impl Client {
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
+        self.reader
+            .get_mut()
             .write_all(bytes)
             .map_err(|e| format!("write to {} failed: {e}", self.relay))
     }
@@ -98,6 +160,7 @@ impl Client {
         let t = self.cap.map_or(timeout, |c| c.min(timeout));
         self.reader
             .get_ref()
+            .tcp()
             .set_read_timeout(Some(t))
             .map_err(|e| e.to_string())?;
         let mut parser = ReplyParser::default();
@@ -118,10 +181,61 @@ impl Client {
         }
     }
 
+    fn command(&mut self, line: &str, timeout: Duration) -> Result<Reply, String> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.read_reply(timeout)
+    }
+
+    fn ehlo(&mut self, hostname: &str) -> Result<Extensions, String> {
+        let mut ehlo = self.command(&format!("EHLO {hostname}"), MAIL)?;
+        if ehlo.code >= 500 {
+            ehlo = self.command(&format!("HELO {hostname}"), MAIL)?;
+            ehlo.lines.truncate(1);
+        }
+        if ehlo.code != 250 {
+            return Err(format!(
+                "{} refused EHLO/HELO: {}",
+                self.relay,
+                ehlo.summary()
+            ));
+        }
+        Ok(Extensions::parse(&ehlo))
+    }
+
+    /// Wraps the connection in TLS; `name` is checked against the certificate when verifying.
+    fn start_tls(&mut self, ctx: &Context, name: &str, verify: bool) -> Result<(), HostError> {
+        let placeholder = LineReader::new(
+            Stream::Plain(
+                self.reader
+                    .get_ref()
+                    .tcp()
+                    .try_clone()
+                    .map_err(|e| e.to_string())?,
+            ),
+            0,
+        );
+        let reader = std::mem::replace(&mut self.reader, placeholder);
+        let tcp = match reader.into_inner() {
+            Ok(Stream::Plain(tcp)) => tcp,
+            _ => return Err(format!("{} sent data before the TLS handshake", self.relay).into()),
+        };
+        let connector = if verify {
+            &ctx.tls.verifying
+        } else {
+            &ctx.tls.lenient
+        };
+        let tls = connector.connect(name, tcp).map_err(|e| HostError {
+            reason: format!("TLS handshake with {} failed: {e}", self.relay),
+            tls: true,
+        })?;
+        self.reader = LineReader::new(Stream::Client(Box::new(tls)), 8192);
+        Ok(())
+    }
+
     fn quit(mut self) {
         let _ = self.send(b"QUIT\r\n");
         let _ = self.read_reply(Duration::from_secs(5));
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.reader.get_ref().tcp().shutdown(Shutdown::Both);
     }
 }
 
@@ -131,47 +245,70 @@ fn try_host(
     ctx: &Context,
     host: &Candidate,
     addr: SocketAddr,
-) -> Result<Results, String> {
+    mode: TlsMode,
+) -> Result<Results, HostError> {
     let relay = format!("{}[{}]:{}", host.name, addr.ip(), addr.port());
-    let stream = TcpStream::connect_timeout(&addr, ctx.connect_timeout)
+    let tcp = TcpStream::connect_timeout(&addr, ctx.connect_timeout)
         .map_err(|e| format!("connect to {relay} failed: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let write_timeout = ctx
         .delivery_timeout
         .map_or(DATA_BLOCK, |c| c.min(DATA_BLOCK));
-    stream
-        .set_write_timeout(Some(write_timeout))
+    tcp.set_write_timeout(Some(write_timeout))
         .map_err(|e| e.to_string())?;
-    let reader = LineReader::new(stream.try_clone().map_err(|e| e.to_string())?, 8192);
+    tcp.set_read_timeout(Some(
+        ctx.delivery_timeout.map_or(GREETING, |c| c.min(GREETING)),
+    ))
+    .map_err(|e| e.to_string())?;
     let mut c = Client {
-        reader,
-        stream,
+        reader: LineReader::new(Stream::Plain(tcp), 8192),
         cap: ctx.delivery_timeout,
         relay: relay.clone(),
     };
+    if let TlsMode::Implicit { verify } = mode {
+        c.start_tls(ctx, &host.name, verify)?;
+    }
 
     let greeting = c.read_reply(GREETING)?;
     if greeting.code != 220 {
         c.quit();
-        return Err(format!("{relay} greeted with {}", greeting.summary()));
+        return Err(format!("{relay} greeted with {}", greeting.summary()).into());
     }
-    c.send(format!("EHLO {}\r\n", ctx.hostname).as_bytes())?;
-    let mut ehlo = c.read_reply(MAIL)?;
-    if ehlo.code >= 500 {
-        c.send(format!("HELO {}\r\n", ctx.hostname).as_bytes())?;
-        ehlo = c.read_reply(MAIL)?;
-        ehlo.lines.truncate(1);
+    let mut ext = c.ehlo(&ctx.hostname)?;
+    match mode {
+        TlsMode::Opportunistic | TlsMode::Required { .. } if ext.starttls => {
+            let r = c.command("STARTTLS", MAIL)?;
+            if r.code != 220 {
+                c.quit();
+                return Err(HostError {
+                    reason: format!("{relay} refused STARTTLS: {}", r.summary()),
+                    tls: true,
+                });
+            }
+            let verify = matches!(mode, TlsMode::Required { verify: true });
+            c.start_tls(ctx, &host.name, verify)?;
+            ext = c.ehlo(&ctx.hostname)?;
+        }
+        TlsMode::Required { .. } => {
+            c.quit();
+            return Err(format!("TLS is required but {relay} does not offer STARTTLS").into());
+        }
+        _ => {}
     }
-    if ehlo.code != 250 {
-        c.quit();
-        return Err(format!("{relay} refused EHLO/HELO: {}", ehlo.summary()));
+    let tls = c.reader.get_ref().is_tls();
+    if let (Destination::Smarthost(_), Some((user, password))) = (&job.dest, &ctx.smarthost_auth) {
+        if !tls && !addr.ip().is_loopback() {
+            c.quit();
+            return Err(format!("not sending credentials to {relay} without TLS").into());
+        }
+        login(&mut c, &ext, user, password)?;
     }
-    let ext = Extensions::parse(&ehlo);
     let needs = Needs {
         size: job.size,
         eight_bit: job.eight_bit,
         smtputf8: !job.sender.is_ascii() || job.rcpts.iter().any(|(_, a)| !a.is_ascii()),
     };
+    let relay = if tls { format!("{relay} tls") } else { relay };
     let fail_all = |status: String, reason: String| {
         job.rcpts
             .iter()
@@ -209,7 +346,7 @@ fn try_host(
     if !mail_reply.is_positive() {
         c.quit();
         if mail_reply.is_transient() {
-            return Err(format!("{relay} said to MAIL: {}", mail_reply.summary()));
+            return Err(format!("{relay} said to MAIL: {}", mail_reply.summary()).into());
         }
         return Ok(fail_all(
             client::status_of(&mail_reply),
@@ -269,6 +406,39 @@ fn try_host(
     Ok(results)
 }
 
+/// AUTH PLAIN (or LOGIN when that is all the smarthost offers). A refusal defers: a wrong
+/// password is an operator's problem, not a reason to bounce the mail.
+fn login(c: &mut Client, ext: &Extensions, user: &str, password: &str) -> Result<(), String> {
+    let reply = if ext.auth.iter().any(|m| m == "PLAIN") {
+        let token = sasl::encode(format!("\0{user}\0{password}").as_bytes());
+        c.command(&format!("AUTH PLAIN {token}"), MAIL)?
+    } else if ext.auth.iter().any(|m| m == "LOGIN") {
+        let r = c.command("AUTH LOGIN", MAIL)?;
+        if r.code != 334 {
+            return Err(format!("{} refused AUTH LOGIN: {}", c.relay, r.summary()));
+        }
+        let r = c.command(&sasl::encode(user.as_bytes()), MAIL)?;
+        if r.code != 334 {
+            return Err(format!(
+                "{} refused the user name: {}",
+                c.relay,
+                r.summary()
+            ));
+        }
+        c.command(&sasl::encode(password.as_bytes()), MAIL)?
+    } else {
+        return Err(format!("{} offers no AUTH PLAIN or LOGIN", c.relay));
+    };
+    if reply.code != 235 {
+        return Err(format!(
+            "authentication as {user} at {} failed: {}",
+            c.relay,
+            reply.summary()
+        ));
+    }
+    Ok(())
+}
+
 fn verdict(r: &Reply, relay: &str) -> RcptResult {
     if r.is_positive() {
         RcptResult::Delivered {
@@ -301,10 +471,10 @@ fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
         }
         stuffer.stuff(&chunk[..n], &mut wire);
         if wire.len() >= chunk.len() {
-            c.stream.write_all(&wire)?;
+            c.reader.get_mut().write_all(&wire)?;
             wire.clear();
         }
     }
     stuffer.finish(&mut wire);
-    c.stream.write_all(&wire)
+    c.reader.get_mut().write_all(&wire)
 }

@@ -61,6 +61,12 @@ pub struct Context {
     pub connect_timeout: Duration,
     /// Caps every client-side SMTP timeout (tests, impatient setups).
     pub delivery_timeout: Option<Duration>,
+    pub tls: crate::tls::Outbound,
+    pub tls_outbound: crate::config::TlsOutbound,
+    pub smarthost_tls: crate::config::SmarthostTls,
+    pub smarthost_insecure: bool,
+    /// User and password for the smarthost.
+    pub smarthost_auth: Option<(String, String)>,
 }
 
 pub fn spawn_workers(

@@ -11,8 +11,10 @@ use crate::smtp::address::domain_key;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
-    /// A fixed next hop (smarthost or static route), resolved by the system resolver.
-    Relay(HostPort),
+    /// `--smarthost`: resolved by the system resolver; its own TLS policy and login.
+    Smarthost(HostPort),
+    /// A `--route` next hop, resolved by the system resolver.
+    Route(HostPort),
     /// MX delivery for this domain (lower case).
     Mx(String),
     /// An address literal, `user@[192.0.2.1]`.
@@ -27,11 +29,11 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn destination(&self, domain: &str) -> Destination {
         if let Some(h) = &self.smarthost {
-            return Destination::Relay(h.clone());
+            return Destination::Smarthost(h.clone());
         }
         let key = domain_key(domain);
         if let Some(h) = self.routes.get(&key) {
-            return Destination::Relay(h.clone());
+            return Destination::Route(h.clone());
         }
         if let Some(lit) = key.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
             let ip = lit.strip_prefix("ipv6:").unwrap_or(lit);
@@ -76,7 +78,7 @@ pub fn candidates(
     shuffle: impl Fn(usize) -> usize,
 ) -> Result<Vec<Candidate>, RouteError> {
     match dest {
-        Destination::Relay(h) => {
+        Destination::Smarthost(h) | Destination::Route(h) => {
             let lookup = h.host.parse().map(Lookup::Fixed).unwrap_or(Lookup::System);
             Ok(vec![Candidate {
                 name: h.host.clone(),
@@ -189,7 +191,7 @@ mod tests {
         let t = table(None);
         assert_eq!(
             t.destination("Routed.Test"),
-            Destination::Relay(HostPort {
+            Destination::Route(HostPort {
                 host: "10.0.0.1".into(),
                 port: 2525
             })
@@ -209,7 +211,7 @@ mod tests {
         let t = table(Some("smart.test:587"));
         assert_eq!(
             t.destination("routed.test"),
-            Destination::Relay(HostPort {
+            Destination::Smarthost(HostPort {
                 host: "smart.test".into(),
                 port: 587
             })

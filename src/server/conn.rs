@@ -1,14 +1,15 @@
 //! Drives one `smtp::Session` over a client socket: reads bounded lines, writes replies
-//! (flushing only when no pipelined input is waiting), streams DATA into the spool and
-//! commits it before answering 250.
+//! (flushing only when no pipelined input is waiting), upgrades to TLS, checks credentials,
+//! streams DATA into the spool and commits it before answering 250.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Shared, reply_map};
-use crate::net::{Line, LineReader};
+use crate::config::Role;
+use crate::net::{Line, LineReader, Stream};
 use crate::smtp::data::DataReader;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::{Effect, Session, SessionConfig, Transaction};
@@ -24,7 +25,16 @@ enum DataOutcome {
     Gone,
 }
 
-pub fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+/// What the `Received:` header and the log say about the client.
+struct Trace<'a> {
+    helo: &'a str,
+    esmtp: bool,
+    tls: Option<&'a str>,
+    auth_user: Option<&'a str>,
+    ip: IpAddr,
+}
+
+pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let cfg = &shared.cfg;
     let _ = stream.set_nodelay(true);
     if stream.set_read_timeout(Some(cfg.idle_timeout)).is_err()
@@ -33,25 +43,38 @@ pub fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     }
     let peer_ip = canonical(peer.ip());
-    let relay_allowed = cfg.trusted.iter().any(|n| n.contains(peer_ip));
-    log::debug!(
-        "connect from [{peer_ip}] (relay {})",
-        if relay_allowed { "allowed" } else { "denied" }
-    );
+    let trusted = cfg.trusted.iter().any(|n| n.contains(peer_ip));
+    let mut tls_info = None;
+    let stream = if role == Role::Smtps {
+        match handshake(shared, stream, peer_ip) {
+            Some((s, info)) => {
+                tls_info = Some(info);
+                s
+            }
+            None => return,
+        }
+    } else {
+        Stream::Plain(stream)
+    };
     let mut session = Session::new(SessionConfig {
         hostname: cfg.hostname.clone(),
         max_message_size: cfg.max_message_size,
         max_recipients: cfg.max_recipients,
         max_errors: cfg.max_errors,
-        relay_allowed,
+        relay_allowed: trusted && role == Role::Smtp,
         postmaster: cfg.postmaster.clone(),
+        tls_available: shared.tls.is_some(),
+        implicit_tls: role == Role::Smtps,
+        auth_available: shared.users.is_some(),
+        require_auth: role != Role::Smtp,
+        plaintext_auth: cfg.plaintext_auth_loopback && peer_ip.is_loopback(),
     });
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
+    log::debug!(
+        "connect from [{peer_ip}] to the {} port (trusted: {trusted})",
+        role.name()
+    );
     let mut conn = Conn {
-        reader: LineReader::new(stream, (cfg.max_line_length + 2).max(16 * 1024)),
-        writer: write_half,
+        reader: LineReader::new(stream, line_buffer(cfg.max_line_length)),
         out: Vec::new(),
     };
     conn.reply(&session.greeting());
@@ -81,12 +104,34 @@ pub fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
                 break;
             }
         };
-        conn.reply(&step.reply);
+        if let Some(r) = &step.reply {
+            conn.reply(r);
+        }
         match step.effect {
             Effect::None => {}
             Effect::Close => {
                 let _ = conn.flush();
                 break;
+            }
+            Effect::StartTls => {
+                if conn.flush().is_err() {
+                    return;
+                }
+                let Some(info) = starttls(&mut conn, shared, peer_ip) else {
+                    return;
+                };
+                tls_info = Some(info);
+                session.tls_started();
+            }
+            Effect::Authenticate { user, password } => {
+                let (reply, locked) = authenticate(shared, &user, &password, peer_ip);
+                let r = session.auth_result(reply.is_some(), reply.unwrap_or_default());
+                conn.reply(&r);
+                if locked {
+                    conn.reply(&reply::auth_locked_out());
+                    let _ = conn.flush();
+                    return;
+                }
             }
             Effect::BeginData => {
                 if conn.flush().is_err() {
@@ -96,8 +141,15 @@ pub fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
                     .transaction()
                     .expect("DATA has a transaction")
                     .clone();
-                let helo = session.helo().unwrap_or("").to_string();
-                match receive_data(&mut conn, shared, &tx, &helo, session.is_esmtp(), peer_ip) {
+                let trace = Trace {
+                    helo: session.helo().unwrap_or(""),
+                    esmtp: session.is_esmtp(),
+                    tls: tls_info.as_deref(),
+                    auth_user: session.auth_user(),
+                    ip: peer_ip,
+                };
+                let outcome = receive_data(&mut conn, shared, &tx, &trace);
+                match outcome {
                     DataOutcome::Queued(id) => conn.reply(&session.data_done(Ok(id))),
                     DataOutcome::Refused(r) => conn.reply(&session.data_done(Err(r))),
                     DataOutcome::Gone => return,
@@ -109,9 +161,12 @@ pub fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     log::debug!("disconnect from [{peer_ip}] after {commands} commands");
 }
 
+fn line_buffer(max_line: usize) -> usize {
+    (max_line + 2).max(16 * 1024)
+}
+
 struct Conn {
-    reader: LineReader<TcpStream>,
-    writer: TcpStream,
+    reader: LineReader<Stream>,
     out: Vec<u8>,
 }
 
@@ -122,7 +177,7 @@ impl Conn {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            let r = self.writer.write_all(&self.out);
+            let r = self.reader.get_mut().write_all(&self.out);
             self.out.clear();
             r?;
         }
@@ -130,14 +185,89 @@ impl Conn {
     }
 }
 
-fn receive_data(
-    conn: &mut Conn,
+/// The TLS handshake, on this client's thread, bounded by the handshake timeout.
+fn handshake(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Option<(Stream, String)> {
+    let tls = shared.tls.as_ref()?;
+    let limit = Some(shared.cfg.tls_handshake_timeout);
+    if tcp.set_read_timeout(limit).is_err() || tcp.set_write_timeout(limit).is_err() {
+        return None;
+    }
+    match tls.accept(tcp) {
+        Ok(s) => {
+            let info = crate::tls::describe(&s);
+            let idle = Some(shared.cfg.idle_timeout);
+            let _ = s.get_ref().set_read_timeout(idle);
+            let _ = s.get_ref().set_write_timeout(idle);
+            log::debug!("tls from [{ip}]: {info}");
+            Some((Stream::Server(Box::new(s)), info))
+        }
+        Err(e) => {
+            log::info!("tls handshake with [{ip}] failed: {e}");
+            None
+        }
+    }
+}
+
+/// STARTTLS after its 220 went out. Anything the client sent after STARTTLS without waiting
+/// for the 220 is plaintext injected before the handshake (CVE-2011-0411): drop the client.
+fn starttls(conn: &mut Conn, shared: &Shared, ip: IpAddr) -> Option<String> {
+    let placeholder = LineReader::new(
+        Stream::Plain(conn.reader.get_ref().tcp().try_clone().ok()?),
+        0,
+    );
+    let reader = std::mem::replace(&mut conn.reader, placeholder);
+    let tcp = match reader.into_inner() {
+        Ok(Stream::Plain(tcp)) => tcp,
+        Ok(_) => return None,
+        Err(_) => {
+            log::warn!("client [{ip}] pipelined commands after STARTTLS; disconnecting");
+            return None;
+        }
+    };
+    let (stream, info) = handshake(shared, tcp, ip)?;
+    conn.reader = LineReader::new(stream, line_buffer(shared.cfg.max_line_length));
+    Some(info)
+}
+
+/// Checks credentials: `Some(sender domains)` on success. A failure is paused on and
+/// logged in a fail2ban-friendly line; `locked` says the address just reached its limit.
+fn authenticate(
     shared: &Shared,
-    tx: &Transaction,
-    helo: &str,
-    esmtp: bool,
-    peer_ip: IpAddr,
-) -> DataOutcome {
+    user: &str,
+    password: &[u8],
+    ip: IpAddr,
+) -> (Option<Vec<String>>, bool) {
+    let now = Instant::now();
+    if shared.auth_guard.is_locked(ip, now) {
+        log::warn!("authentication refused for [{ip}]: locked out after repeated failures");
+        return (None, true);
+    }
+    let users = shared
+        .users
+        .as_ref()
+        .expect("AUTH is only offered with users");
+    if users.verify(user, password) {
+        shared.auth_guard.clear(ip);
+        log::info!("authenticated user={user} from [{ip}]");
+        let domains = users
+            .get(user)
+            .map(|a| a.sender_domains.clone())
+            .unwrap_or_default();
+        return (Some(domains), false);
+    }
+    let shown: String = user
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    log::warn!("authentication failed for user={shown} from [{ip}]");
+    std::thread::sleep(shared.cfg.auth_fail_delay.min(Duration::from_secs(30)));
+    let locked = shared.auth_guard.record_failure(ip, Instant::now());
+    (None, locked)
+}
+
+fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trace) -> DataOutcome {
+    let peer_ip = trace.ip;
     let cfg = &shared.cfg;
     let mut incoming = match shared.spool.create() {
         Ok(i) => Some(i),
@@ -148,7 +278,7 @@ fn receive_data(
     };
     let mut write_error: Option<io::Error> = None;
     let id = incoming.as_ref().map(|i| i.id.clone()).unwrap_or_default();
-    let received = received_header(cfg, helo, esmtp, tx, peer_ip, &id);
+    let received = received_header(&cfg.hostname, trace, tx, &id);
     let mut buf = Vec::with_capacity(WRITE_CHUNK + 4096);
     buf.extend_from_slice(received.as_bytes());
     let mut reader = DataReader::new(cfg.max_message_size);
@@ -228,7 +358,7 @@ fn receive_data(
         kind: Kind::Message,
         received: now,
         client: peer_ip.to_string(),
-        helo: helo.to_string(),
+        helo: trace.helo.to_string(),
         sender: tx
             .sender
             .as_ref()
@@ -254,7 +384,16 @@ fn receive_data(
         return DataOutcome::Refused(reply_map::spool_error(&e));
     }
     log::info!(
-        "{id}: received from {helo}[{peer_ip}] sender=<{}> nrcpt={} size={}{}",
+        "{id}: received from {}[{peer_ip}]{}{} sender=<{}> nrcpt={} size={}{}",
+        trace.helo,
+        trace
+            .auth_user
+            .map(|u| format!(" user={u}"))
+            .unwrap_or_default(),
+        trace
+            .tls
+            .map(|t| format!(" tls={}", t.split(' ').next().unwrap_or(t)))
+            .unwrap_or_default(),
         env.sender,
         env.recipients.len(),
         env.size,
@@ -299,35 +438,46 @@ fn abandon(
     DataOutcome::Gone
 }
 
-/// RFC 5321 4.4 trace field. The client's HELO name is shown but never trusted as its identity.
-fn received_header(
-    cfg: &super::ServerConfig,
-    helo: &str,
-    esmtp: bool,
-    tx: &Transaction,
-    ip: IpAddr,
-    id: &str,
-) -> String {
-    let helo: String = helo
+/// RFC 5321 4.4 trace field, with the RFC 3848 / 6531 protocol keyword (ESMTPSA and
+/// friends). The client's HELO name is shown but never trusted as its identity.
+fn received_header(hostname: &str, trace: &Trace, tx: &Transaction, id: &str) -> String {
+    let helo: String = trace
+        .helo
         .chars()
         .map(|c| if c.is_ascii_graphic() { c } else { '?' })
         .collect();
-    let ip = match ip {
+    let ip = match trace.ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let with = match (tx.smtputf8, esmtp) {
+    let base = match (tx.smtputf8, trace.esmtp) {
         (true, _) => "UTF8SMTP",
         (false, true) => "ESMTP",
         (false, false) => "SMTP",
     };
+    let suffix = match (trace.tls.is_some(), trace.auth_user.is_some()) {
+        (true, true) => "SA",
+        (true, false) => "S",
+        (false, true) => "A",
+        (false, false) => "",
+    };
+    let mut comments = String::new();
+    if let Some(tls) = trace.tls {
+        comments.push_str(&format!("\r\n\t(using {tls})"));
+    }
+    if let Some(user) = trace.auth_user {
+        let user: String = user
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
+        comments.push_str(&format!("\r\n\t(Authenticated sender: {user})"));
+    }
     let for_clause = match tx.recipients.as_slice() {
         [one] => format!("\r\n\tfor <{one}>"),
         _ => String::new(),
     };
     format!(
-        "Received: from {helo} ([{ip}])\r\n\tby {} (mxrelay) with {with} id {id}{for_clause};\r\n\t{}\r\n",
-        cfg.hostname,
+        "Received: from {helo} ([{ip}]){comments}\r\n\tby {hostname} (mxrelay) with {base}{suffix} id {id}{for_clause};\r\n\t{}\r\n",
         crate::date::rfc5322(SystemTime::now())
     )
 }

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::config::Cidr;
+use crate::auth::{FailureGuard, Users};
+use crate::config::{Cidr, Listener, Role};
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply;
 use crate::spool::{Envelope, Spool};
+use crate::tls::ServerTls;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -31,6 +33,9 @@ pub struct ServerConfig {
     pub max_line_length: usize,
     pub max_hops: u32,
     pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub plaintext_auth_loopback: bool,
+    pub auth_fail_delay: Duration,
 }
 
 /// What every connection thread shares.
@@ -39,6 +44,9 @@ pub struct Shared {
     pub spool: Arc<Spool>,
     /// Committed messages go to the scheduler.
     pub queued: Sender<Envelope>,
+    pub tls: Option<Arc<ServerTls>>,
+    pub users: Option<Arc<Users>>,
+    pub auth_guard: FailureGuard,
     pub stopping: AtomicBool,
     active: AtomicUsize,
     next_conn: AtomicU64,
@@ -57,16 +65,19 @@ const CONN_STACK: usize = 256 * 1024;
 impl Server {
     /// Binds every listener first (so a bad address fails start-up), then starts accepting.
     pub fn start(
-        addrs: &[SocketAddr],
+        listeners: &[Listener],
         cfg: ServerConfig,
         spool: Arc<Spool>,
         queued: Sender<Envelope>,
+        tls: Option<Arc<ServerTls>>,
+        users: Option<Arc<Users>>,
+        auth_guard: FailureGuard,
     ) -> std::io::Result<Server> {
-        let listeners = addrs
+        let sockets = listeners
             .iter()
-            .map(|a| {
-                TcpListener::bind(a).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
+            .map(|l| {
+                TcpListener::bind(l.addr).map(|s| (s, l.role)).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -74,6 +85,9 @@ impl Server {
             cfg,
             spool,
             queued,
+            tls,
+            users,
+            auth_guard,
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -81,15 +95,15 @@ impl Server {
         });
         let mut local_addrs = Vec::new();
         let mut accept_threads = Vec::new();
-        for listener in listeners {
+        for (listener, role) in sockets {
             let addr = listener.local_addr()?;
-            log::info!("listening on {addr}");
+            log::info!("listening on {addr} ({})", role.name());
             local_addrs.push(addr);
             let shared = shared.clone();
             accept_threads.push(
                 thread::Builder::new()
                     .name(format!("accept-{addr}"))
-                    .spawn(move || accept_loop(listener, shared))?,
+                    .spawn(move || accept_loop(listener, role, shared))?,
             );
         }
         Ok(Server {
@@ -148,7 +162,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
@@ -183,7 +197,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .name(format!("smtp-{id}"))
             .stack_size(CONN_STACK)
             .spawn(move || {
-                conn::run(stream, peer, &worker);
+                conn::run(stream, peer, role, &worker);
                 worker.open.lock().expect("conn registry").remove(&id);
                 worker.active.fetch_sub(1, Ordering::SeqCst);
             });

@@ -22,7 +22,12 @@ pub enum Command {
     Vrfy,
     Expn,
     Help,
-    /// A verb we know of but do not offer (STARTTLS, AUTH, BDAT, ...): 502.
+    StartTls,
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    /// A verb we know of but do not offer (BDAT, ETRN, ...): 502.
     NotImplemented,
     Unknown,
 }
@@ -83,9 +88,20 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "VRFY" if arg.trim().is_empty() => Err(CommandError::Syntax("VRFY string")),
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
-        "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
-            Ok(Command::NotImplemented)
+        "STARTTLS" => no_arg(Command::StartTls),
+        "AUTH" => {
+            let mut words = arg.split_ascii_whitespace();
+            let mechanism = words
+                .next()
+                .ok_or(CommandError::Syntax("AUTH mechanism [initial-response]"))?
+                .to_string();
+            let initial = words.next().map(str::to_string);
+            if words.next().is_some() {
+                return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
+            }
+            Ok(Command::Auth { mechanism, initial })
         }
+        "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => Ok(Command::NotImplemented),
         _ => Ok(Command::Unknown),
     }
 }
@@ -160,8 +176,30 @@ mod tests {
             ("VRFY root", Ok(Command::Vrfy)),
             ("VRFY", Err(CommandError::Syntax("VRFY string"))),
             ("VRFY", Err(CommandError::Syntax("VRFY string"))),
-            ("STARTTLS", Ok(Command::NotImplemented)),
-            ("AUTH PLAIN", Ok(Command::NotImplemented)),
+            ("STARTTLS", Ok(Command::StartTls)),
+            (
+                "STARTTLS x",
+                Err(CommandError::Syntax("no arguments allowed")),
+            ),
+            (
+                "AUTH PLAIN",
+                Ok(Command::Auth {
+                    mechanism: "PLAIN".into(),
+                    initial: None,
+                }),
+            ),
+            (
+                "auth login dXNlcg==",
+                Ok(Command::Auth {
+                    mechanism: "login".into(),
+                    initial: Some("dXNlcg==".into()),
+                }),
+            ),
+            (
+                "AUTH",
+                Err(CommandError::Syntax("AUTH mechanism [initial-response]")),
+            ),
+            ("BDAT 10 LAST", Ok(Command::NotImplemented)),
             ("XYZZY", Ok(Command::Unknown)),
             ("", Ok(Command::Unknown)),
             (

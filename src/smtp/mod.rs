@@ -7,4 +7,5 @@ pub mod command;
 pub mod data;
 pub mod ehlo;
 pub mod reply;
+pub mod sasl;
 pub mod session;

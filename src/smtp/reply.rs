@@ -270,6 +270,57 @@ pub fn bad_param_value(name: &str) -> Reply {
     Reply::enh(501, (5, 4), format!("Bad value for parameter {name}"))
 }
 
+pub fn ready_for_tls() -> Reply {
+    Reply::enh(220, (0, 0), "Ready to start TLS")
+}
+pub fn tls_already_active() -> Reply {
+    Reply::enh(503, (5, 1), "TLS already active")
+}
+pub fn auth_ok() -> Reply {
+    Reply::enh(235, (7, 0), "Authentication successful")
+}
+pub fn auth_challenge(text: &str) -> Reply {
+    Reply::new(334, None, text)
+}
+pub fn auth_failed() -> Reply {
+    Reply::enh(535, (7, 8), "Authentication credentials invalid")
+}
+pub fn auth_cancelled() -> Reply {
+    Reply::enh(501, (0, 0), "Authentication cancelled")
+}
+pub fn auth_malformed(why: &str) -> Reply {
+    Reply::enh(501, (5, 2), format!("Cannot decode response: {why}"))
+}
+pub fn auth_required() -> Reply {
+    Reply::enh(530, (7, 0), "Authentication required")
+}
+pub fn encryption_required() -> Reply {
+    Reply::enh(
+        538,
+        (7, 11),
+        "Encryption required for requested authentication mechanism",
+    )
+}
+pub fn mechanism_unsupported() -> Reply {
+    Reply::enh(504, (5, 4), "Unrecognized authentication type")
+}
+pub fn already_authenticated() -> Reply {
+    Reply::enh(503, (5, 1), "Already authenticated")
+}
+pub fn auth_during_transaction() -> Reply {
+    Reply::enh(503, (5, 1), "AUTH not allowed during a mail transaction")
+}
+pub fn sender_not_allowed() -> Reply {
+    Reply::enh(553, (7, 1), "Sender address not allowed for this user")
+}
+pub fn auth_locked_out() -> Reply {
+    Reply::enh(
+        421,
+        (7, 0),
+        "Too many failed authentication attempts, closing connection",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
-//! The server-side SMTP session as a pure state machine: `feed` takes one command line and
-//! returns one reply plus at most one effect for the driver to carry out. The outcome of
-//! DATA comes back through `data_done`. No sockets, files, threads or clocks here.
+//! The server-side SMTP session as a pure state machine: `feed` takes one line and returns
+//! at most one reply plus at most one effect for the driver to carry out. Outcomes come back
+//! by method call: `tls_started`, `auth_result`, `data_done`. No sockets, files, threads or
+//! clocks here.
 
 use super::address::{ForwardPath, Mailbox, Param};
 use super::command::{self, Command, CommandError};
 use super::ehlo::Extensions;
 use super::reply::{self, Reply};
+use super::sasl::{self, Exchange, SaslError};
 
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -14,24 +16,41 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Bad commands tolerated before 421 and disconnect.
     pub max_errors: u32,
-    /// Whether this client may relay (trusted network; later also AUTH).
+    /// Whether this client may relay without authenticating (trusted network on a relay port).
     pub relay_allowed: bool,
     /// Where `<postmaster>` and `postmaster@hostname` go.
     pub postmaster: Mailbox,
+    /// STARTTLS can be offered (a certificate is configured).
+    pub tls_available: bool,
+    /// The session runs under TLS from the start (implicit TLS, RFC 8314).
+    pub implicit_tls: bool,
+    /// AUTH can be offered (there are accounts).
+    pub auth_available: bool,
+    /// MAIL needs a successful AUTH first (submission and smtps roles).
+    pub require_auth: bool,
+    /// AUTH is allowed without TLS (loopback clients, when configured).
+    pub plaintext_auth: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
     /// Reply sent; now read the message with `smtp::data` and report with `data_done`.
     BeginData,
     /// Reply sent; close the connection.
     Close,
+    /// Reply (220) sent; run the TLS handshake, then call `tls_started`.
+    StartTls,
+    /// No reply yet: check these credentials and answer with `auth_result`.
+    Authenticate {
+        user: String,
+        password: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
-    pub reply: Reply,
+    pub reply: Option<Reply>,
     pub effect: Effect,
 }
 
@@ -63,19 +82,32 @@ pub struct Session {
     state: State,
     helo: Option<String>,
     esmtp: bool,
+    tls: bool,
     tx: Option<Transaction>,
     errors: u32,
+    sasl: Option<Exchange>,
+    /// The user whose credentials are being checked by the driver.
+    pending_user: Option<String>,
+    auth_user: Option<String>,
+    /// Envelope sender domains the authenticated user may use; empty = any.
+    sender_domains: Vec<String>,
 }
 
 impl Session {
     pub fn new(cfg: SessionConfig) -> Session {
+        let tls = cfg.implicit_tls;
         Session {
             cfg,
             state: State::Connected,
             helo: None,
             esmtp: false,
+            tls,
             tx: None,
             errors: 0,
+            sasl: None,
+            pending_user: None,
+            auth_user: None,
+            sender_domains: Vec::new(),
         }
     }
 
@@ -91,8 +123,20 @@ impl Session {
         self.esmtp
     }
 
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
     pub fn transaction(&self) -> Option<&Transaction> {
         self.tx.as_ref()
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth_available && (self.tls || self.cfg.plaintext_auth)
     }
 
     pub fn extensions(&self) -> Extensions {
@@ -102,26 +146,34 @@ impl Session {
             eight_bit_mime: true,
             enhanced_status_codes: true,
             smtputf8: true,
-            ..Extensions::default()
+            starttls: self.cfg.tls_available && !self.tls,
+            auth: if self.auth_offered() && self.auth_user.is_none() {
+                vec!["PLAIN".into(), "LOGIN".into()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// A line the driver could not even read as a command (too long): counts as an error.
     pub fn line_too_long(&mut self) -> Step {
+        if self.sasl.take().is_some() {
+            return step(reply::auth_malformed("line too long"));
+        }
         self.error(reply::line_too_long())
     }
 
     pub fn feed(&mut self, line: &[u8]) -> Step {
         debug_assert!(self.state != State::InData, "feed during DATA");
+        if self.sasl.is_some() {
+            return self.sasl_response(line);
+        }
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(CommandError::Syntax(s)) => return self.error(reply::syntax(s)),
             Err(CommandError::Address(why)) => return self.error(reply::bad_address(why)),
         };
         match cmd {
-            Command::Ehlo(name) | Command::Helo(name) if name.is_empty() => {
-                self.error(reply::syntax("EHLO domain"))
-            }
             Command::Ehlo(name) => {
                 let greet = reply::helo_ok(&self.cfg.hostname, &name);
                 self.greeted(name, true);
@@ -141,13 +193,39 @@ impl Session {
             }
             Command::Noop => step(reply::ok()),
             Command::Quit => Step {
-                reply: reply::bye(),
+                reply: Some(reply::bye()),
                 effect: Effect::Close,
             },
             Command::Vrfy => step(reply::vrfy()),
             Command::Help => step(reply::help()),
+            Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
             Command::Expn | Command::NotImplemented => self.error(reply::not_implemented()),
             Command::Unknown => self.error(reply::unrecognized()),
+        }
+    }
+
+    /// The handshake after STARTTLS succeeded: back to the just-connected state (RFC 3207 4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.state = State::Connected;
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        self.auth_user = None;
+        self.sender_domains.clear();
+    }
+
+    /// The verdict on the credentials from `Effect::Authenticate`; `sender_domains` are the
+    /// envelope sender domains the user may use (empty = any).
+    pub fn auth_result(&mut self, ok: bool, sender_domains: Vec<String>) -> Reply {
+        let user = self.pending_user.take();
+        if ok {
+            self.auth_user = user;
+            self.sender_domains = sender_domains;
+            reply::auth_ok()
+        } else {
+            reply::auth_failed()
         }
     }
 
@@ -174,16 +252,87 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
             return Step {
-                reply: reply::too_many_errors(),
+                reply: Some(reply::too_many_errors()),
                 effect: Effect::Close,
             };
         }
         step(r)
     }
 
+    fn starttls(&mut self) -> Step {
+        if self.tls {
+            return self.error(reply::tls_already_active());
+        }
+        if !self.cfg.tls_available {
+            return self.error(reply::not_implemented());
+        }
+        Step {
+            reply: Some(reply::ready_for_tls()),
+            effect: Effect::StartTls,
+        }
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Step {
+        if !self.cfg.auth_available {
+            return self.error(reply::not_implemented());
+        }
+        if self.state != State::Greeted || !self.esmtp {
+            return self.error(reply::need_helo());
+        }
+        if self.auth_user.is_some() {
+            return self.error(reply::already_authenticated());
+        }
+        if self.tx.is_some() {
+            return self.error(reply::auth_during_transaction());
+        }
+        if !self.auth_offered() {
+            return self.error(reply::encryption_required());
+        }
+        match Exchange::start(mechanism, initial) {
+            None => self.error(reply::mechanism_unsupported()),
+            Some((ex, first)) => {
+                self.sasl = Some(ex);
+                self.sasl_step(first)
+            }
+        }
+    }
+
+    fn sasl_response(&mut self, line: &[u8]) -> Step {
+        let step = match std::str::from_utf8(line) {
+            Ok(text) => self.sasl.as_mut().expect("in SASL").respond(text),
+            Err(_) => sasl::Step::Failed(SaslError::Malformed("invalid base64")),
+        };
+        self.sasl_step(step)
+    }
+
+    fn sasl_step(&mut self, s: sasl::Step) -> Step {
+        match s {
+            sasl::Step::Challenge(text) => step(reply::auth_challenge(text)),
+            sasl::Step::Done { user, password } => {
+                self.sasl = None;
+                self.pending_user = Some(user.clone());
+                Step {
+                    reply: None,
+                    effect: Effect::Authenticate { user, password },
+                }
+            }
+            sasl::Step::Failed(e) => {
+                self.sasl = None;
+                match e {
+                    SaslError::Cancelled => self.error(reply::auth_cancelled()),
+                    SaslError::Malformed(why) => self.error(reply::auth_malformed(why)),
+                    SaslError::IdentitySwitch => self.error(reply::auth_failed()),
+                }
+            }
+        }
+    }
+
     fn mail(&mut self, from: Option<Mailbox>, params: Vec<Param>) -> Step {
         if self.state != State::Greeted {
             return self.error(reply::need_helo());
+        }
+        if self.cfg.require_auth && self.auth_user.is_none() {
+            return self.error(reply::auth_required());
         }
         if self.tx.is_some() {
             return self.error(reply::nested_mail());
@@ -213,11 +362,23 @@ impl Session {
                     return self.error(reply::bad_param_value(&p.keyword));
                 }
                 ("SMTPUTF8", None) => tx.smtputf8 = true,
+                // RFC 4954 5: AUTH=<> or an identity we cannot vouch for is accepted and ignored.
+                ("AUTH", Some(_)) if self.auth_user.is_some() => {}
                 (k, _) => return self.error(reply::param_not_recognized(k)),
             }
         }
         if tx.sender.as_ref().is_some_and(|m| !m.is_ascii()) && !tx.smtputf8 {
             return step(reply::utf8_address_without_smtputf8());
+        }
+        if self.auth_user.is_some() && !self.sender_domains.is_empty() {
+            let allowed = tx.sender.as_ref().is_some_and(|m| {
+                self.sender_domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(&m.domain))
+            });
+            if !allowed {
+                return step(reply::sender_not_allowed());
+            }
         }
         self.tx = Some(tx);
         step(reply::sender_ok())
@@ -239,7 +400,7 @@ impl Session {
                 self.cfg.postmaster.clone()
             }
             ForwardPath::Mailbox(m) => {
-                if !self.cfg.relay_allowed {
+                if !self.cfg.relay_allowed && self.auth_user.is_none() {
                     return step(reply::relay_denied());
                 }
                 m
@@ -266,7 +427,7 @@ impl Session {
             Some(_) => {
                 self.state = State::InData;
                 Step {
-                    reply: reply::start_data(),
+                    reply: Some(reply::start_data()),
                     effect: Effect::BeginData,
                 }
             }
@@ -276,7 +437,7 @@ impl Session {
 
 fn step(reply: Reply) -> Step {
     Step {
-        reply,
+        reply: Some(reply),
         effect: Effect::None,
     }
 }

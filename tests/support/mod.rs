@@ -99,7 +99,12 @@ impl Relay {
             let l = log.lock().unwrap();
             addr = l
                 .lines()
-                .find_map(|line| line.split("listening on ").nth(1))
+                .find_map(|line| {
+                    line.split("listening on ")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()
+                })
                 .and_then(|a| a.trim().parse().ok());
             addr.is_some() || l.contains("cannot start")
         });
@@ -146,6 +151,16 @@ impl Relay {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name ("HUP", "USR1", ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     pub fn terminate(&mut self) -> ExitStatus {
@@ -254,4 +269,34 @@ pub fn queue_id(reply: &str) -> String {
 /// A sink on `ip` with a free port, retrying ports already taken there.
 pub fn sink_on(ip: &str, port: u16, script: sink::Script) -> sink::Sink {
     sink::Sink::start(ip, port, script).unwrap_or_else(|e| panic!("sink on {ip}:{port}: {e}"))
+}
+
+/// Test certificates made by `scripts/test-certs` (a CA, a server certificate for
+/// localhost/127.0.0.1/*.test, and an unrelated self-signed one), made once per run.
+pub fn certs() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/test-certs");
+        let status = Command::new(root.join("scripts/test-certs"))
+            .arg(&dir)
+            .status()
+            .expect("run scripts/test-certs");
+        assert!(status.success(), "scripts/test-certs failed");
+        dir
+    })
+    .clone()
+}
+
+/// `sink.wait_for(n)`, but a timeout shows the relay's log too.
+pub fn delivered(sink: &sink::Sink, n: usize, relay: &Relay) -> Vec<sink::Message> {
+    if !wait_until(WAIT, || sink.messages().len() >= n) {
+        panic!(
+            "{} message(s) expected at {}; relay log:\n{}",
+            n,
+            sink.addr,
+            relay.log()
+        );
+    }
+    sink.messages()
 }

@@ -1,8 +1,8 @@
 //! A small, independent, recording SMTP server with scriptable replies: the
 //! "next hop" in integration tests.
 //!
-//! Deliberately written from scratch (std only, no mxrelay code) so that it can
-//! act as an oracle for what the relay put on the wire.
+//! Deliberately written from scratch (std, plus openssl for TLS; no mxrelay code)
+//! so that it can act as an oracle for what the relay put on the wire.
 //!
 //! * one thread per connection, 10 s read/write timeouts on every socket;
 //! * command lines are bounded (more than 4096 bytes before the CRLF → 500);
@@ -15,17 +15,36 @@
 //! Every reply hook returns the complete reply text (several lines joined with
 //! "\r\n"; the sink appends the final CRLF). The reply "DROP" closes the
 //! connection without replying.
+//!
+//! TLS and AUTH (all off by default, so plain sessions behave as they always did):
+//!
+//! * `Script::tls(SinkTls)` offers STARTTLS (RFC 3207): "220", the handshake, then
+//!   everything learnt before is forgotten (EHLO name, transaction, AUTH) and a new
+//!   EHLO is expected. Bytes pipelined after the STARTTLS line are discarded unread.
+//!   STARTTLS is advertised only while the session is still plain;
+//! * `Script::implicit()` does the handshake right after accept instead (port 465);
+//! * `Script::require_tls()` refuses MAIL and AUTH with 530 until TLS is active;
+//! * `Script::auth(user, pass)` advertises "AUTH PLAIN LOGIN" (once TLS is active when
+//!   TLS is required) and refuses MAIL with 530 until AUTH succeeded. AUTH lines are
+//!   recorded with their payload masked ("AUTH PLAIN ***"); the base64 responses to
+//!   "334" challenges are not recorded at all;
+//! * `test_certs()` runs scripts/test-certs once per process and `SinkTls::test()`
+//!   serves its `server-chain.pem`/`server.key`; clients verify it with `ca.pem`.
 
 // Each integration-test crate uses only part of this module.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest accepted command line, not counting the CRLF.
@@ -33,6 +52,7 @@ const MAX_LINE: usize = 4096;
 const HOSTNAME: &str = "sink.test";
 /// The reply that makes the sink hang up instead of answering.
 const DROP: &str = "DROP";
+const MUST_STARTTLS: &str = "530 5.7.0 Must issue a STARTTLS command first";
 
 /// One message whose DATA got a 2xx reply.
 #[derive(Debug, Clone)]
@@ -51,6 +71,80 @@ pub struct Message {
     pub peer: SocketAddr,
     /// Which listener got it.
     pub local: SocketAddr,
+    /// Negotiated TLS protocol version ("TLSv1.3", "TLSv1.2"); None on a plain session.
+    pub tls: Option<String>,
+    /// The user that authenticated on this session, if any.
+    pub auth_user: Option<String>,
+}
+
+/// Server-side TLS settings for the sink (cheap to clone).
+#[derive(Clone)]
+pub struct SinkTls {
+    acceptor: Arc<SslAcceptor>,
+}
+
+impl SinkTls {
+    /// Serve the certificate chain in `cert_chain_pem` (leaf first; a leaf alone works
+    /// too) with the PEM key in `key_pem` (PKCS#8 or PKCS#1). TLS 1.2 and 1.3 are
+    /// accepted (Mozilla "intermediate" settings). Panics if the files are unusable.
+    pub fn from_files(cert_chain_pem: &Path, key_pem: &Path) -> SinkTls {
+        let fail = |what: &str, e: openssl::error::ErrorStack| -> ! {
+            panic!(
+                "sink TLS: {what} (cert {}, key {}): {e}",
+                cert_chain_pem.display(),
+                key_pem.display()
+            )
+        };
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+            .unwrap_or_else(|e| fail("cannot create an acceptor", e));
+        b.set_certificate_chain_file(cert_chain_pem)
+            .unwrap_or_else(|e| fail("bad certificate chain", e));
+        b.set_private_key_file(key_pem, SslFiletype::PEM)
+            .unwrap_or_else(|e| fail("bad private key", e));
+        b.check_private_key()
+            .unwrap_or_else(|e| fail("key does not match the certificate", e));
+        SinkTls::from_acceptor(b.build())
+    }
+
+    /// Any acceptor, e.g. one limited to TLS 1.2 or asking for client certificates.
+    pub fn from_acceptor(acceptor: SslAcceptor) -> SinkTls {
+        SinkTls {
+            acceptor: Arc::new(acceptor),
+        }
+    }
+
+    /// The certificate made by scripts/test-certs (see `test_certs()`): a leaf for
+    /// localhost, relay.test, sink.test, 127.0.0.1 and ::1, sent with its CA.
+    pub fn test() -> SinkTls {
+        let dir = test_certs();
+        SinkTls::from_files(&dir.join("server-chain.pem"), &dir.join("server.key"))
+    }
+}
+
+/// Directory with the test certificates (`ca.pem`, `server.pem`, `server-chain.pem`,
+/// `server.key`, `server-rsa.key`, `other.pem`, `other.key`): runs
+/// `scripts/test-certs $CARGO_TARGET_TMPDIR/test-certs` once per test process (the
+/// script does nothing when they exist and is safe to run concurrently).
+pub fn test_certs() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-certs");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-certs");
+        let out = Command::new(&script)
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} {} failed ({}):\n{}",
+            script.display(),
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .clone()
 }
 
 /// What the sink answers.
@@ -68,6 +162,18 @@ pub struct Script {
     pub rcpt: Arc<dyn Fn(&str) -> String + Send + Sync>,
     /// Called after the end marker; default "250 2.0.0 ok".
     pub data: Arc<dyn Fn(&Message) -> String + Send + Sync>,
+    /// Default None: no STARTTLS offered.
+    pub tls: Option<SinkTls>,
+    /// TLS handshake right after accept (port-465 style), no STARTTLS; needs `tls`
+    /// (without it every connection is closed at once).
+    pub implicit_tls: bool,
+    /// MAIL and AUTH before STARTTLS get "530 5.7.0 Must issue a STARTTLS command first"
+    /// (always, if `tls` is None).
+    pub require_tls: bool,
+    /// Some((user, pass)): advertise "AUTH PLAIN LOGIN" (only once TLS is active when
+    /// `require_tls`, always otherwise) and refuse MAIL before a successful AUTH
+    /// ("530 5.7.0 Authentication required").
+    pub auth: Option<(String, String)>,
 }
 
 impl Default for Script {
@@ -88,6 +194,10 @@ impl Default for Script {
             mail: Arc::new(|_| "250 2.1.0 ok".to_string()),
             rcpt: Arc::new(|_| "250 2.1.5 ok".to_string()),
             data: Arc::new(|_| "250 2.0.0 ok".to_string()),
+            tls: None,
+            implicit_tls: false,
+            require_tls: false,
+            auth: None,
         }
     }
 }
@@ -124,6 +234,30 @@ impl Script {
         self.ehlo_supported = false;
         self
     }
+
+    /// Offer STARTTLS with these settings.
+    pub fn tls(mut self, t: SinkTls) -> Self {
+        self.tls = Some(t);
+        self
+    }
+
+    /// Handshake right after accept instead of offering STARTTLS (set `tls` too).
+    pub fn implicit(mut self) -> Self {
+        self.implicit_tls = true;
+        self
+    }
+
+    /// Refuse MAIL and AUTH until TLS is active.
+    pub fn require_tls(mut self) -> Self {
+        self.require_tls = true;
+        self
+    }
+
+    /// Offer AUTH PLAIN and LOGIN with these credentials and require it before MAIL.
+    pub fn auth(mut self, user: &str, pass: &str) -> Self {
+        self.auth = Some((user.to_string(), pass.to_string()));
+        self
+    }
 }
 
 struct Shared {
@@ -138,6 +272,8 @@ struct Shared {
     /// Open connections (clones of their sockets), so Drop can hang up on them.
     live: Mutex<HashMap<u64, TcpStream>>,
     next_id: AtomicU64,
+    /// Failed TLS handshakes, as OpenSSL described them.
+    tls_failures: Mutex<Vec<String>>,
 }
 
 /// Lock, ignoring poisoning (a panicking hook must not break the whole sink).
@@ -167,6 +303,7 @@ impl Sink {
             stop: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            tls_failures: Mutex::new(Vec::new()),
         });
         let sh = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -240,6 +377,12 @@ impl Sink {
     pub fn set_script(&self, script: Script) {
         *lock(&self.shared.script) = script;
     }
+
+    /// Server-side errors of failed TLS handshakes, in order (e.g. "... tlsv1 alert
+    /// unknown ca ..." when the client refused the certificate).
+    pub fn tls_failures(&self) -> Vec<String> {
+        lock(&self.shared.tls_failures).clone()
+    }
 }
 
 impl Drop for Sink {
@@ -275,14 +418,21 @@ fn describe_messages(msgs: &[Message]) -> String {
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
-            format!(
+            let mut line = format!(
                 "  #{i}: MAIL FROM:{} to {:?}, {} bytes, from {} (helo {:?})",
                 m.mail_from,
                 m.rcpts,
                 m.data.len(),
                 m.peer,
                 m.helo
-            )
+            );
+            if let Some(v) = &m.tls {
+                line.push_str(&format!(" over {v}"));
+            }
+            if let Some(u) = &m.auth_user {
+                line.push_str(&format!(" as {u:?}"));
+            }
+            line
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -341,13 +491,16 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
             shared: Arc::clone(shared),
             peer: stream.peer_addr()?,
             local: stream.local_addr()?,
-            out: BufWriter::new(stream.try_clone()?),
-            input: stream.try_clone()?,
+            stream: Stream::Plain(stream.try_clone()?),
+            tcp: stream.try_clone()?,
+            out: Vec::new(),
             buf: Vec::new(),
             helo: None,
             mail_from: None,
             rcpts: Vec::new(),
             read_no: 0,
+            tls: None,
+            auth_user: None,
         })
     };
     let Ok(mut conn) = setup() else {
@@ -366,14 +519,45 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
         .spawn(move || {
             let _guard = guard;
             let _ = conn.run();
-            let _ = conn.out.flush();
-            let _ = conn.input.shutdown(Shutdown::Both);
+            let _ = conn.flush();
+            let _ = conn.tcp.shutdown(Shutdown::Both);
         });
 }
 
 enum Flow {
     Continue,
     Close,
+}
+
+/// The connection's byte stream, before and after the TLS handshake.
+enum Stream {
+    Plain(TcpStream),
+    Tls(SslStream<TcpStream>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
 }
 
 /// States of the DATA reader. "Line start" means just after a CRLF (or the
@@ -391,8 +575,11 @@ enum DataState {
 
 struct Conn {
     shared: Arc<Shared>,
-    input: TcpStream,
-    out: BufWriter<TcpStream>,
+    stream: Stream,
+    /// The socket itself, for the final shutdown.
+    tcp: TcpStream,
+    /// Replies not yet sent.
+    out: Vec<u8>,
     /// Received but not yet consumed bytes.
     buf: Vec<u8>,
     peer: SocketAddr,
@@ -401,6 +588,9 @@ struct Conn {
     mail_from: Option<String>,
     rcpts: Vec<String>,
     read_no: u64,
+    /// Negotiated protocol version once TLS is active.
+    tls: Option<String>,
+    auth_user: Option<String>,
 }
 
 impl Conn {
@@ -413,11 +603,20 @@ impl Conn {
         self.rcpts.clear();
     }
 
+    /// Send the pending replies.
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            self.stream.write_all(&out)?;
+        }
+        self.stream.flush()
+    }
+
     /// Flush pending replies, then wait for more input.
     fn fill(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        self.flush()?;
         let mut tmp = [0u8; 8192];
-        let n = self.input.read(&mut tmp)?;
+        let n = self.stream.read(&mut tmp)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -455,13 +654,36 @@ impl Conn {
         if text == DROP {
             return Ok(Flow::Close);
         }
-        self.out.write_all(text.as_bytes())?;
-        self.out.write_all(b"\r\n")?;
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
         Ok(Flow::Continue)
     }
 
+    /// Server side of the TLS handshake on the raw socket; failures are recorded.
+    fn handshake(&mut self, tls: &SinkTls) -> io::Result<()> {
+        match tls.acceptor.accept(self.tcp.try_clone()?) {
+            Ok(s) => {
+                self.tls = Some(s.ssl().version_str().to_string());
+                self.stream = Stream::Tls(s);
+                Ok(())
+            }
+            Err(e) => {
+                let e = e.to_string();
+                lock(&self.shared.tls_failures).push(e.clone());
+                Err(io::Error::other(e))
+            }
+        }
+    }
+
     fn run(&mut self) -> io::Result<()> {
-        let greeting = (self.script().greeting)();
+        let script = self.script();
+        if script.implicit_tls {
+            let Some(tls) = &script.tls else {
+                return Ok(()); // implicit TLS without a certificate: just hang up
+            };
+            self.handshake(tls)?;
+        }
+        let greeting = (script.greeting)();
         if let Flow::Close = self.reply(&greeting)? {
             return Ok(());
         }
@@ -471,8 +693,9 @@ impl Conn {
                 continue;
             };
             let line = String::from_utf8_lossy(&line).into_owned();
-            lock(&self.shared.commands).push(line.clone());
-            lock(&self.shared.reads).push((self.read_no, line.clone()));
+            let recorded = mask_auth(&line);
+            lock(&self.shared.commands).push(recorded.clone());
+            lock(&self.shared.reads).push((self.read_no, recorded));
             if let Flow::Close = self.command(&line)? {
                 return Ok(());
             }
@@ -494,6 +717,12 @@ impl Conn {
                 self.reset();
                 let mut lines = vec![HOSTNAME.to_string()];
                 lines.extend(script.ehlo_keywords.iter().cloned());
+                if script.tls.is_some() && self.tls.is_none() {
+                    lines.push("STARTTLS".to_string());
+                }
+                if script.auth.is_some() && (self.tls.is_some() || !script.require_tls) {
+                    lines.push("AUTH PLAIN LOGIN".to_string());
+                }
                 let last = lines.len() - 1;
                 let text: Vec<String> = lines
                     .iter()
@@ -511,11 +740,18 @@ impl Conn {
                 self.reply(&format!("250 {HOSTNAME}"))
             }
             "MAIL" => {
+                let script = self.script();
+                if script.require_tls && self.tls.is_none() {
+                    return self.reply(MUST_STARTTLS);
+                }
                 let Some(from) = strip_prefix_ci(line, "MAIL FROM:") else {
                     return self.reply("501 5.5.4 syntax: MAIL FROM:<address>");
                 };
                 if self.helo.is_none() {
                     return self.reply("503 5.5.1 send EHLO/HELO first");
+                }
+                if script.auth.is_some() && self.auth_user.is_none() {
+                    return self.reply("530 5.7.0 Authentication required");
                 }
                 if self.mail_from.is_some() {
                     return self.reply("503 5.5.1 nested MAIL command");
@@ -559,6 +795,8 @@ impl Conn {
                     raw_data,
                     peer: self.peer,
                     local: self.local,
+                    tls: self.tls.clone(),
+                    auth_user: self.auth_user.clone(),
                 };
                 self.reset();
                 let answer = (self.script().data)(&msg);
@@ -575,9 +813,140 @@ impl Conn {
             "NOOP" => self.reply("250 2.0.0 ok"),
             "QUIT" => {
                 self.reply(&format!("221 2.0.0 {HOSTNAME} closing connection"))?;
+                self.flush()?;
+                if let Stream::Tls(s) = &mut self.stream {
+                    // close_notify; the client's own is not awaited.
+                    let _ = s.shutdown();
+                }
                 Ok(Flow::Close)
             }
+            "STARTTLS" => self.starttls(arg),
+            "AUTH" => self.auth(arg),
             _ => self.reply("502 5.5.1 command not implemented"),
+        }
+    }
+
+    /// RFC 3207.
+    fn starttls(&mut self, arg: &str) -> io::Result<Flow> {
+        let script = self.script();
+        let Some(tls) = script.tls.as_ref().filter(|_| !script.implicit_tls) else {
+            return self.reply("502 5.5.1 command not implemented");
+        };
+        if self.tls.is_some() {
+            return self.reply("503 5.5.1 TLS already active");
+        }
+        if !arg.trim().is_empty() {
+            return self.reply("501 5.5.4 syntax: STARTTLS");
+        }
+        self.reply("220 2.0.0 Ready to start TLS")?;
+        self.flush()?;
+        // Anything the client pipelined after STARTTLS came in the clear: never act on it.
+        self.buf.clear();
+        self.handshake(tls)?;
+        self.helo = None;
+        self.auth_user = None;
+        self.reset();
+        Ok(Flow::Continue)
+    }
+
+    /// RFC 4954 with the PLAIN (RFC 4616) and LOGIN mechanisms.
+    fn auth(&mut self, arg: &str) -> io::Result<Flow> {
+        let script = self.script();
+        let Some((user, pass)) = script.auth.clone() else {
+            return self.reply("502 5.5.1 command not implemented");
+        };
+        if script.require_tls && self.tls.is_none() {
+            return self.reply(MUST_STARTTLS);
+        }
+        if self.helo.is_none() {
+            return self.reply("503 5.5.1 send EHLO first");
+        }
+        if self.auth_user.is_some() {
+            return self.reply("503 5.5.1 already authenticated");
+        }
+        if self.mail_from.is_some() {
+            return self.reply("503 5.5.1 AUTH not permitted during a mail transaction");
+        }
+        let (mech, initial) = match arg.trim().split_once(' ') {
+            Some((m, i)) => (m, Some(i.trim())),
+            None => (arg.trim(), None),
+        };
+        let ok = match mech.to_ascii_uppercase().as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(r) => r.to_string(),
+                    None => match self.challenge("")? {
+                        Some(r) => r,
+                        None => return Ok(Flow::Continue),
+                    },
+                };
+                let Some(bytes) = self.decode(&response)? else {
+                    return Ok(Flow::Continue);
+                };
+                // authzid NUL authcid NUL passwd; an authzid must be empty or the user.
+                let parts: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+                matches!(parts[..], [z, u, p]
+                    if (z.is_empty() || z == user.as_bytes())
+                        && u == user.as_bytes()
+                        && p == pass.as_bytes())
+            }
+            "LOGIN" => {
+                let name = match initial {
+                    Some(r) => r.to_string(),
+                    None => match self.challenge("VXNlcm5hbWU6")? {
+                        Some(r) => r,
+                        None => return Ok(Flow::Continue),
+                    },
+                };
+                let Some(name) = self.decode(&name)? else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(password) = self.challenge("UGFzc3dvcmQ6")? else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(password) = self.decode(&password)? else {
+                    return Ok(Flow::Continue);
+                };
+                name == user.as_bytes() && password == pass.as_bytes()
+            }
+            _ => return self.reply("504 5.5.4 Unrecognized authentication type"),
+        };
+        if ok {
+            self.auth_user = Some(user);
+            self.reply("235 2.7.0 Authentication successful")
+        } else {
+            self.reply("535 5.7.8 Authentication credentials invalid")
+        }
+    }
+
+    /// Send "334 {text}" and read the client's response line. None when the exchange
+    /// already ended (cancelled by "*" or an over-long line; the reply is queued).
+    fn challenge(&mut self, text: &str) -> io::Result<Option<String>> {
+        self.reply(&format!("334 {text}"))?;
+        let Some(line) = self.read_line()? else {
+            self.reply("500 5.5.6 authentication exchange line is too long")?;
+            return Ok(None);
+        };
+        let line = String::from_utf8_lossy(&line).trim().to_string();
+        if line == "*" {
+            self.reply("501 5.0.0 authentication cancelled")?;
+            return Ok(None);
+        }
+        Ok(Some(line))
+    }
+
+    /// Base64 of an AUTH response ("=" and "" are the empty string); None (with a 501
+    /// queued) when it does not decode.
+    fn decode(&mut self, b64: &str) -> io::Result<Option<Vec<u8>>> {
+        if b64 == "=" || b64.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        match openssl::base64::decode_block(b64) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(_) => {
+                self.reply("501 5.5.2 cannot decode the base64 response")?;
+                Ok(None)
+            }
         }
     }
 
@@ -627,6 +996,20 @@ impl Conn {
             self.buf.clear();
             self.fill()?;
         }
+    }
+}
+
+/// An AUTH command line as recorded: anything after the mechanism becomes "***".
+fn mask_auth(line: &str) -> String {
+    let Some((verb, rest)) = line.split_once(' ') else {
+        return line.to_string();
+    };
+    if !verb.eq_ignore_ascii_case("AUTH") {
+        return line.to_string();
+    }
+    match rest.trim_start().split_once(' ') {
+        Some((mech, payload)) if !payload.trim().is_empty() => format!("{verb} {mech} ***"),
+        _ => line.to_string(),
     }
 }
 
