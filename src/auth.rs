@@ -726,6 +726,63 @@ impl FailureGuard {
     }
 }
 
+/// The users file as the server sees it: loaded at start, swapped on reload (SIGHUP)
+/// without disturbing sessions in progress.
+pub struct UsersFile {
+    path: std::path::PathBuf,
+    sender_domains: Vec<(String, String)>,
+    current: std::sync::RwLock<std::sync::Arc<Users>>,
+}
+
+impl UsersFile {
+    /// `sender_domains` are the `--sender-domain USER=DOMAIN` flags, merged into every load.
+    pub fn load(path: &Path, sender_domains: &[(String, String)]) -> Result<UsersFile, String> {
+        let users = Self::read(path, sender_domains)?;
+        Ok(UsersFile {
+            path: path.to_path_buf(),
+            sender_domains: sender_domains.to_vec(),
+            current: std::sync::RwLock::new(std::sync::Arc::new(users)),
+        })
+    }
+
+    fn read(path: &Path, sender_domains: &[(String, String)]) -> Result<Users, String> {
+        let mut users = Users::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (user, domain) in sender_domains {
+            users
+                .add_sender_domain(user, domain)
+                .map_err(|e| format!("--sender-domain {user}={domain}: {e}"))?;
+        }
+        Ok(users)
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Users> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the file; a broken file is logged and the old accounts stay in use.
+    pub fn reload(&self) -> bool {
+        match Self::read(&self.path, &self.sender_domains) {
+            Ok(users) => {
+                log::info!(
+                    "auth: {} accounts reloaded from {}",
+                    users.len(),
+                    self.path.display()
+                );
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    std::sync::Arc::new(users);
+                true
+            }
+            Err(e) => {
+                log::error!("auth: reload failed, keeping the old accounts: {e}");
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,6 +276,24 @@ pub static FLAGS: &[FlagDef] = &[
         "Extra CA certificate (PEM) trusted when verifying next hops",
         None,
     ),
+    opt(
+        "events",
+        "FILE",
+        "Write one JSON line per message event to FILE (- for standard output)",
+        None,
+    ),
+    opt(
+        "metrics-listen",
+        "ADDR:PORT",
+        "Serve Prometheus metrics at http://ADDR:PORT/metrics",
+        None,
+    ),
+    opt(
+        "user",
+        "NAME",
+        "After binding the listeners, switch to this user (and its group)",
+        None,
+    ),
     FlagDef {
         long: "verbose",
         short: "v",
@@ -421,6 +439,9 @@ pub struct Config {
     /// User and the file holding the password.
     pub smarthost_auth: Option<(String, PathBuf)>,
     pub tls_ca_file: Option<PathBuf>,
+    pub events: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub user: Option<String>,
     pub verbose: bool,
 }
 
@@ -677,6 +698,14 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             }
         },
         tls_ca_file: get("tls-ca-file").map(PathBuf::from),
+        events: get("events"),
+        metrics_listen: get("metrics-listen")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad("metrics-listen", format!("{v:?} is not ADDR:PORT")))
+            })
+            .transpose()?,
+        user: get("user"),
         verbose: m.opt_present("verbose"),
     };
     if config.smarthost_auth.is_some() && config.smarthost.is_none() {
@@ -693,7 +722,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
     Ok(Parsed::Run(Box::new(config)))
 }
 
-fn default_spool() -> PathBuf {
+pub fn default_spool() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let root = unsafe { libc::getuid() } == 0;
     match std::env::var_os("HOME") {

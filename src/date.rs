@@ -27,6 +27,13 @@ pub fn rfc5322(t: SystemTime) -> String {
     )
 }
 
+/// Seconds since the epoch to UTC (year, month 1..=12, day, hour, minute, second).
+pub fn utc(secs: u64) -> (u64, usize, u64, u64, u64, u64) {
+    let (days, sod) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil(days);
+    (year, month + 1, day, sod / 3600, sod / 60 % 60, sod % 60)
+}
+
 fn is_leap(y: u64) -> bool {
     y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400))
 }

@@ -4,11 +4,17 @@
 pub mod auth;
 pub mod bounce;
 pub mod config;
+pub mod control;
 pub mod date;
 pub mod delivery;
 pub mod dns;
+pub mod events;
+pub mod metrics;
 pub mod net;
+pub mod privileges;
+pub mod queue_cmd;
 pub mod relay;
+pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod spool;

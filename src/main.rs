@@ -4,13 +4,26 @@ use std::process::ExitCode;
 
 use mxrelay::config::{self, Parsed};
 use mxrelay::relay::Relay;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
+    let argv0 = std::env::args().next().unwrap_or_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("hash-password") {
-        return hash_password();
+    // Invoked through a symlink, as the MTA programs other software expects.
+    match std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+    {
+        Some("sendmail") => return mxrelay::sendmail::main(&args),
+        Some("mailq") => return mxrelay::queue_cmd::main(&args),
+        _ => {}
+    }
+    match args.first().map(String::as_str) {
+        Some("hash-password") => return hash_password(),
+        Some("queue") => return mxrelay::queue_cmd::main(&args[1..]),
+        Some("sendmail") => return mxrelay::sendmail::main(&args[1..]),
+        _ => {}
     }
     let cfg = match config::parse_args(&args) {
         Ok(Parsed::Run(c)) => c,
@@ -32,7 +45,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot install signal handlers: {e}");
@@ -56,6 +69,11 @@ fn main() -> ExitCode {
         if sig == SIGHUP {
             log::info!("SIGHUP: reloading");
             relay.reload();
+            continue;
+        }
+        if sig == SIGUSR1 {
+            log::info!("SIGUSR1: retrying the whole queue now");
+            relay.flush();
             continue;
         }
         log::info!(

@@ -1,40 +1,103 @@
-//! Wiring: opens the spool (recovery), starts the scheduler, the delivery pool and the
-//! listeners, and stops them. `main` and the integration tests both start the relay here.
+//! Wiring: binds the listeners, loads secrets, drops privileges, opens the spool (recovery),
+//! starts the scheduler, the delivery pool, the control socket, metrics and the listeners,
+//! and stops them. `main` and the integration tests both start the relay here.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 
-use crate::auth::{FailureGuard, Users};
+use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Config, Role};
+use crate::control::{self, Command, Request};
 use crate::delivery::route::RouteTable;
-use crate::delivery::scheduler::{Scheduler, SchedulerConfig};
+use crate::delivery::scheduler::{Inputs, Scheduler, SchedulerConfig};
 use crate::delivery::{self, Context};
 use crate::dns::{DnsClient, Resolver};
-use crate::server::{Server, ServerConfig};
+use crate::events::Events;
+use crate::metrics::{self, Metrics};
+use crate::server::{self, Server, ServerConfig, Services};
 use crate::spool::Spool;
 use crate::tls::{Outbound, ServerTls};
 
 pub struct Relay {
     server: Server,
     tls: Option<Arc<ServerTls>>,
+    users: Option<Arc<UsersFile>>,
+    control: Sender<Request>,
     stop_scheduler: Sender<()>,
     scheduler: JoinHandle<()>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Committed messages waiting for the scheduler; sessions block briefly when it is this far behind.
 const INTAKE_CAPACITY: usize = 4096;
 
+fn err(context: &str) -> impl Fn(String) -> std::io::Error + '_ {
+    move |e| std::io::Error::other(format!("{context}: {e}"))
+}
+
 impl Relay {
     pub fn start(cfg: &Config) -> std::io::Result<Relay> {
-        let spool = Arc::new(Spool::open(&cfg.spool).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("spool {}: {e}", cfg.spool.display()))
-        })?);
+        // Everything that may need root comes first: ports, key files, password files.
+        let sockets = server::bind(&cfg.listen)?;
+        let configured_tls = match &cfg.tls_cert {
+            Some((cert, key)) => Some(Arc::new(
+                ServerTls::load(cert, key).map_err(|e| err("tls")(e.0))?,
+            )),
+            None => None,
+        };
+        let users = match &cfg.users {
+            Some(path) => Some(Arc::new(
+                UsersFile::load(path, &cfg.sender_domains).map_err(err("--users"))?,
+            )),
+            None if !cfg.sender_domains.is_empty() => {
+                return Err(err("--sender-domain")("needs --users".into()));
+            }
+            None => None,
+        };
+        let smarthost_auth = match &cfg.smarthost_auth {
+            Some((user, file)) => {
+                let pw = std::fs::read_to_string(file).map_err(|e| {
+                    err("--smarthost-password-file")(format!("{}: {e}", file.display()))
+                })?;
+                Some((user.clone(), pw.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let metrics_addr = match cfg.metrics_listen {
+            Some(addr) => Some(metrics::serve(
+                addr,
+                metrics.clone(),
+                Arc::new(AtomicBool::new(false)),
+            )?),
+            None => None,
+        };
+        if let Some(user) = &cfg.user {
+            crate::privileges::drop_to(user)?;
+        }
+
+        let spool = Arc::new(
+            Spool::open(&cfg.spool)
+                .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?,
+        );
         let recovered = spool.recover()?;
+        let tls = match configured_tls {
+            Some(t) => Some(t),
+            None if cfg.listen.iter().any(|l| l.role != Role::Smtp) => Some(Arc::new(
+                ServerTls::self_signed(&cfg.spool, &cfg.hostname).map_err(|e| err("tls")(e.0))?,
+            )),
+            None => None,
+        };
+        let events = Arc::new(
+            Events::open(cfg.events.as_deref(), metrics.clone())
+                .map_err(|e| err("--events")(e.to_string()))?,
+        );
         let resolver: Arc<dyn Resolver> = if cfg.dns_servers.is_empty() {
             Arc::new(DnsClient::from_system())
         } else {
@@ -48,32 +111,19 @@ impl Relay {
         let (job_tx, job_rx) = bounded(cfg.workers * 2);
         let (outcome_tx, outcome_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(1);
-        let tls = server_tls(cfg)?;
-        let users = load_users(cfg)?;
-        let outbound = Outbound::new(cfg.tls_ca_file.as_deref()).map_err(std::io::Error::other)?;
-        let smarthost_auth = match &cfg.smarthost_auth {
-            Some((user, file)) => {
-                let pw = std::fs::read_to_string(file).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("--smarthost-password-file {}: {e}", file.display()),
-                    )
-                })?;
-                Some((user.clone(), pw.trim_end_matches(['\r', '\n']).to_string()))
-            }
-            None => None,
-        };
+        let (control_tx, control_rx) = bounded(16);
         let ctx = Arc::new(Context {
             hostname: cfg.hostname.clone(),
             resolver,
             mx_port: cfg.mx_port,
             connect_timeout: cfg.connect_timeout,
             delivery_timeout: cfg.delivery_timeout,
-            tls: outbound,
+            tls: Outbound::new(cfg.tls_ca_file.as_deref()).map_err(|e| err("tls")(e.0))?,
             tls_outbound: cfg.tls_outbound,
             smarthost_tls: cfg.smarthost_tls,
             smarthost_insecure: cfg.smarthost_insecure,
             smarthost_auth,
+            metrics: metrics.clone(),
         });
         delivery::spawn_workers(cfg.workers, job_rx, outcome_tx, ctx)?;
         let scheduler = Scheduler::new(
@@ -88,13 +138,22 @@ impl Relay {
                 },
             },
             spool.clone(),
+            events.clone(),
+            metrics.clone(),
             recovered,
         );
+        let inputs = Inputs {
+            intake: intake_rx,
+            outcomes: outcome_rx,
+            control: control_rx,
+            stop: stop_rx,
+        };
         let scheduler = thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler.run(intake_rx, outcome_rx, job_tx, stop_rx))?;
+            .spawn(move || scheduler.run(inputs, job_tx))?;
+        control::serve(&cfg.spool, control_tx.clone())?;
         let server = Server::start(
-            &cfg.listen,
+            sockets,
             ServerConfig {
                 hostname: cfg.hostname.clone(),
                 trusted: cfg.trusted.clone(),
@@ -110,11 +169,15 @@ impl Relay {
                 plaintext_auth_loopback: cfg.plaintext_auth_loopback,
                 auth_fail_delay: cfg.auth_fail_delay,
             },
-            spool,
-            intake_tx,
-            tls.clone(),
-            users,
-            FailureGuard::new(cfg.auth_max_failures, cfg.auth_lockout),
+            Services {
+                spool,
+                queued: intake_tx,
+                tls: tls.clone(),
+                users: users.clone(),
+                auth_guard: FailureGuard::new(cfg.auth_max_failures, cfg.auth_lockout),
+                metrics,
+                events,
+            },
         )?;
         if let Some(t) = &tls {
             watch_certificate(t.clone());
@@ -122,20 +185,49 @@ impl Relay {
         Ok(Relay {
             server,
             tls,
+            users,
+            control: control_tx,
             stop_scheduler: stop_tx,
             scheduler,
+            metrics_addr,
         })
     }
 
-    /// SIGHUP: reload what can be reloaded without dropping sessions.
+    /// SIGHUP: reload certificates and accounts without dropping sessions.
     pub fn reload(&self) {
         if let Some(t) = &self.tls {
             t.reload(true);
+        }
+        if let Some(u) = &self.users {
+            u.reload();
+        }
+    }
+
+    /// SIGUSR1: retry the whole queue now.
+    pub fn flush(&self) {
+        let (tx, rx) = bounded(1);
+        if self
+            .control
+            .send(Request {
+                command: Command::Flush(None),
+                reply: tx,
+            })
+            .is_ok()
+        {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(text)) => log::info!("queue: {text}"),
+                Ok(Err(e)) => log::warn!("queue flush: {e}"),
+                Err(_) => log::warn!("queue flush: no answer from the scheduler"),
+            }
         }
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
         self.server.local_addrs()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, gives sessions `grace` to finish, then stops the scheduler. Deliveries
@@ -145,40 +237,6 @@ impl Relay {
         let _ = self.stop_scheduler.send(());
         let _ = self.scheduler.join();
     }
-}
-
-/// A certificate when one is configured; a self-signed one when a role needs TLS and none
-/// is; otherwise no TLS (STARTTLS is not offered on the relay port).
-fn server_tls(cfg: &Config) -> std::io::Result<Option<Arc<ServerTls>>> {
-    let tls = match &cfg.tls_cert {
-        Some((cert, key)) => ServerTls::load(cert, key),
-        None if cfg.listen.iter().any(|l| l.role != Role::Smtp) => {
-            ServerTls::self_signed(&cfg.spool, &cfg.hostname)
-        }
-        None => return Ok(None),
-    };
-    tls.map(|t| Some(Arc::new(t)))
-        .map_err(|e| std::io::Error::other(format!("tls: {e}")))
-}
-
-fn load_users(cfg: &Config) -> std::io::Result<Option<Arc<Users>>> {
-    let Some(path) = &cfg.users else {
-        if let Some((user, _)) = cfg.sender_domains.first() {
-            return Err(std::io::Error::other(format!(
-                "--sender-domain {user}=...: needs --users"
-            )));
-        }
-        return Ok(None);
-    };
-    let mut users = Users::load(path)
-        .map_err(|e| std::io::Error::other(format!("--users {}: {e}", path.display())))?;
-    for (user, domain) in &cfg.sender_domains {
-        users
-            .add_sender_domain(user, domain)
-            .map_err(|e| std::io::Error::other(format!("--sender-domain {user}={domain}: {e}")))?;
-    }
-    log::info!("auth: {} accounts from {}", users.len(), path.display());
-    Ok(Some(Arc::new(users)))
 }
 
 /// Picks up renewed certificate files (e.g. from an ACME client) without a signal.

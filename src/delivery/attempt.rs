@@ -308,7 +308,6 @@ fn try_host(
         eight_bit: job.eight_bit,
         smtputf8: !job.sender.is_ascii() || job.rcpts.iter().any(|(_, a)| !a.is_ascii()),
     };
-    let relay = if tls { format!("{relay} tls") } else { relay };
     let fail_all = |status: String, reason: String| {
         job.rcpts
             .iter()
@@ -394,13 +393,13 @@ fn try_host(
     let data_reply = c.read_reply(DATA_INIT)?;
     if data_reply.code != 354 {
         c.quit();
-        let verdict = verdict(&data_reply, &relay);
+        let verdict = verdict(&data_reply, &relay, tls);
         results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
         return Ok(results);
     }
     send_body(&mut c, job).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
     let end = c.read_reply(DATA_END)?;
-    let verdict = verdict(&end, &relay);
+    let verdict = verdict(&end, &relay, tls);
     results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
     c.quit();
     Ok(results)
@@ -439,11 +438,12 @@ fn login(c: &mut Client, ext: &Extensions, user: &str, password: &str) -> Result
     Ok(())
 }
 
-fn verdict(r: &Reply, relay: &str) -> RcptResult {
+fn verdict(r: &Reply, relay: &str, tls: bool) -> RcptResult {
     if r.is_positive() {
         RcptResult::Delivered {
             relay: relay.to_string(),
             reply: r.summary(),
+            tls,
         }
     } else if r.is_transient() {
         RcptResult::Deferred {

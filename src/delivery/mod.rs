@@ -36,6 +36,7 @@ pub enum RcptResult {
     Delivered {
         relay: String,
         reply: String,
+        tls: bool,
     },
     Deferred {
         reason: String,
@@ -67,6 +68,7 @@ pub struct Context {
     pub smarthost_insecure: bool,
     /// User and password for the smarthost.
     pub smarthost_auth: Option<(String, String)>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn spawn_workers(

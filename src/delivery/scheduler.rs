@@ -1,17 +1,21 @@
 //! The scheduler: the only writer of queued state after commit. It keeps an in-memory index
 //! of queued messages (rebuilt from the spool at start), turns due messages into one job per
 //! destination, applies outcomes (crossing recipients off on disk as they are delivered or
-//! fail), schedules retries, expires old mail and spools the DSNs.
+//! fail), schedules retries, expires old mail, spools the DSNs, and carries out the
+//! operator's queue commands (flush, delete, hold, release).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
 use super::route::{Destination, RouteTable};
 use super::{Job, Outcome, RcptResult, retry};
 use crate::bounce::{self, FailedRecipient};
+use crate::control::{Command, Request};
+use crate::events::{Events, V, rfc3339};
+use crate::metrics::Metrics;
 use crate::spool::{Envelope, Kind, RcptState, Recipient, Spool, id};
 
 /// Most servers take at least 100 recipients per transaction (RFC 5321 4.5.3.1.8).
@@ -27,13 +31,25 @@ pub struct SchedulerConfig {
     pub routes: RouteTable,
 }
 
+/// Where the scheduler's work comes from.
+pub struct Inputs {
+    pub intake: Receiver<Envelope>,
+    pub outcomes: Receiver<Outcome>,
+    pub control: Receiver<Request>,
+    pub stop: Receiver<()>,
+}
+
 pub struct Scheduler {
     cfg: SchedulerConfig,
     spool: Arc<Spool>,
+    events: Arc<Events>,
+    metrics: Arc<Metrics>,
     entries: HashMap<String, Entry>,
-    /// (due time in unix ms, id) for messages waiting for their next attempt.
+    /// (due time in unix ms, id). An entry is stale unless it matches the message's
+    /// `next_attempt`; stale ones are skipped when they come due.
     timers: BTreeSet<(u64, String)>,
     ready: VecDeque<Job>,
+    gauges_updated: Option<Instant>,
 }
 
 struct Entry {
@@ -51,13 +67,22 @@ pub fn now_ms() -> u64 {
 }
 
 impl Scheduler {
-    pub fn new(cfg: SchedulerConfig, spool: Arc<Spool>, recovered: Vec<Envelope>) -> Scheduler {
+    pub fn new(
+        cfg: SchedulerConfig,
+        spool: Arc<Spool>,
+        events: Arc<Events>,
+        metrics: Arc<Metrics>,
+        recovered: Vec<Envelope>,
+    ) -> Scheduler {
         let mut s = Scheduler {
             cfg,
             spool,
+            events,
+            metrics,
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
+            gauges_updated: None,
         };
         if !recovered.is_empty() {
             log::info!(
@@ -72,13 +97,7 @@ impl Scheduler {
     }
 
     /// Runs until `stop` fires or the intake closes.
-    pub fn run(
-        mut self,
-        intake: Receiver<Envelope>,
-        outcomes: Receiver<Outcome>,
-        jobs: Sender<Job>,
-        stop: Receiver<()>,
-    ) {
+    pub fn run(mut self, inputs: Inputs, jobs: Sender<Job>) {
         loop {
             self.fire_due_timers();
             while let Some(job) = self.ready.pop_front() {
@@ -91,20 +110,27 @@ impl Scheduler {
                     Err(TrySendError::Disconnected(_)) => return,
                 }
             }
-            // Sleep until the next timer; a free worker always reports an outcome first.
+            self.update_gauges();
+            // Sleep until the next timer (at most 1 s, for the gauges); a free worker always
+            // reports an outcome first.
             let wait = self
                 .timers
                 .first()
-                .map_or(Duration::from_secs(3600), |(due, _)| {
+                .map_or(Duration::from_secs(1), |(due, _)| {
                     Duration::from_millis(due.saturating_sub(now_ms()))
-                });
+                })
+                .min(Duration::from_secs(1));
             select! {
-                recv(intake) -> env => match env {
+                recv(inputs.intake) -> env => match env {
                     Ok(env) => self.add(env),
                     Err(_) => return,
                 },
-                recv(outcomes) -> o => if let Ok(o) = o { self.apply(o) },
-                recv(stop) -> _ => return,
+                recv(inputs.outcomes) -> o => if let Ok(o) = o { self.apply(o) },
+                recv(inputs.control) -> r => if let Ok(r) = r {
+                    let answer = self.control(r.command);
+                    let _ = r.reply.send(answer);
+                },
+                recv(inputs.stop) -> _ => return,
                 default(wait) => {}
             }
         }
@@ -112,7 +138,9 @@ impl Scheduler {
 
     fn add(&mut self, env: Envelope) {
         let id = env.id.clone();
-        self.timers.insert((env.next_attempt, id.clone()));
+        if !env.held {
+            self.timers.insert((env.next_attempt, id.clone()));
+        }
         self.entries.insert(
             id,
             Entry {
@@ -123,14 +151,38 @@ impl Scheduler {
         );
     }
 
+    fn update_gauges(&mut self) {
+        if self
+            .gauges_updated
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.gauges_updated = Some(Instant::now());
+        let now = now_ms();
+        let oldest = self
+            .entries
+            .values()
+            .map(|e| e.env.received)
+            .min()
+            .map_or(0, |r| now.saturating_sub(r) / 1000);
+        self.metrics.set_queue(self.entries.len() as u64, oldest);
+    }
+
     fn fire_due_timers(&mut self) {
         let now = now_ms();
         while let Some((due, _)) = self.timers.first() {
             if *due > now {
                 break;
             }
-            let (_, id) = self.timers.pop_first().expect("non-empty");
-            self.dispatch(&id);
+            let (due, id) = self.timers.pop_first().expect("non-empty");
+            let current = self
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.env.next_attempt == due && e.in_flight == 0 && !e.env.held);
+            if current {
+                self.dispatch(&id);
+            }
         }
     }
 
@@ -174,26 +226,44 @@ impl Scheduler {
 
     fn apply(&mut self, outcome: Outcome) {
         let id = outcome.id;
+        // A message deleted by the operator while in flight is simply gone.
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
         entry.in_flight = entry.in_flight.saturating_sub(1);
         let mut changed = false;
+        let delay_s = now_ms().saturating_sub(entry.env.received) as f64 / 1000.0;
         for (i, result) in outcome.results {
             let Some(rcpt) = entry.env.recipients.get_mut(i) else {
                 continue;
             };
             match result {
-                RcptResult::Delivered { relay, reply } => {
+                RcptResult::Delivered { relay, reply, tls } => {
                     log::info!(
-                        "{id}: delivered to=<{}> relay={relay} reply=\"{reply}\"",
-                        rcpt.address
+                        "{id}: delivered to=<{}> relay={relay}{} reply=\"{reply}\"",
+                        rcpt.address,
+                        if tls { " tls" } else { "" }
                     );
                     rcpt.state = RcptState::Delivered;
                     changed = true;
+                    self.metrics.recipient_delivered();
+                    self.metrics.observe_delivery_latency(delay_s);
+                    self.metrics.bytes_delivered(entry.env.size);
+                    self.events.emit(
+                        "delivered",
+                        &[
+                            ("id", V::Str(&id)),
+                            ("recipient", V::Str(&rcpt.address)),
+                            ("relay", V::Str(&relay)),
+                            ("reply", V::Str(&reply)),
+                            ("tls", V::Bool(tls)),
+                            ("delay_s", V::Float(delay_s)),
+                        ],
+                    );
                 }
                 RcptResult::Deferred { reason } => {
                     log::info!("{id}: deferred to=<{}> reason=\"{reason}\"", rcpt.address);
+                    self.metrics.recipient_deferred();
                     entry.env.last_error = reason;
                 }
                 RcptResult::Failed {
@@ -242,6 +312,7 @@ impl Scheduler {
                 "message expired after {} in the queue; last error: {last}",
                 human(self.cfg.max_queue_lifetime)
             );
+            let mut expired = Vec::new();
             for r in entry
                 .env
                 .recipients
@@ -249,6 +320,7 @@ impl Scheduler {
                 .filter(|r| r.state == RcptState::Pending)
             {
                 r.state = RcptState::Failed;
+                expired.push(r.address.clone());
                 entry.failed.push(FailedRecipient {
                     address: r.address.clone(),
                     status: "4.4.7".into(),
@@ -257,6 +329,16 @@ impl Scheduler {
                 });
             }
             log::info!("{id}: expired: {reason}");
+            self.metrics.message_expired();
+            let age = now.saturating_sub(entry.env.received) / 1000;
+            self.events.emit(
+                "expired",
+                &[
+                    ("id", V::Str(id)),
+                    ("recipients", V::List(&expired)),
+                    ("age_s", V::Num(age)),
+                ],
+            );
         }
         let failed = std::mem::take(&mut entry.failed);
         let env = entry.env.clone();
@@ -281,15 +363,41 @@ impl Scheduler {
                 human(delay),
                 entry.env.last_error
             );
-            self.timers.insert((entry.env.next_attempt, id.to_string()));
+            let pending: Vec<String> = entry
+                .env
+                .pending()
+                .map(|(_, r)| r.address.clone())
+                .collect();
+            self.events.emit(
+                "deferred",
+                &[
+                    ("id", V::Str(id)),
+                    ("recipients", V::List(&pending)),
+                    ("reason", V::Str(&entry.env.last_error)),
+                    ("attempt", V::Num(entry.env.attempts as u64)),
+                    (
+                        "next_try",
+                        V::Str(&rfc3339(
+                            UNIX_EPOCH + Duration::from_millis(entry.env.next_attempt),
+                        )),
+                    ),
+                ],
+            );
+            if !entry.env.held {
+                self.timers.insert((entry.env.next_attempt, id.to_string()));
+            }
             self.persist(id);
         } else {
-            match self.spool.remove(id) {
-                Ok(()) => log::info!("{id}: removed (all recipients done)"),
-                Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
-            }
-            self.entries.remove(id);
+            self.remove(id);
         }
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self.spool.remove(id) {
+            Ok(()) => log::info!("{id}: removed (all recipients done)"),
+            Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
+        }
+        self.entries.remove(id);
     }
 
     fn persist(&self, id: &str) {
@@ -310,6 +418,7 @@ impl Scheduler {
                     env.id,
                     failed.len()
                 );
+                self.bounced_events(env, &failed, None);
                 return;
             }
             (_, true) => {
@@ -355,6 +464,7 @@ impl Scheduler {
             attempts: 0,
             next_attempt: 0,
             last_error: String::new(),
+            held: false,
             recipients: vec![Recipient {
                 address: to.0.clone(),
                 state: RcptState::Pending,
@@ -368,6 +478,7 @@ impl Scheduler {
                     failed.len(),
                     to.0
                 );
+                self.bounced_events(env, &failed, Some(&dsn_id));
                 self.add(dsn);
             }
             // Without the DSN on disk the failures must not be recorded either: keep them
@@ -391,6 +502,79 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    fn bounced_events(&self, env: &Envelope, failed: &[FailedRecipient], dsn_id: Option<&str>) {
+        for f in failed {
+            self.metrics.recipient_bounced();
+            self.events.emit(
+                "bounced",
+                &[
+                    ("id", V::Str(&env.id)),
+                    ("recipient", V::Str(&f.address)),
+                    ("status", V::Str(&f.status)),
+                    ("reason", V::OptStr(f.diagnostic.as_deref())),
+                    ("relay", V::OptStr(f.remote_mta.as_deref())),
+                    ("dsn_id", V::OptStr(dsn_id)),
+                ],
+            );
+        }
+    }
+
+    /// The operator's queue commands; the answer is one line for the `queue` command.
+    fn control(&mut self, command: Command) -> Result<String, String> {
+        let now = now_ms();
+        let ids: Vec<String> = match command.target() {
+            Some(id) if self.entries.contains_key(id) => vec![id.to_string()],
+            Some(id) => return Err(format!("{id}: not in the queue")),
+            None => self.entries.keys().cloned().collect(),
+        };
+        let mut n = 0;
+        for id in &ids {
+            let entry = self.entries.get_mut(id).expect("listed");
+            match command {
+                Command::Flush(_) => {
+                    if entry.env.held || entry.in_flight > 0 {
+                        continue;
+                    }
+                    entry.env.next_attempt = now;
+                    self.timers.insert((now, id.clone()));
+                }
+                Command::Hold(_) => {
+                    entry.env.held = true;
+                    log::info!("{id}: put on hold");
+                }
+                Command::Release(_) => {
+                    if !entry.env.held {
+                        continue;
+                    }
+                    entry.env.held = false;
+                    entry.env.next_attempt = now;
+                    self.timers.insert((now, id.clone()));
+                    log::info!("{id}: released");
+                }
+                Command::Delete(_) => {
+                    let pending: Vec<String> = entry
+                        .env
+                        .pending()
+                        .map(|(_, r)| r.address.clone())
+                        .collect();
+                    self.events.emit(
+                        "deleted",
+                        &[("id", V::Str(id)), ("recipients", V::List(&pending))],
+                    );
+                    log::info!("{id}: deleted by the operator");
+                    self.remove(id);
+                    n += 1;
+                    continue;
+                }
+            }
+            n += 1;
+            if !matches!(command, Command::Flush(_)) {
+                self.persist(id);
+            }
+        }
+        Ok(format!("{} {n} message(s)", command.verb()))
     }
 }
 

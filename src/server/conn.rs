@@ -63,9 +63,9 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         max_errors: cfg.max_errors,
         relay_allowed: trusted && role == Role::Smtp,
         postmaster: cfg.postmaster.clone(),
-        tls_available: shared.tls.is_some(),
+        tls_available: shared.services.tls.is_some(),
         implicit_tls: role == Role::Smtps,
-        auth_available: shared.users.is_some(),
+        auth_available: shared.services.users.is_some(),
         require_auth: role != Role::Smtp,
         plaintext_auth: cfg.plaintext_auth_loopback && peer_ip.is_loopback(),
     });
@@ -79,6 +79,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     };
     conn.reply(&session.greeting());
     let mut commands = 0u32;
+    let mut last_command = (String::new(), None);
     loop {
         if !conn.reader.buffered().contains(&b'\n') && conn.flush().is_err() {
             return;
@@ -86,6 +87,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         let step = match conn.reader.read_line(cfg.max_line_length) {
             Ok(Line::Line(line)) => {
                 commands += 1;
+                last_command = describe_command(line, session.in_auth_exchange());
                 if shared.stopping.load(Ordering::SeqCst) {
                     conn.reply(&reply::shutting_down(&cfg.hostname));
                     let _ = conn.flush();
@@ -105,6 +107,9 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
             }
         };
         if let Some(r) = &step.reply {
+            if r.code >= 400 {
+                rejected(shared, peer_ip, &last_command, r);
+            }
             conn.reply(r);
         }
         match step.effect {
@@ -126,6 +131,9 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
             Effect::Authenticate { user, password } => {
                 let (reply, locked) = authenticate(shared, &user, &password, peer_ip);
                 let r = session.auth_result(reply.is_some(), reply.unwrap_or_default());
+                if r.code >= 400 {
+                    rejected(shared, peer_ip, &("AUTH".to_string(), None), &r);
+                }
                 conn.reply(&r);
                 if locked {
                     conn.reply(&reply::auth_locked_out());
@@ -151,7 +159,10 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                 let outcome = receive_data(&mut conn, shared, &tx, &trace);
                 match outcome {
                     DataOutcome::Queued(id) => conn.reply(&session.data_done(Ok(id))),
-                    DataOutcome::Refused(r) => conn.reply(&session.data_done(Err(r))),
+                    DataOutcome::Refused(r) => {
+                        rejected(shared, peer_ip, &("DATA".to_string(), None), &r);
+                        conn.reply(&session.data_done(Err(r)));
+                    }
                     DataOutcome::Gone => return,
                 }
             }
@@ -159,6 +170,56 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     }
     let _ = conn.flush();
     log::debug!("disconnect from [{peer_ip}] after {commands} commands");
+}
+
+/// The verb (and for MAIL/RCPT the path) of a command, for the event log. Lines of a SASL
+/// exchange are secrets and never described.
+fn describe_command(line: &[u8], in_auth: bool) -> (String, Option<String>) {
+    if in_auth {
+        return ("AUTH".into(), None);
+    }
+    let text = String::from_utf8_lossy(&line[..line.len().min(600)]);
+    let mut words = text.splitn(2, ' ');
+    let verb = words.next().unwrap_or("").to_ascii_uppercase();
+    let arg = match verb.as_str() {
+        "MAIL" | "RCPT" => words.next().map(|a| {
+            let a = a.trim();
+            // Drop the FROM:/TO: keyword; keep the path and parameters.
+            a.find(':')
+                .filter(|&i| i <= 4)
+                .map_or(a, |i| a[i + 1..].trim_start())
+                .to_string()
+        }),
+        _ => None,
+    };
+    (verb.chars().take(16).collect(), arg)
+}
+
+/// Counts and records a refusal (4xx/5xx) at SMTP time.
+fn rejected(shared: &Shared, ip: IpAddr, command: &(String, Option<String>), reply: &Reply) {
+    use crate::events::V;
+    use crate::metrics::RejectReason;
+    let reason = match (reply.code, reply.enhanced.map(|e| (e.1, e.2))) {
+        (_, Some((7, 1))) if command.0 == "RCPT" => RejectReason::RelayDenied,
+        (552, _) | (_, Some((3, 4))) => RejectReason::Size,
+        (_, Some((4, 6))) => RejectReason::Hops,
+        (_, Some((7, _))) => RejectReason::Auth,
+        (421, _) => RejectReason::TooManyErrors,
+        (500..=504, _) | (555, _) => RejectReason::Syntax,
+        _ => RejectReason::Other,
+    };
+    shared.services.metrics.message_rejected(reason);
+    let ip = ip.to_string();
+    let reply = reply.summary();
+    shared.services.events.emit(
+        "rejected",
+        &[
+            ("client_ip", V::Str(&ip)),
+            ("command", V::Str(&command.0)),
+            ("argument", V::OptStr(command.1.as_deref())),
+            ("reply", V::Str(&reply)),
+        ],
+    );
 }
 
 fn line_buffer(max_line: usize) -> usize {
@@ -187,7 +248,7 @@ impl Conn {
 
 /// The TLS handshake, on this client's thread, bounded by the handshake timeout.
 fn handshake(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Option<(Stream, String)> {
-    let tls = shared.tls.as_ref()?;
+    let tls = shared.services.tls.as_ref()?;
     let limit = Some(shared.cfg.tls_handshake_timeout);
     if tcp.set_read_timeout(limit).is_err() || tcp.set_write_timeout(limit).is_err() {
         return None;
@@ -238,16 +299,18 @@ fn authenticate(
     ip: IpAddr,
 ) -> (Option<Vec<String>>, bool) {
     let now = Instant::now();
-    if shared.auth_guard.is_locked(ip, now) {
+    if shared.services.auth_guard.is_locked(ip, now) {
         log::warn!("authentication refused for [{ip}]: locked out after repeated failures");
         return (None, true);
     }
     let users = shared
+        .services
         .users
         .as_ref()
-        .expect("AUTH is only offered with users");
+        .expect("AUTH is only offered with users")
+        .get();
     if users.verify(user, password) {
-        shared.auth_guard.clear(ip);
+        shared.services.auth_guard.clear(ip);
         log::info!("authenticated user={user} from [{ip}]");
         let domains = users
             .get(user)
@@ -261,15 +324,19 @@ fn authenticate(
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
     log::warn!("authentication failed for user={shown} from [{ip}]");
+    shared.services.metrics.auth_failed();
     std::thread::sleep(shared.cfg.auth_fail_delay.min(Duration::from_secs(30)));
-    let locked = shared.auth_guard.record_failure(ip, Instant::now());
+    let locked = shared
+        .services
+        .auth_guard
+        .record_failure(ip, Instant::now());
     (None, locked)
 }
 
 fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trace) -> DataOutcome {
     let peer_ip = trace.ip;
     let cfg = &shared.cfg;
-    let mut incoming = match shared.spool.create() {
+    let mut incoming = match shared.services.spool.create() {
         Ok(i) => Some(i),
         Err(e) => {
             log::error!("spool: cannot create a message file: {e}");
@@ -319,7 +386,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
     let summary = reader.summary();
     let refuse = |r: Reply, why: &str, incoming: Option<_>| {
         if let Some(i) = incoming {
-            shared.spool.abort(i);
+            shared.services.spool.abort(i);
         }
         log::info!("rejected message from [{peer_ip}]: {why}");
         DataOutcome::Refused(r)
@@ -370,6 +437,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
         attempts: 0,
         next_attempt: 0,
         last_error: String::new(),
+        held: false,
         recipients: tx
             .recipients
             .iter()
@@ -379,7 +447,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             })
             .collect(),
     };
-    if let Err(e) = shared.spool.commit(incoming, &env) {
+    if let Err(e) = shared.services.spool.commit(incoming, &env) {
         log::error!("{id}: spool commit failed: {e}");
         return DataOutcome::Refused(reply_map::spool_error(&e));
     }
@@ -403,7 +471,26 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             String::new()
         }
     );
-    if shared.queued.send(env).is_err() {
+    shared.services.metrics.message_received(env.size);
+    let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
+    let ip = peer_ip.to_string();
+    {
+        use crate::events::V;
+        shared.services.events.emit(
+            "received",
+            &[
+                ("id", V::Str(&id)),
+                ("client_ip", V::Str(&ip)),
+                ("auth_user", V::OptStr(trace.auth_user)),
+                ("tls", V::Bool(trace.tls.is_some())),
+                ("sender", V::Str(&env.sender)),
+                ("recipients", V::List(&recipients)),
+                ("size", V::Num(env.size)),
+                ("message_id", V::OptStr(summary.message_id.as_deref())),
+            ],
+        );
+    }
+    if shared.services.queued.send(env).is_err() {
         // The scheduler is gone (shutting down): the message is safe on disk for the next start.
         log::warn!("{id}: queued on disk; delivery starts at the next start-up");
     }
@@ -432,7 +519,7 @@ fn abandon(
     peer_ip: IpAddr,
 ) -> DataOutcome {
     if let Some(i) = incoming {
-        shared.spool.abort(i);
+        shared.services.spool.abort(i);
     }
     log::info!("message from [{peer_ip}] abandoned: {why}");
     DataOutcome::Gone

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::auth::{FailureGuard, Users};
+use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Cidr, Listener, Role};
+use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply;
 use crate::spool::{Envelope, Spool};
@@ -38,15 +40,22 @@ pub struct ServerConfig {
     pub auth_fail_delay: Duration,
 }
 
-/// What every connection thread shares.
-pub struct Shared {
-    pub cfg: ServerConfig,
+/// What sessions use besides their configuration.
+pub struct Services {
     pub spool: Arc<Spool>,
     /// Committed messages go to the scheduler.
     pub queued: Sender<Envelope>,
     pub tls: Option<Arc<ServerTls>>,
-    pub users: Option<Arc<Users>>,
+    pub users: Option<Arc<UsersFile>>,
     pub auth_guard: FailureGuard,
+    pub metrics: Arc<Metrics>,
+    pub events: Arc<Events>,
+}
+
+/// What every connection thread shares.
+pub struct Shared {
+    pub cfg: ServerConfig,
+    pub services: Services,
     pub stopping: AtomicBool,
     active: AtomicUsize,
     next_conn: AtomicU64,
@@ -63,31 +72,15 @@ pub struct Server {
 const CONN_STACK: usize = 256 * 1024;
 
 impl Server {
-    /// Binds every listener first (so a bad address fails start-up), then starts accepting.
+    /// Starts accepting on listeners bound by `bind`.
     pub fn start(
-        listeners: &[Listener],
+        sockets: Vec<(TcpListener, Role)>,
         cfg: ServerConfig,
-        spool: Arc<Spool>,
-        queued: Sender<Envelope>,
-        tls: Option<Arc<ServerTls>>,
-        users: Option<Arc<Users>>,
-        auth_guard: FailureGuard,
+        services: Services,
     ) -> std::io::Result<Server> {
-        let sockets = listeners
-            .iter()
-            .map(|l| {
-                TcpListener::bind(l.addr).map(|s| (s, l.role)).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared {
             cfg,
-            spool,
-            queued,
-            tls,
-            users,
-            auth_guard,
+            services,
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -150,6 +143,18 @@ impl Server {
     }
 }
 
+/// Binds every listener (before privileges are dropped), so a bad address fails start-up.
+pub fn bind(listeners: &[Listener]) -> std::io::Result<Vec<(TcpListener, Role)>> {
+    listeners
+        .iter()
+        .map(|l| {
+            TcpListener::bind(l.addr).map(|s| (s, l.role)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr))
+            })
+        })
+        .collect()
+}
+
 fn wake_addr(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -181,6 +186,7 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
         };
         if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
             shared.active.fetch_sub(1, Ordering::SeqCst);
+            shared.services.metrics.connection_refused();
             log::warn!(
                 "connection from {peer} refused: {} connections open",
                 shared.cfg.max_connections
@@ -189,6 +195,7 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
             continue;
         }
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        shared.services.metrics.connection_accepted();
         if let Ok(clone) = stream.try_clone() {
             shared.open.lock().expect("conn registry").insert(id, clone);
         }
@@ -197,7 +204,9 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
             .name(format!("smtp-{id}"))
             .stack_size(CONN_STACK)
             .spawn(move || {
+                worker.services.metrics.session_opened();
                 conn::run(stream, peer, role, &worker);
+                worker.services.metrics.session_closed();
                 worker.open.lock().expect("conn registry").remove(&id);
                 worker.active.fetch_sub(1, Ordering::SeqCst);
             });

@@ -30,6 +30,8 @@ pub struct Summary {
     pub bare_line_ends: u64,
     /// `Received:` fields in the header section, for loop detection.
     pub received_headers: u32,
+    /// The `Message-ID:` field's value (first line, up to 255 bytes), for the event log.
+    pub message_id: Option<String>,
 }
 
 pub struct DataReader {
@@ -134,20 +136,29 @@ impl DataReader {
         }
         if !self.headers.done {
             s.received_headers += self.headers.feed(bytes);
+            if s.message_id.is_none() && self.headers.message_id_done {
+                s.message_id = Some(
+                    String::from_utf8_lossy(self.headers.message_id.trim_ascii()).into_owned(),
+                );
+            }
         }
         out.extend_from_slice(bytes);
     }
 }
 
-/// Counts `Received:` fields until the blank line that ends the header section. Input is
-/// already normalized to CRLF lines.
+/// Counts `Received:` fields and picks up `Message-ID:` until the blank line that ends the
+/// header section. Input is already normalized to CRLF lines.
 #[derive(Default)]
 struct HeaderScan {
     done: bool,
     line_len: usize,
-    prefix: [u8; 9],
+    prefix: [u8; 11],
     scanned: usize,
+    message_id: Vec<u8>,
+    message_id_done: bool,
 }
+
+const MESSAGE_ID_MAX: usize = 255;
 
 const HEADER_SCAN_LIMIT: usize = 1 << 20;
 
@@ -163,13 +174,19 @@ impl HeaderScan {
                         self.done = true;
                         return found;
                     }
-                    if self.line_len >= 9 && self.prefix.eq_ignore_ascii_case(b"received:") {
+                    if self.line_len >= 9 && self.prefix[..9].eq_ignore_ascii_case(b"received:") {
                         found += 1;
+                    }
+                    if self.in_message_id() {
+                        self.message_id_done = true;
                     }
                     self.line_len = 0;
                 }
                 _ => {
-                    if self.line_len < 9 {
+                    if self.in_message_id() && self.message_id.len() < MESSAGE_ID_MAX {
+                        self.message_id.push(b);
+                    }
+                    if self.line_len < self.prefix.len() {
                         self.prefix[self.line_len] = b;
                     }
                     self.line_len += 1;
@@ -177,6 +194,15 @@ impl HeaderScan {
             }
         }
         found
+    }
+}
+
+impl HeaderScan {
+    /// Past the `Message-ID:` name of the first such field.
+    fn in_message_id(&self) -> bool {
+        !self.message_id_done
+            && self.line_len >= 11
+            && self.prefix.eq_ignore_ascii_case(b"message-id:")
     }
 }
 
@@ -324,9 +350,16 @@ mod tests {
         let msg = b"Received: a\r\nreceived: b\r\nX: Received: no\r\nSubject: \xc3\xa9\r\n\r\nReceived: body\r\n.\r\n";
         let (_, _, s) = read(msg, 1000);
         assert_eq!(s.received_headers, 2);
+        assert_eq!(s.message_id, None);
         assert!(s.eight_bit);
         let (_, _, s) = read(b"Subject: plain\r\n\r\n.\r\n", 1000);
         assert!(!s.eight_bit);
+    }
+
+    #[test]
+    fn picks_up_the_first_message_id() {
+        let (_, _, s) = read(b"Subject: x\r\nMessage-ID:  <abc@host.test> \r\nMessage-Id: <second@x>\r\n\r\nMessage-ID: <body@x>\r\n.\r\n", 1000);
+        assert_eq!(s.message_id.as_deref(), Some("<abc@host.test>"));
     }
 
     #[test]

@@ -131,6 +131,11 @@ impl Session {
         self.auth_user.as_deref()
     }
 
+    /// Lines fed now are SASL responses (secrets), not commands.
+    pub fn in_auth_exchange(&self) -> bool {
+        self.sasl.is_some()
+    }
+
     pub fn transaction(&self) -> Option<&Transaction> {
         self.tx.as_ref()
     }

@@ -46,6 +46,8 @@ pub struct Envelope {
     /// Unix time in milliseconds; 0 = as soon as possible.
     pub next_attempt: u64,
     pub last_error: String,
+    /// Put on hold by the operator: not delivered until released.
+    pub held: bool,
     pub recipients: Vec<Recipient>,
 }
 
@@ -81,7 +83,7 @@ impl Envelope {
         let _ = write!(
             s,
             "version: {VERSION}\nid: {}\nkind: {kind}\nreceived: {}\nclient: {}\nhelo: {}\nsender: {}\nsize: {}\n\
-             8bit: {}\nsmtputf8: {}\nattempts: {}\nnext-attempt: {}\nlast-error: {}\n",
+             8bit: {}\nsmtputf8: {}\nattempts: {}\nnext-attempt: {}\nlast-error: {}\nheld: {}\n",
             one_line(&self.id),
             self.received,
             one_line(&self.client),
@@ -93,6 +95,7 @@ impl Envelope {
             self.attempts,
             self.next_attempt,
             one_line(&self.last_error),
+            yn(self.held),
         );
         for r in &self.recipients {
             let state = match r.state {
@@ -131,6 +134,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: 0,
             last_error: String::new(),
+            held: false,
             recipients: Vec::new(),
         };
         for line in lines {
@@ -169,6 +173,7 @@ impl Envelope {
                 "attempts" => e.attempts = num(value)? as u32,
                 "next-attempt" => e.next_attempt = num(value)?,
                 "last-error" => e.last_error = value.to_string(),
+                "held" => e.held = flag(value)?,
                 "rcpt" => {
                     let (state, address) = value
                         .split_once(' ')
@@ -227,6 +232,7 @@ mod tests {
             attempts: 2,
             next_attempt: 1_790_000_060_000,
             last_error: "451 4.7.1 try later".into(),
+            held: true,
             recipients: vec![
                 Recipient {
                     address: "x@y.test".into(),

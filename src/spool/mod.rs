@@ -247,6 +247,7 @@ mod tests {
             attempts: 0,
             next_attempt: 0,
             last_error: String::new(),
+            held: false,
             recipients: vec![Recipient {
                 address: "x@y.test".into(),
                 state: RcptState::Pending,

@@ -153,6 +153,10 @@ impl Relay {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal by name ("HUP", "USR1", ...).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

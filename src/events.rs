@@ -1,0 +1,206 @@
+//! The event log: one JSON object per line for every step in a message's life, for
+//! pipelines and dashboards. Emitting never blocks an SMTP session or a delivery: lines go
+//! through a bounded channel to a writer thread, and when it falls behind, events are
+//! dropped, counted and logged.
+//!
+//! Schema version 1. Every event has `v` (1), `event` (its kind), `time` (RFC 3339, UTC, ms):
+//!
+//! | event | fields |
+//! |---|---|
+//! | `received` | `id`, `client_ip`, `auth_user` (or null), `tls` (bool), `sender`, `recipients` [..], `size`, `message_id` (or null) |
+//! | `delivered` | `id`, `recipient`, `relay`, `reply`, `tls` (bool), `delay_s` (since reception) |
+//! | `deferred` | `id`, `recipients` [..] (still pending), `reason`, `attempt`, `next_try` |
+//! | `bounced` | `id`, `recipient`, `status`, `reason`, `relay` (or null), `dsn_id` (or null when none was sent) |
+//! | `expired` | `id`, `recipients` [..], `age_s` |
+//! | `deleted` | `id`, `recipients` [..] (still pending) |
+//! | `rejected` | `client_ip`, `command`, `argument` (or null), `reply` |
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+
+use crate::metrics::Metrics;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Lines waiting for the writer before events are dropped.
+const BACKLOG: usize = 10_000;
+
+pub struct Events {
+    tx: Option<Sender<String>>,
+    dropped: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// A JSON value as the events need them.
+pub enum V<'a> {
+    Str(&'a str),
+    OptStr(Option<&'a str>),
+    Num(u64),
+    Float(f64),
+    Bool(bool),
+    List(&'a [String]),
+}
+
+impl Events {
+    /// `None`: no event log. `-`: standard output. Otherwise a file, appended to.
+    pub fn open(target: Option<&str>, metrics: Arc<Metrics>) -> io::Result<Events> {
+        let Some(target) = target else {
+            return Ok(Events {
+                tx: None,
+                dropped: AtomicU64::new(0),
+                metrics,
+            });
+        };
+        let mut out: Box<dyn Write + Send> = if target == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(OpenOptions::new().create(true).append(true).open(target)?)
+        };
+        let (tx, rx) = bounded::<String>(BACKLOG);
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    let mut ok = out.write_all(line.as_bytes()).is_ok();
+                    // Write what else is waiting before flushing once.
+                    while let Ok(more) = rx.try_recv() {
+                        ok &= out.write_all(more.as_bytes()).is_ok();
+                    }
+                    if !ok || out.flush().is_err() {
+                        log::error!("events: write failed");
+                    }
+                }
+            })?;
+        Ok(Events {
+            tx: Some(tx),
+            dropped: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn emit(&self, kind: &str, fields: &[(&str, V)]) {
+        let Some(tx) = &self.tx else { return };
+        let line = to_json(kind, SystemTime::now(), fields);
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.event_dropped();
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    log::warn!("events: writer behind, {n} events dropped so far");
+                }
+            }
+        }
+    }
+}
+
+pub fn to_json(kind: &str, time: SystemTime, fields: &[(&str, V)]) -> String {
+    let mut s = String::with_capacity(256);
+    let _ = write!(s, "{{\"v\":{SCHEMA_VERSION},\"event\":");
+    string(&mut s, kind);
+    s.push_str(",\"time\":");
+    string(&mut s, &rfc3339(time));
+    for (k, v) in fields {
+        s.push(',');
+        string(&mut s, k);
+        s.push(':');
+        match v {
+            V::Str(x) => string(&mut s, x),
+            V::OptStr(Some(x)) => string(&mut s, x),
+            V::OptStr(None) => s.push_str("null"),
+            V::Num(n) => {
+                let _ = write!(s, "{n}");
+            }
+            V::Float(f) if f.is_finite() => {
+                let _ = write!(s, "{f:.3}");
+            }
+            V::Float(_) => s.push_str("null"),
+            V::Bool(b) => s.push_str(if *b { "true" } else { "false" }),
+            V::List(items) => {
+                s.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    string(&mut s, item);
+                }
+                s.push(']');
+            }
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// A JSON string literal (RFC 8259 escaping; non-ASCII passes through as UTF-8).
+pub fn string(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-26T15:34:57.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let (y, mo, day, h, mi, s) = crate::date::utc(d.as_secs());
+    format!(
+        "{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_707_297_123);
+        let rcpts = vec!["a@b.test".to_string(), "q\"uote@c.test".to_string()];
+        let line = to_json(
+            "received",
+            t,
+            &[
+                ("id", V::Str("X")),
+                ("auth_user", V::OptStr(None)),
+                ("size", V::Num(42)),
+                ("tls", V::Bool(true)),
+                ("recipients", V::List(&rcpts)),
+                ("delay_s", V::Float(1.5)),
+            ],
+        );
+        assert_eq!(
+            line,
+            "{\"v\":1,\"event\":\"received\",\"time\":\"2026-11-26T15:34:57.123Z\",\"id\":\"X\",\"auth_user\":null,\"size\":42,\"tls\":true,\"recipients\":[\"a@b.test\",\"q\\\"uote@c.test\"],\"delay_s\":1.500}\n"
+        );
+    }
+
+    #[test]
+    fn escaping() {
+        let mut s = String::new();
+        string(&mut s, "a\r\nb\\c\u{1}é");
+        assert_eq!(s, "\"a\\r\\nb\\\\c\\u0001é\"");
+    }
+}

@@ -1,0 +1,251 @@
+//! `mxrelay queue ...` (and `mailq`): look at and steer the queue of a running daemon.
+//! `list` and `show` read the spool directly (read-only, so they work without a daemon);
+//! `flush`, `delete`, `hold` and `release` go through the daemon's control socket.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::control::{self, Command};
+use crate::delivery::scheduler::{human, now_ms};
+use crate::events::{self, rfc3339};
+use crate::spool::{Envelope, RcptState, id};
+
+const USAGE: &str = "Usage: mxrelay queue [--spool DIR] list [--json]
+       mxrelay queue [--spool DIR] show ID
+       mxrelay queue [--spool DIR] flush [ID]
+       mxrelay queue [--spool DIR] delete ID|--all
+       mxrelay queue [--spool DIR] hold ID|--all
+       mxrelay queue [--spool DIR] release ID|--all
+";
+
+pub fn main(args: &[String]) -> ExitCode {
+    let mut spool = None;
+    let mut json = false;
+    let mut words = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--spool" => match it.next() {
+                Some(dir) => spool = Some(PathBuf::from(dir)),
+                None => return usage("--spool needs a directory"),
+            },
+            "--json" => json = true,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            w => words.push(w),
+        }
+    }
+    let spool = spool.unwrap_or_else(crate::config::default_spool);
+    let target = |w: Option<&&str>| -> Result<Option<String>, String> {
+        match w {
+            None => Err("needs a queue id".into()),
+            Some(&"--all") => Ok(None),
+            Some(id) if id::is_valid(id) => Ok(Some(id.to_string())),
+            Some(other) => Err(format!("{other:?} is not a queue id")),
+        }
+    };
+    let command = match words.as_slice() {
+        [] | ["list"] => return list(&spool, json),
+        ["show", id] => return show(&spool, id),
+        ["flush"] => Command::Flush(None),
+        ["flush", rest @ ..]
+        | ["delete", rest @ ..]
+        | ["hold", rest @ ..]
+        | ["release", rest @ ..]
+            if rest.len() <= 1 =>
+        {
+            let t = match target(rest.first()) {
+                Ok(t) => t,
+                Err(e) => return usage(&e),
+            };
+            match words[0] {
+                "flush" => Command::Flush(t),
+                "delete" => Command::Delete(t),
+                "hold" => Command::Hold(t),
+                _ => Command::Release(t),
+            }
+        }
+        _ => return usage(&format!("unknown queue command {:?}", words.join(" "))),
+    };
+    match control::send(&spool, &command) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mxrelay queue: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("mxrelay queue: {why}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// Every readable envelope in the spool, oldest first.
+fn load(spool: &Path) -> Result<Vec<Envelope>, String> {
+    let dir = spool.join("queue");
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut out: Vec<Envelope> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "env"))
+        .filter_map(|p| {
+            std::fs::read(&p)
+                .ok()
+                .and_then(|b| Envelope::decode(&b).ok())
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+fn pending(env: &Envelope) -> Vec<String> {
+    env.recipients
+        .iter()
+        .filter(|r| r.state == RcptState::Pending)
+        .map(|r| r.address.clone())
+        .collect()
+}
+
+/// One queued message as a JSON object (the `--json` form).
+pub fn to_json(env: &Envelope, now: u64) -> String {
+    let mut s = String::from("{\"id\":");
+    events::string(&mut s, &env.id);
+    let _ = write!(
+        s,
+        ",\"age_s\":{},\"size\":{},\"sender\":",
+        now.saturating_sub(env.received) / 1000,
+        env.size
+    );
+    events::string(&mut s, &env.sender);
+    s.push_str(",\"pending\":[");
+    for (i, r) in pending(env).iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        events::string(&mut s, r);
+    }
+    let _ = write!(s, "],\"attempts\":{},\"next_try\":", env.attempts);
+    if env.held {
+        s.push_str("null");
+    } else {
+        events::string(
+            &mut s,
+            &rfc3339(UNIX_EPOCH + Duration::from_millis(env.next_attempt)),
+        );
+    }
+    s.push_str(",\"last_error\":");
+    events::string(&mut s, &env.last_error);
+    let _ = write!(s, ",\"held\":{}}}", env.held);
+    s
+}
+
+fn list(spool: &Path, json: bool) -> ExitCode {
+    let envs = match load(spool) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mxrelay queue: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = now_ms();
+    if json {
+        let items: Vec<String> = envs.iter().map(|e| to_json(e, now)).collect();
+        println!("[{}]", items.join(",\n "));
+        return ExitCode::SUCCESS;
+    }
+    if envs.is_empty() {
+        println!("Mail queue is empty");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<22} {:>6} {:>8} {:>4} {:<10} SENDER -> PENDING RECIPIENTS",
+        "ID", "AGE", "SIZE", "TRY", "NEXT"
+    );
+    for env in &envs {
+        let next = if env.held {
+            "held".to_string()
+        } else if env.next_attempt <= now {
+            "now".to_string()
+        } else {
+            format!(
+                "in {}",
+                human(Duration::from_secs((env.next_attempt - now).div_ceil(1000)))
+            )
+        };
+        let age = human(Duration::from_secs(now.saturating_sub(env.received) / 1000));
+        let rcpts = pending(env);
+        let shown = if rcpts.len() > 3 {
+            format!("{} (+{} more)", rcpts[..3].join(", "), rcpts.len() - 3)
+        } else {
+            rcpts.join(", ")
+        };
+        println!(
+            "{:<22} {:>6} {:>8} {:>4} {:<10} <{}> -> {shown}",
+            env.id, age, env.size, env.attempts, next, env.sender
+        );
+        if !env.last_error.is_empty() {
+            println!("{:<22} last error: {}", "", env.last_error);
+        }
+    }
+    println!("-- {} message(s)", envs.len());
+    ExitCode::SUCCESS
+}
+
+fn show(spool_dir: &Path, id: &str) -> ExitCode {
+    let envs = load(spool_dir).unwrap_or_default();
+    let Some(env) = envs.iter().find(|e| e.id == id) else {
+        eprintln!("mxrelay queue: {id}: not in the queue");
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "id: {}\nreceived: {}\nclient: {} ({})\nsender: <{}>\nsize: {}\nattempts: {}\nheld: {}",
+        env.id,
+        rfc3339(UNIX_EPOCH + Duration::from_millis(env.received)),
+        env.client,
+        env.helo,
+        env.sender,
+        env.size,
+        env.attempts,
+        env.held
+    );
+    if !env.held {
+        println!(
+            "next try: {}",
+            rfc3339(UNIX_EPOCH + Duration::from_millis(env.next_attempt))
+        );
+    }
+    if !env.last_error.is_empty() {
+        println!("last error: {}", env.last_error);
+    }
+    for r in &env.recipients {
+        let state = match r.state {
+            RcptState::Pending => "pending",
+            RcptState::Delivered => "delivered",
+            RcptState::Failed => "failed",
+        };
+        println!("recipient: {state} <{}>", r.address);
+    }
+    // Opening the spool read-only would create directories; read the body path directly.
+    let body = spool_dir.join("queue").join(format!("{id}.body"));
+    let headers = std::fs::read(&body).map(|b| {
+        let end = b
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(b.len().min(65536), |p| p + 2);
+        b[..end.min(65536)].to_vec()
+    });
+    match headers {
+        Ok(h) => print!("\n{}", String::from_utf8_lossy(&h)),
+        Err(e) => eprintln!("mxrelay queue: {}: {e}", body.display()),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,435 @@
+//! Operating the relay: queue commands against a live daemon (and read-only without one),
+//! SIGUSR1, the event log with every event type, metrics counters, mailq, and --user.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use support::sink::Script;
+use support::{Client, Relay, TempDir, WAIT, delivered, queue_id, sink_on, submit, wait_until};
+
+const MSG: &[u8] =
+    b"From: a@client.test\r\nSubject: queued thing\r\nMessage-ID: <m1@client.test>\r\n\r\nbody\r\n";
+
+fn queue(spool: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mxrelay"))
+        .arg("queue")
+        .arg("--spool")
+        .arg(spool)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A port on 127.0.0.17 with nothing listening (yet).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.17:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn queue_commands_against_a_live_daemon() {
+    let port = free_port();
+    let spool = TempDir::new("queuecmd");
+    let hop = format!("127.0.0.17:{port}");
+    let mut relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &hop,
+            "--smarthost-tls",
+            "none",
+            "--retry",
+            "1h",
+            "--connect-timeout",
+            "1s",
+        ],
+    );
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            queue_id(&submit(
+                relay.addr,
+                "a@client.test",
+                &["b@example.test"],
+                MSG,
+            ))
+        })
+        .collect();
+    relay.wait_log_n("deferred, attempt 1 failed", 3);
+
+    let list = queue(spool.path(), &["list"]);
+    assert!(list.status.success());
+    let text = stdout(&list);
+    for id in &ids {
+        assert!(text.contains(id.as_str()), "{text}");
+    }
+    assert!(
+        text.contains("<a@client.test> -> b@example.test")
+            && text.contains("last error: connect to 127.0.0.17"),
+        "{text}"
+    );
+    assert!(text.contains("-- 3 message(s)"), "{text}");
+    let json = stdout(&queue(spool.path(), &["list", "--json"]));
+    assert!(
+        json.starts_with('[') && json.matches("\"pending\":[\"b@example.test\"]").count() == 3,
+        "{json}"
+    );
+    let show = stdout(&queue(spool.path(), &["show", &ids[0]]));
+    assert!(
+        show.contains("recipient: pending <b@example.test>")
+            && show.contains("Subject: queued thing")
+            && show.contains("attempts: 1"),
+        "{show}"
+    );
+
+    assert_eq!(
+        stdout(&queue(spool.path(), &["hold", &ids[0]])).trim(),
+        "held 1 message(s)"
+    );
+    assert_eq!(
+        stdout(&queue(spool.path(), &["delete", &ids[1]])).trim(),
+        "deleted 1 message(s)"
+    );
+    let bad = queue(spool.path(), &["delete", "0000000000000000-0000"]);
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not in the queue")
+    );
+
+    // The next hop comes up; a flush delivers what is not held.
+    let sink = sink_on("127.0.0.17", port, Script::default());
+    assert_eq!(
+        stdout(&queue(spool.path(), &["flush"])).trim(),
+        "flushed 1 message(s)"
+    );
+    let msgs = delivered(&sink, 1, &relay);
+    assert!(String::from_utf8_lossy(&msgs[0].data).contains(&format!("id {}", ids[2])));
+    relay.wait_log(&format!("{}: removed", ids[2]));
+    let list = stdout(&queue(spool.path(), &["list"]));
+    assert!(
+        list.contains(&ids[0])
+            && list.contains("held")
+            && !list.contains(&ids[1])
+            && !list.contains(&ids[2]),
+        "{list}"
+    );
+
+    assert_eq!(
+        stdout(&queue(spool.path(), &["release", &ids[0]])).trim(),
+        "released 1 message(s)"
+    );
+    delivered(&sink, 2, &relay);
+    relay.wait_log(&format!("{}: removed", ids[0]));
+    assert_eq!(
+        sink.messages().len(),
+        2,
+        "the deleted message never went out"
+    );
+
+    // Without a daemon: list works read-only, steering fails clearly.
+    submit(relay.addr, "a@client.test", &["c@example.test"], MSG);
+    relay.kill9();
+    drop(sink);
+    let list = queue(spool.path(), &["list"]);
+    assert!(list.status.success() && stdout(&list).contains("c@example.test"));
+    let flush = queue(spool.path(), &["flush"]);
+    assert_eq!(flush.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&flush.stderr).contains("no mxrelay daemon answers"),
+        "{:?}",
+        flush
+    );
+}
+
+#[test]
+fn sigusr1_retries_the_queue_now() {
+    let port = free_port();
+    let spool = TempDir::new("usr1");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &format!("127.0.0.17:{port}"),
+            "--smarthost-tls",
+            "none",
+            "--retry",
+            "1h",
+        ],
+    );
+    submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
+    relay.wait_log("deferred, attempt 1 failed");
+    let sink = sink_on("127.0.0.17", port, Script::default());
+    relay.signal("USR1");
+    delivered(&sink, 1, &relay);
+}
+
+#[test]
+fn mailq_symlink_lists_the_queue() {
+    let dir = TempDir::new("mailq");
+    let link = dir.path().join("mailq");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mxrelay"), &link).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(spool.join("queue")).unwrap();
+    let out = Command::new(&link)
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), "Mail queue is empty");
+}
+
+/// Field names of one JSON object line (top level only; values here have no nested braces).
+fn keys(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("\":") {
+        let start = rest[..i].rfind('"').unwrap();
+        let before = rest[..start].trim_end();
+        if before.ends_with('{') || before.ends_with(',') {
+            out.push(rest[start + 1..i].to_string());
+        }
+        rest = &rest[i + 2..];
+    }
+    out
+}
+
+#[test]
+fn event_log_has_every_event_type_with_its_fields() {
+    let sink = sink_on(
+        "127.0.0.18",
+        0,
+        Script::default().rcpt(|a| match a {
+            a if a.starts_with("bad") => "550 5.1.1 no such user".into(),
+            a if a.starts_with("slow") => "451 4.3.0 later".into(),
+            _ => "250 ok".into(),
+        }),
+    );
+    let spool = TempDir::new("events");
+    let events = spool.path().join("events.jsonl");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &sink.addr.to_string(),
+            "--smarthost-tls",
+            "none",
+            "--events",
+            &events.display().to_string(),
+            "--retry",
+            "1s",
+            "--max-queue-lifetime",
+            "2s",
+            "--max-message-size",
+            "10K",
+        ],
+    );
+    submit(
+        relay.addr,
+        "a@client.test",
+        &["ok@example.test", "bad@example.test"],
+        MSG,
+    );
+    let slow = queue_id(&submit(
+        relay.addr,
+        "a@client.test",
+        &["slow@example.test"],
+        MSG,
+    ));
+    // deleted: a message held back and removed by the operator.
+    let port = free_port();
+    let spool2 = TempDir::new("events-deleted");
+    let relay2 = Relay::start(
+        spool2.path(),
+        &[
+            "--smarthost",
+            &format!("127.0.0.17:{port}"),
+            "--smarthost-tls",
+            "none",
+            "--retry",
+            "1h",
+            "--events",
+            &events.display().to_string(),
+        ],
+    );
+    let doomed = queue_id(&submit(
+        relay2.addr,
+        "a@client.test",
+        &["x@example.test"],
+        MSG,
+    ));
+    assert!(queue(spool2.path(), &["delete", &doomed]).status.success());
+    // rejected: an oversize message.
+    let mut c = Client::connect(relay.addr);
+    c.reply();
+    c.cmd("EHLO client.test");
+    assert!(
+        c.cmd("MAIL FROM:<a@client.test> SIZE=99999999")
+            .starts_with("552")
+    );
+    relay.wait_log(&format!("{slow}: expired"));
+    let wanted: &[(&str, &[&str])] = &[
+        (
+            "received",
+            &[
+                "id",
+                "client_ip",
+                "auth_user",
+                "tls",
+                "sender",
+                "recipients",
+                "size",
+                "message_id",
+            ],
+        ),
+        (
+            "delivered",
+            &["id", "recipient", "relay", "reply", "tls", "delay_s"],
+        ),
+        (
+            "deferred",
+            &["id", "recipients", "reason", "attempt", "next_try"],
+        ),
+        (
+            "bounced",
+            &["id", "recipient", "status", "reason", "relay", "dsn_id"],
+        ),
+        ("expired", &["id", "recipients", "age_s"]),
+        ("deleted", &["id", "recipients"]),
+        ("rejected", &["client_ip", "command", "argument", "reply"]),
+    ];
+    let ok = wait_until(WAIT, || {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        wanted
+            .iter()
+            .all(|(kind, _)| text.contains(&format!("\"event\":\"{kind}\"")))
+    });
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(ok, "missing event types:\n{text}");
+    for (kind, fields) in wanted {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"event\":\"{kind}\"")))
+            .unwrap();
+        let got = keys(line);
+        assert_eq!(&got[..3], ["v", "event", "time"], "{line}");
+        for f in *fields {
+            assert!(got.iter().any(|k| k == f), "{kind} lacks {f}: {line}");
+        }
+    }
+    assert!(
+        text.contains("\"message_id\":\"<m1@client.test>\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"command\":\"MAIL\",\"argument\":\"<a@client.test> SIZE=99999999\""),
+        "{text}"
+    );
+    // Every line is valid JSON (checked by an independent parser).
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys\nfor l in open(sys.argv[1]): json.loads(l)",
+            &events.display().to_string(),
+        ])
+        .status()
+        .expect("python3 is needed for this test");
+    assert!(check.success());
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let sink = sink_on("127.0.0.19", 0, Script::default());
+    let spool = TempDir::new("metrics-e2e");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &sink.addr.to_string(),
+            "--smarthost-tls",
+            "none",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr: std::net::SocketAddr = relay
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.split("metrics on http://")
+                .nth(1)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+        })
+        .expect("metrics address in the log");
+    submit(
+        relay.addr,
+        "a@client.test",
+        &["b@example.test", "c@example.test"],
+        MSG,
+    );
+    delivered(&sink, 1, &relay);
+    let body = |addr| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(
+        wait_until(WAIT, || body(addr)
+            .contains("mxrelay_recipients_delivered_total 2")),
+        "{}",
+        body(addr)
+    );
+    let text = body(addr);
+    assert!(text.contains("mxrelay_messages_received_total 1"), "{text}");
+    assert!(
+        text.contains("mxrelay_delivery_latency_seconds_count 2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn drops_privileges_with_user() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: --user cannot be exercised here (CI runs as root)");
+        return;
+    }
+    let spool = TempDir::new("user");
+    let nobody = mxrelay::privileges::lookup("nobody").expect("user nobody");
+    std::os::unix::fs::chown(spool.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--user",
+            "nobody",
+            "--smarthost",
+            "127.0.0.1:9",
+            "--retry",
+            "1h",
+        ],
+    );
+    relay.wait_log("running as user nobody");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.uid.to_string()),
+        "{uid_line}"
+    );
+    // It still works: a message is accepted into the spool it owns.
+    assert!(submit(relay.addr, "a@client.test", &["b@example.test"], MSG).starts_with("250"));
+}
