@@ -232,6 +232,10 @@ impl Scheduler {
         };
         entry.in_flight = entry.in_flight.saturating_sub(1);
         let mut changed = false;
+        let delivered_any = outcome
+            .results
+            .iter()
+            .any(|(_, r)| matches!(r, RcptResult::Delivered { .. }));
         let delay_s = now_ms().saturating_sub(entry.env.received) as f64 / 1000.0;
         for (i, result) in outcome.results {
             let Some(rcpt) = entry.env.recipients.get_mut(i) else {
@@ -248,7 +252,6 @@ impl Scheduler {
                     changed = true;
                     self.metrics.recipient_delivered();
                     self.metrics.observe_delivery_latency(delay_s);
-                    self.metrics.bytes_delivered(entry.env.size);
                     self.events.emit(
                         "delivered",
                         &[
@@ -285,6 +288,10 @@ impl Scheduler {
                     changed = true;
                 }
             }
+        }
+        if delivered_any {
+            // One transaction carried the message once, whatever the number of recipients.
+            self.metrics.bytes_delivered(entry.env.size);
         }
         if entry.in_flight == 0 {
             self.finish_round(&id);
