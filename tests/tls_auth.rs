@@ -371,6 +371,7 @@ fn repeated_failures_lock_the_address_out() {
         c.cmd(&format!("AUTH PLAIN {PLAIN_ALICE}"))
             .starts_with("535")
     );
+    s.relay.wait_log("locked out after repeated failures");
     let log = s.relay.log();
     assert_eq!(
         log.matches("authentication failed for user=alice from [127.0.0.1]")
@@ -378,7 +379,7 @@ fn repeated_failures_lock_the_address_out() {
         3,
         "{log}"
     );
-    assert!(log.contains("locked out"), "{log}");
+    s.relay.wait_log("locked out after repeated failures");
 }
 
 #[test]

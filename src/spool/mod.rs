@@ -11,10 +11,11 @@
 pub mod envelope;
 pub mod fsio;
 pub mod id;
+pub mod pool;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub use envelope::{Envelope, Kind, RcptState, Recipient};
@@ -23,36 +24,45 @@ pub struct Spool {
     queue: PathBuf,
     tmp: PathBuf,
     corrupt: PathBuf,
+    pool: pool::Pool,
+    queue_sync: fsio::DirSync,
 }
 
-/// A message body being received into `tmp/`.
+/// A message body being received, written straight to `queue/<id>.body` (a body without an
+/// envelope is never trusted, so this is safe).
 pub struct Incoming {
     pub id: String,
-    file: File,
-    path: PathBuf,
+    writer: pool::Writer,
 }
 
 impl Incoming {
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        self.writer.write_all(bytes)
     }
 }
 
 impl Spool {
     /// Opens (creating with owner-only permissions) the spool under `root`.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        let spool = Spool {
-            queue: root.join("queue"),
-            tmp: root.join("tmp"),
-            corrupt: root.join("corrupt"),
-        };
-        for d in [root, &spool.queue, &spool.tmp, &spool.corrupt] {
+        let (queue, tmp, corrupt, free) = (
+            root.join("queue"),
+            root.join("tmp"),
+            root.join("corrupt"),
+            root.join("free"),
+        );
+        for d in [root, &queue, &tmp, &corrupt, &free] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(d)?;
         }
-        Ok(spool)
+        Ok(Spool {
+            queue_sync: fsio::DirSync::new(&queue),
+            queue,
+            tmp,
+            corrupt,
+            pool: pool::Pool::open(free)?,
+        })
     }
 
     /// Start-up recovery: empties `tmp/`, removes unacknowledged bodies, quarantines what it
@@ -61,7 +71,7 @@ impl Spool {
         for entry in fs::read_dir(&self.tmp)? {
             let path = entry?.path();
             log::info!("spool: removing unfinished {}", path.display());
-            fs::remove_file(&path)?;
+            self.pool.give(&path)?;
         }
         let mut envelopes = Vec::new();
         let mut bodies = Vec::new();
@@ -95,7 +105,7 @@ impl Spool {
         for id in bodies {
             if !self.env_path(&id).exists() && self.body_path(&id).exists() {
                 log::info!("spool: removing unacknowledged body {id}");
-                fs::remove_file(self.body_path(&id))?;
+                self.pool.give(&self.body_path(&id))?;
             }
         }
         fsio::sync_dir(&self.queue)?;
@@ -111,28 +121,21 @@ impl Spool {
         self.queue.join(format!("{id}.env"))
     }
 
-    /// Starts a new message body in `tmp/`.
+    /// Starts a new message body.
     pub fn create(&self) -> io::Result<Incoming> {
         let id = id::new_id();
-        let path = self.tmp.join(format!("{id}.body"));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok(Incoming { id, file, path })
+        let writer = self.pool.take(&self.body_path(&id))?;
+        Ok(Incoming { id, writer })
     }
 
     /// Makes the message durable; only after this returns may the client get its 250.
+    /// Body data, then the envelope, then the directory entries (shared with concurrent
+    /// commits: group commit).
     pub fn commit(&self, incoming: Incoming, env: &Envelope) -> io::Result<()> {
         debug_assert_eq!(incoming.id, env.id);
-        let result = (|| {
-            incoming.file.sync_data()?;
-            fs::rename(&incoming.path, self.body_path(&env.id))?;
-            self.write_env(env)
-        })();
+        let result = incoming.writer.finish().and_then(|()| self.write_env(env));
         if result.is_err() {
-            let _ = fs::remove_file(&incoming.path);
+            let _ = fs::remove_file(self.env_path(&env.id));
             let _ = fs::remove_file(self.body_path(&env.id));
         }
         result
@@ -140,17 +143,18 @@ impl Spool {
 
     /// Drops a body that will not be committed (client gone, message refused).
     pub fn abort(&self, incoming: Incoming) {
-        drop(incoming.file);
-        let _ = fs::remove_file(&incoming.path);
+        let path = self.body_path(&incoming.id);
+        drop(incoming);
+        if self.pool.give(&path).is_err() {
+            let _ = fs::remove_file(&path);
+        }
     }
 
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
-        let path = self.tmp.join(format!("{}.body", env.id));
         let mut incoming = Incoming {
             id: env.id.clone(),
-            file: File::create(&path)?,
-            path,
+            writer: self.pool.take(&self.body_path(&env.id))?,
         };
         incoming.write_all(body)?;
         self.commit(incoming, env)
@@ -161,21 +165,22 @@ impl Spool {
         self.write_env(env)
     }
 
+    /// tmp → data sync → rename over the old envelope → directory sync.
     fn write_env(&self, env: &Envelope) -> io::Result<()> {
-        fsio::write_file(
-            &self.tmp.join(format!("{}.env", env.id)),
-            &self.env_path(&env.id),
-            &env.encode(),
-        )?;
-        fsio::sync_dir(&self.queue)
+        let tmp = self.tmp.join(format!("{}.env", env.id));
+        let mut w = self.pool.take(&tmp)?;
+        w.write_all(&env.encode())?;
+        w.finish()?;
+        fs::rename(&tmp, self.env_path(&env.id))?;
+        self.queue_sync.sync()
     }
 
     /// Removes a finished message: the envelope first, so a crash leaves an orphan body
-    /// (cleaned at start), never an envelope without its body.
+    /// (cleaned at start), never an envelope without its body. Not synced: if a crash undoes
+    /// the removal, the message is delivered again (a duplicate, never a loss).
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        fs::remove_file(self.env_path(id))?;
-        fsio::sync_dir(&self.queue)?;
-        fs::remove_file(self.body_path(id))
+        self.pool.give(&self.env_path(id))?;
+        self.pool.give(&self.body_path(id))
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
@@ -263,9 +268,11 @@ mod tests {
         inc.write_all(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
         let e = env(&inc.id.clone());
         spool.commit(inc, &e).unwrap();
-        // An unfinished body in tmp/ and an unacknowledged one in queue/ are cleaned up.
-        let stray = spool.create().unwrap();
+        // A half-written envelope in tmp/ and bodies never acknowledged are cleaned up.
+        let mut stray = spool.create().unwrap();
+        stray.write_all(b"partial").unwrap();
         let stray_id = stray.id.clone();
+        fs::write(root.join("tmp/0000000000000002-0000.env"), b"version: 1\n").unwrap();
         fs::write(spool.body_path("0000000000000000-0000"), b"x").unwrap();
         // A damaged envelope is quarantined with its reason.
         fs::write(
@@ -277,7 +284,8 @@ mod tests {
         drop(stray);
         let got = spool.recover().unwrap();
         assert_eq!(got, vec![e.clone()]);
-        assert!(!root.join(format!("tmp/{stray_id}.body")).exists());
+        assert!(!spool.body_path(&stray_id).exists());
+        assert!(!root.join("tmp/0000000000000002-0000.env").exists());
         assert!(!spool.body_path("0000000000000000-0000").exists());
         assert!(root.join("corrupt/0000000000000001-0000.env").exists());
         let reason = fs::read_to_string(root.join("corrupt/0000000000000001-0000.reason")).unwrap();
@@ -285,6 +293,15 @@ mod tests {
         assert_eq!(spool.read_headers(&e.id, 1000).unwrap(), b"Subject: hi\r\n");
         spool.remove(&e.id).unwrap();
         assert!(spool.recover().unwrap().is_empty());
+        // Removed files went to the pool and are reused: no file is created for the next one.
+        let pooled = fs::read_dir(root.join("free")).unwrap().count();
+        assert!(pooled >= 2, "{pooled}");
+        let mut next = spool.create().unwrap();
+        next.write_all(b"y").unwrap();
+        let e2 = env(&next.id.clone());
+        spool.commit(next, &e2).unwrap();
+        assert_eq!(fs::read_dir(root.join("free")).unwrap().count(), pooled - 2);
+        assert_eq!(fs::read(spool.body_path(&e2.id)).unwrap(), b"y");
         fs::remove_dir_all(root).unwrap();
     }
 }
