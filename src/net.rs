@@ -25,6 +25,21 @@ impl Stream {
         }
     }
 
+    /// Ends the connection politely: under TLS a close_notify alert goes out first
+    /// (RFC 8446 6.1), then the socket is shut down.
+    pub fn close(&mut self) {
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Server(s) => {
+                let _ = s.shutdown();
+            }
+            Stream::Client(s) => {
+                let _ = s.shutdown();
+            }
+        }
+        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+    }
+
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }

@@ -668,3 +668,51 @@ fn next_hop_size_limit_bounces_with_5_3_4() {
         "never offered to the hop"
     );
 }
+
+#[test]
+fn connections_to_the_next_hop_are_reused_then_closed_when_idle() {
+    let sink = sink_on("127.0.0.20", 0, Script::default());
+    let spool = TempDir::new("reuse");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &sink.addr.to_string(),
+            "--smarthost-tls",
+            "none",
+            "--workers",
+            "1",
+        ],
+    );
+    for i in 0..3 {
+        submit(
+            relay.addr,
+            "a@client.test",
+            &[&format!("r{i}@example.test")],
+            MSG,
+        );
+        sink.wait_for(i + 1, WAIT);
+    }
+    assert_eq!(
+        sink.connections(),
+        1,
+        "one connection carried all three messages"
+    );
+    let cmds = sink.commands();
+    assert_eq!(
+        cmds.iter().filter(|c| c.starts_with("EHLO")).count(),
+        1,
+        "{cmds:?}"
+    );
+    assert_eq!(
+        cmds.iter().filter(|c| c.starts_with("MAIL")).count(),
+        3,
+        "{cmds:?}"
+    );
+    // Idle for a while, the kept connection is closed politely.
+    assert!(
+        wait_until(WAIT, || sink.commands().iter().any(|c| c == "QUIT")),
+        "{:?}",
+        sink.commands()
+    );
+}

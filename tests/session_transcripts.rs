@@ -255,8 +255,7 @@ impl Peer for Pure {
                 Effect::Close => PureState::Closed { eof_seen: false },
                 Effect::StartTls => return Err("STARTTLS cannot be scripted in transcripts".into()),
                 Effect::Authenticate { user, password } => {
-                    let ok =
-                        (user.as_str(), password.as_slice()) == (ACCOUNT.0, ACCOUNT.1.as_bytes());
+                    let ok = user == ACCOUNT.0 && password.as_deref() == Some(ACCOUNT.1.as_bytes());
                     let r = self.session.auth_result(ok, Vec::new());
                     self.push(&r);
                     PureState::Commands

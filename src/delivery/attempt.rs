@@ -5,8 +5,8 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use super::route::{self, Candidate, Destination, RouteError};
 use super::{Context, Job, RcptResult};
@@ -76,7 +76,23 @@ impl From<String> for HostError {
     }
 }
 
-pub fn deliver(job: &Job, ctx: &Context) -> Results {
+pub fn deliver(job: &Job, ctx: &Context, cache: &mut Cache) -> Results {
+    cache.expire(false);
+    if let Some(mut conn) = cache.0.take_if(|c| c.dest == job.dest) {
+        match transaction(&mut conn, job) {
+            Ok((results, reusable)) => {
+                if reusable {
+                    conn.idle_since = Instant::now();
+                    cache.0 = Some(conn);
+                } else {
+                    conn.client.quit();
+                }
+                return results;
+            }
+            // The kept connection went stale (closed by the server): start afresh.
+            Err(e) => log::debug!("{}: kept connection unusable: {}", job.id, e.reason),
+        }
+    }
     let all = |r: RcptResult| {
         job.rcpts
             .iter()
@@ -123,12 +139,12 @@ pub fn deliver(job: &Job, ctx: &Context) -> Results {
             }
         };
         for addr in addrs {
-            let mut result = try_host(job, ctx, host, addr, mode);
+            let mut result = try_host(job, ctx, host, addr, mode, cache);
             if let Err(HostError { tls: true, reason }) = &result
                 && mode == TlsMode::Opportunistic
             {
                 log::info!("{}: {reason}; retrying {} without TLS", job.id, host.name);
-                result = try_host(job, ctx, host, addr, TlsMode::Off);
+                result = try_host(job, ctx, host, addr, TlsMode::Off, cache);
             }
             match result {
                 Ok(results) => return results,
@@ -146,6 +162,8 @@ struct Client {
     reader: LineReader<Stream>,
     cap: Option<Duration>,
     relay: String,
+    /// The read timeout currently set on the socket.
+    timeout: Option<Duration>,
 }
 
 impl Client {
@@ -158,11 +176,14 @@ impl Client {
 
     fn read_reply(&mut self, timeout: Duration) -> Result<Reply, String> {
         let t = self.cap.map_or(timeout, |c| c.min(timeout));
-        self.reader
-            .get_ref()
-            .tcp()
-            .set_read_timeout(Some(t))
-            .map_err(|e| e.to_string())?;
+        if self.timeout != Some(t) {
+            self.reader
+                .get_ref()
+                .tcp()
+                .set_read_timeout(Some(t))
+                .map_err(|e| e.to_string())?;
+            self.timeout = Some(t);
+        }
         let mut parser = ReplyParser::default();
         loop {
             let line = match self.reader.read_line(1000) {
@@ -235,7 +256,44 @@ impl Client {
     fn quit(mut self) {
         let _ = self.send(b"QUIT\r\n");
         let _ = self.read_reply(Duration::from_secs(5));
-        let _ = self.reader.get_ref().tcp().shutdown(Shutdown::Both);
+        self.reader.get_mut().close();
+    }
+}
+
+/// An open, greeted (and, as policy wants, encrypted and logged-in) connection, ready for
+/// MAIL. Workers keep one between jobs for the same destination (`Cache`).
+pub struct Connection {
+    client: Client,
+    ext: Extensions,
+    tls: bool,
+    dest: Destination,
+    idle_since: Instant,
+}
+
+/// One kept connection per worker: the next job for the same destination skips the
+/// connect, greeting, EHLO, TLS and login.
+#[derive(Default)]
+pub struct Cache(Option<Connection>);
+
+/// How long a kept connection may sit unused; servers drop idle clients after minutes, so
+/// a few seconds is safe.
+pub const KEEP_IDLE: Duration = Duration::from_secs(5);
+
+impl Cache {
+    /// Closes the kept connection if it has been idle too long (or `force`).
+    pub fn expire(&mut self, force: bool) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|c| force || c.idle_since.elapsed() >= KEEP_IDLE)
+            && let Some(c) = self.0.take()
+        {
+            c.client.quit();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -246,7 +304,27 @@ fn try_host(
     host: &Candidate,
     addr: SocketAddr,
     mode: TlsMode,
+    cache: &mut Cache,
 ) -> Result<Results, HostError> {
+    let mut conn = open(job, ctx, host, addr, mode)?;
+    let (results, reusable) = transaction(&mut conn, job)?;
+    if reusable {
+        conn.idle_since = Instant::now();
+        cache.expire(true);
+        cache.0 = Some(conn);
+    } else {
+        conn.client.quit();
+    }
+    Ok(results)
+}
+
+fn open(
+    job: &Job,
+    ctx: &Context,
+    host: &Candidate,
+    addr: SocketAddr,
+    mode: TlsMode,
+) -> Result<Connection, HostError> {
     let relay = format!("{}[{}]:{}", host.name, addr.ip(), addr.port());
     let tcp = TcpStream::connect_timeout(&addr, ctx.connect_timeout)
         .map_err(|e| format!("connect to {relay} failed: {e}"))?;
@@ -256,14 +334,11 @@ fn try_host(
         .map_or(DATA_BLOCK, |c| c.min(DATA_BLOCK));
     tcp.set_write_timeout(Some(write_timeout))
         .map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(
-        ctx.delivery_timeout.map_or(GREETING, |c| c.min(GREETING)),
-    ))
-    .map_err(|e| e.to_string())?;
     let mut c = Client {
         reader: LineReader::new(Stream::Plain(tcp), 8192),
         cap: ctx.delivery_timeout,
         relay: relay.clone(),
+        timeout: None,
     };
     if let TlsMode::Implicit { verify } = mode {
         c.start_tls(ctx, &host.name, verify)?;
@@ -303,6 +378,20 @@ fn try_host(
         }
         login(&mut c, &ext, user, password)?;
     }
+    Ok(Connection {
+        client: c,
+        ext,
+        tls,
+        dest: job.dest.clone(),
+        idle_since: Instant::now(),
+    })
+}
+
+/// One mail transaction on an open connection. Returns the results and whether the
+/// connection is back in a clean state for another transaction.
+fn transaction(conn: &mut Connection, job: &Job) -> Result<(Results, bool), HostError> {
+    let (c, ext, tls) = (&mut conn.client, &conn.ext, conn.tls);
+    let relay = c.relay.clone();
     let needs = Needs {
         size: job.size,
         eight_bit: job.eight_bit,
@@ -323,13 +412,12 @@ fn try_host(
             })
             .collect::<Results>()
     };
-    if let Err(u) = client::check_next_hop(&ext, &needs) {
-        c.quit();
-        return Ok(fail_all(u.status.into(), u.reason));
+    if let Err(u) = client::check_next_hop(ext, &needs) {
+        return Ok((fail_all(u.status.into(), u.reason), true));
     }
 
     // MAIL, every RCPT and DATA: in one write when the next hop pipelines (RFC 2920).
-    let mail = client::mail_from(&job.sender, &ext, &needs, job.smtputf8);
+    let mail = client::mail_from(&job.sender, ext, &needs, job.smtputf8);
     let rcpts: Vec<String> = job.rcpts.iter().map(|(_, a)| client::rcpt_to(a)).collect();
     if ext.pipelining {
         let mut batch = mail.into_bytes();
@@ -343,13 +431,12 @@ fn try_host(
     }
     let mail_reply = c.read_reply(MAIL)?;
     if !mail_reply.is_positive() {
-        c.quit();
         if mail_reply.is_transient() {
             return Err(format!("{relay} said to MAIL: {}", mail_reply.summary()).into());
         }
-        return Ok(fail_all(
-            client::status_of(&mail_reply),
-            mail_reply.summary(),
+        return Ok((
+            fail_all(client::status_of(&mail_reply), mail_reply.summary()),
+            false,
         ));
     }
     let mut results = Results::new();
@@ -384,25 +471,23 @@ fn try_host(
             // The DATA we pipelined is answered with an error; read it before leaving.
             let _ = c.read_reply(DATA_INIT);
         }
-        c.quit();
-        return Ok(results);
+        return Ok((results, false));
     }
     if !ext.pipelining {
         c.send(b"DATA\r\n")?;
     }
     let data_reply = c.read_reply(DATA_INIT)?;
     if data_reply.code != 354 {
-        c.quit();
         let verdict = verdict(&data_reply, &relay, tls);
         results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
-        return Ok(results);
+        return Ok((results, false));
     }
-    send_body(&mut c, job).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
+    send_body(c, job).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
     let end = c.read_reply(DATA_END)?;
     let verdict = verdict(&end, &relay, tls);
     results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
-    c.quit();
-    Ok(results)
+    // After the reply to the end of data the server is ready for the next MAIL.
+    Ok((results, true))
 }
 
 /// AUTH PLAIN (or LOGIN when that is all the smarthost offers). A refusal defers: a wrong

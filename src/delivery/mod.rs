@@ -83,8 +83,25 @@ pub fn spawn_workers(
             thread::Builder::new()
                 .name(format!("deliver-{i}"))
                 .spawn(move || {
-                    for job in jobs {
-                        let results = attempt::deliver(&job, &ctx);
+                    let mut cache = attempt::Cache::default();
+                    loop {
+                        // With a connection kept open, wake up in time to close it when idle.
+                        let job = if cache.is_empty() {
+                            jobs.recv().ok()
+                        } else {
+                            match jobs.recv_timeout(attempt::KEEP_IDLE) {
+                                Ok(job) => Some(job),
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                                    cache.expire(false);
+                                    continue;
+                                }
+                                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                            }
+                        };
+                        let Some(job) = job else { break };
+                        ctx.metrics.worker_busy();
+                        let results = attempt::deliver(&job, &ctx, &mut cache);
+                        ctx.metrics.worker_idle();
                         if outcomes
                             .send(Outcome {
                                 id: job.id,
@@ -95,6 +112,7 @@ pub fn spawn_workers(
                             break;
                         }
                     }
+                    cache.expire(true);
                 })
         })
         .collect()

@@ -129,7 +129,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                 session.tls_started();
             }
             Effect::Authenticate { user, password } => {
-                let (reply, locked) = authenticate(shared, &user, &password, peer_ip);
+                let (reply, locked) = authenticate(shared, &user, password.as_deref(), peer_ip);
                 let r = session.auth_result(reply.is_some(), reply.unwrap_or_default());
                 if r.code >= 400 {
                     rejected(shared, peer_ip, &("AUTH".to_string(), None), &r);
@@ -169,6 +169,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         }
     }
     let _ = conn.flush();
+    conn.reader.get_mut().close();
     log::debug!("disconnect from [{peer_ip}] after {commands} commands");
 }
 
@@ -295,7 +296,7 @@ fn starttls(conn: &mut Conn, shared: &Shared, ip: IpAddr) -> Option<String> {
 fn authenticate(
     shared: &Shared,
     user: &str,
-    password: &[u8],
+    password: Option<&[u8]>,
     ip: IpAddr,
 ) -> (Option<Vec<String>>, bool) {
     let now = Instant::now();
@@ -309,7 +310,7 @@ fn authenticate(
         .as_ref()
         .expect("AUTH is only offered with users")
         .get();
-    if users.verify(user, password) {
+    if password.is_some_and(|p| users.verify(user, p)) {
         shared.services.auth_guard.clear(ip);
         log::info!("authenticated user={user} from [{ip}]");
         let domains = users

@@ -41,10 +41,12 @@ pub enum Effect {
     Close,
     /// Reply (220) sent; run the TLS handshake, then call `tls_started`.
     StartTls,
-    /// No reply yet: check these credentials and answer with `auth_result`.
+    /// No reply yet: check these credentials and answer with `auth_result`. `password` is
+    /// `None` when the exchange is refused as such (an authorization identity other than the
+    /// user): it is answered, logged and counted like a wrong password.
     Authenticate {
         user: String,
-        password: Vec<u8>,
+        password: Option<Vec<u8>>,
     },
 }
 
@@ -318,7 +320,25 @@ impl Session {
                 self.pending_user = Some(user.clone());
                 Step {
                     reply: None,
-                    effect: Effect::Authenticate { user, password },
+                    effect: Effect::Authenticate {
+                        user,
+                        password: Some(password),
+                    },
+                }
+            }
+            sasl::Step::Failed(SaslError::IdentitySwitch) => {
+                let user = self
+                    .sasl
+                    .take()
+                    .and_then(|ex| ex.user().map(str::to_string))
+                    .unwrap_or_default();
+                self.pending_user = Some(user.clone());
+                Step {
+                    reply: None,
+                    effect: Effect::Authenticate {
+                        user,
+                        password: None,
+                    },
                 }
             }
             sasl::Step::Failed(e) => {
@@ -326,7 +346,7 @@ impl Session {
                 match e {
                     SaslError::Cancelled => self.error(reply::auth_cancelled()),
                     SaslError::Malformed(why) => self.error(reply::auth_malformed(why)),
-                    SaslError::IdentitySwitch => self.error(reply::auth_failed()),
+                    SaslError::IdentitySwitch => unreachable!("handled above"),
                 }
             }
         }
