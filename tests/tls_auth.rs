@@ -709,3 +709,54 @@ fn hash_password_output_verifies() {
     let users = mxrelay::auth::Users::parse(&format!("bob:{}", hash.trim())).unwrap();
     assert!(users.verify("bob", b"s3cret") && !users.verify("bob", b"nope"));
 }
+
+#[test]
+fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
+    let spool = TempDir::new("watch");
+    let c = certs();
+    let (cert, key) = (spool.path().join("cert.pem"), spool.path().join("key.pem"));
+    std::fs::copy(c.join("other.pem"), &cert).unwrap();
+    std::fs::copy(c.join("other.key"), &key).unwrap();
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0/smtps",
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ],
+    );
+    // Renewal as an ACME client does it: new files moved into place.
+    std::fs::copy(c.join("server.key"), spool.path().join("key.new")).unwrap();
+    std::fs::copy(c.join("server-chain.pem"), spool.path().join("cert.new")).unwrap();
+    std::fs::rename(spool.path().join("key.new"), &key).unwrap();
+    std::fs::rename(spool.path().join("cert.new"), &cert).unwrap();
+    relay.wait_log("certificate reloaded");
+    let mut client = TlsClient::connect(relay.addr, true);
+    assert!(client.cmd("EHLO x.test").starts_with("250"));
+}
+
+#[test]
+fn sighup_reloads_the_users_file() {
+    let s = setup(&[]);
+    let users = s._spool.path().join("users");
+    let mut c = TlsClient::connect(addr(&s.relay, "smtps"), true);
+    c.cmd("EHLO client.test");
+    // dave does not exist yet.
+    let dave = "AGRhdmUAZGF2ZXB3"; // \0dave\0davepw
+    assert!(c.cmd(&format!("AUTH PLAIN {dave}")).starts_with("535"));
+    let mut text = std::fs::read_to_string(&users).unwrap();
+    text.push_str(&format!(
+        "dave:{}\n",
+        mxrelay::auth::hash_password("davepw")
+    ));
+    std::fs::write(&users, text).unwrap();
+    s.relay.signal("HUP");
+    s.relay.wait_log("accounts reloaded");
+    assert!(
+        c.cmd(&format!("AUTH PLAIN {dave}")).starts_with("235"),
+        "the open session sees the new account"
+    );
+}
