@@ -133,6 +133,22 @@ impl Scheduler {
                 recv(inputs.stop) -> _ => return,
                 default(wait) => {}
             }
+            // Under load, take everything that is already waiting before sleeping again:
+            // one wake-up then serves many messages.
+            for _ in 0..256 {
+                let mut idle = true;
+                if let Ok(env) = inputs.intake.try_recv() {
+                    self.add(env);
+                    idle = false;
+                }
+                if let Ok(o) = inputs.outcomes.try_recv() {
+                    self.apply(o);
+                    idle = false;
+                }
+                if idle {
+                    break;
+                }
+            }
         }
     }
 
@@ -400,11 +416,13 @@ impl Scheduler {
     }
 
     fn remove(&mut self, id: &str) {
-        match self.spool.remove(id) {
+        let Some(entry) = self.entries.remove(id) else {
+            return;
+        };
+        match self.spool.remove(&entry.env) {
             Ok(()) => log::info!("{id}: removed (all recipients done)"),
             Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
         }
-        self.entries.remove(id);
     }
 
     fn persist(&self, id: &str) {

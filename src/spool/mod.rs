@@ -71,7 +71,7 @@ impl Spool {
         for entry in fs::read_dir(&self.tmp)? {
             let path = entry?.path();
             log::info!("spool: removing unfinished {}", path.display());
-            self.pool.give(&path)?;
+            self.pool.give(&path, None)?;
         }
         let mut envelopes = Vec::new();
         let mut bodies = Vec::new();
@@ -105,7 +105,7 @@ impl Spool {
         for id in bodies {
             if !self.env_path(&id).exists() && self.body_path(&id).exists() {
                 log::info!("spool: removing unacknowledged body {id}");
-                self.pool.give(&self.body_path(&id))?;
+                self.pool.give(&self.body_path(&id), None)?;
             }
         }
         fsio::sync_dir(&self.queue)?;
@@ -145,7 +145,7 @@ impl Spool {
     pub fn abort(&self, incoming: Incoming) {
         let path = self.body_path(&incoming.id);
         drop(incoming);
-        if self.pool.give(&path).is_err() {
+        if self.pool.give(&path, None).is_err() {
             let _ = fs::remove_file(&path);
         }
     }
@@ -178,9 +178,10 @@ impl Spool {
     /// Removes a finished message: the envelope first, so a crash leaves an orphan body
     /// (cleaned at start), never an envelope without its body. Not synced: if a crash undoes
     /// the removal, the message is delivered again (a duplicate, never a loss).
-    pub fn remove(&self, id: &str) -> io::Result<()> {
-        self.pool.give(&self.env_path(id))?;
-        self.pool.give(&self.body_path(id))
+    pub fn remove(&self, env: &Envelope) -> io::Result<()> {
+        // Envelopes are small; the body's size is in the envelope.
+        self.pool.give(&self.env_path(&env.id), Some(0))?;
+        self.pool.give(&self.body_path(&env.id), Some(env.size))
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
@@ -291,7 +292,7 @@ mod tests {
         let reason = fs::read_to_string(root.join("corrupt/0000000000000001-0000.reason")).unwrap();
         assert!(reason.contains("no end line"), "{reason}");
         assert_eq!(spool.read_headers(&e.id, 1000).unwrap(), b"Subject: hi\r\n");
-        spool.remove(&e.id).unwrap();
+        spool.remove(&e).unwrap();
         assert!(spool.recover().unwrap().is_empty());
         // Removed files went to the pool and are reused: no file is created for the next one.
         let pooled = fs::read_dir(root.join("free")).unwrap().count();

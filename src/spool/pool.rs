@@ -85,9 +85,13 @@ impl Pool {
     }
 
     /// Takes `path` out of the spool: into the pool, or deleted when the pool is full or the
-    /// file is large.
-    pub fn give(&self, path: &Path) -> io::Result<()> {
-        let keep = fs::metadata(path)?.len() <= MAX_KEPT_SIZE
+    /// file is large. `size` is the file's length when the caller knows it (saves a stat).
+    pub fn give(&self, path: &Path, size: Option<u64>) -> io::Result<()> {
+        let size = match size {
+            Some(n) => n,
+            None => fs::metadata(path)?.len(),
+        };
+        let keep = size <= MAX_KEPT_SIZE
             && self.free.lock().unwrap_or_else(|e| e.into_inner()).len() < CAPACITY;
         if !keep {
             return fs::remove_file(path);
@@ -117,7 +121,7 @@ mod tests {
         let mut w = pool.take(&a).unwrap();
         w.write_all(b"a long first message").unwrap();
         w.finish().unwrap();
-        pool.give(&a).unwrap();
+        pool.give(&a, None).unwrap();
         assert!(!a.exists());
         let b = dir.join("b");
         let mut w = pool.take(&b).unwrap();
@@ -130,7 +134,7 @@ mod tests {
             "the pooled file was reused"
         );
         // A reopened pool finds what was given back.
-        pool.give(&b).unwrap();
+        pool.give(&b, Some(5)).unwrap();
         let again = Pool::open(dir.join("free")).unwrap();
         assert_eq!(again.free.lock().unwrap().len(), 1);
         fs::remove_dir_all(dir).unwrap();
