@@ -48,7 +48,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
@@ -529,16 +529,7 @@ pub fn serve(
 /// their own threads, bounded by the timeouts.
 pub fn shutdown(addr: SocketAddr, stop: &AtomicBool) {
     stop.store(true, Ordering::SeqCst);
-    let wake = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    };
-    let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+    crate::net::wake_accept(addr);
 }
 
 fn serve_with(

@@ -7,6 +7,22 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
+/// Wakes a thread blocked in `accept()` on `addr` by connecting to it once (to loopback
+/// when the listener is on a wildcard address), so it can see a stop flag.
+pub fn wake_accept(addr: std::net::SocketAddr) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let _ = TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1));
+}
+
 pub enum Stream {
     Plain(TcpStream),
     /// A session we accepted under TLS.

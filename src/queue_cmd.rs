@@ -107,14 +107,6 @@ fn load(spool: &Path) -> Result<Vec<Envelope>, String> {
     Ok(out)
 }
 
-fn pending(env: &Envelope) -> Vec<String> {
-    env.recipients
-        .iter()
-        .filter(|r| r.state == RcptState::Pending)
-        .map(|r| r.address.clone())
-        .collect()
-}
-
 /// One queued message as a JSON object (the `--json` form).
 pub fn to_json(env: &Envelope, now: u64) -> String {
     let mut s = String::from("{\"id\":");
@@ -127,7 +119,7 @@ pub fn to_json(env: &Envelope, now: u64) -> String {
     );
     events::string(&mut s, &env.sender);
     s.push_str(",\"pending\":[");
-    for (i, r) in pending(env).iter().enumerate() {
+    for (i, r) in env.pending_addresses().iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
@@ -182,7 +174,7 @@ fn list(spool: &Path, json: bool) -> ExitCode {
             )
         };
         let age = human(Duration::from_secs(now.saturating_sub(env.received) / 1000));
-        let rcpts = pending(env);
+        let rcpts = env.pending_addresses();
         let shown = if rcpts.len() > 3 {
             format!("{} (+{} more)", rcpts[..3].join(", "), rcpts.len() - 3)
         } else {

@@ -386,11 +386,7 @@ impl Scheduler {
                 human(delay),
                 entry.env.last_error
             );
-            let pending: Vec<String> = entry
-                .env
-                .pending()
-                .map(|(_, r)| r.address.clone())
-                .collect();
+            let pending = entry.env.pending_addresses();
             self.events.emit(
                 "deferred",
                 &[
@@ -579,11 +575,7 @@ impl Scheduler {
                     log::info!("{id}: released");
                 }
                 Command::Delete(_) => {
-                    let pending: Vec<String> = entry
-                        .env
-                        .pending()
-                        .map(|(_, r)| r.address.clone())
-                        .collect();
+                    let pending = entry.env.pending_addresses();
                     self.events.emit(
                         "deleted",
                         &[("id", V::Str(id)), ("recipients", V::List(&pending))],

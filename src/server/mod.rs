@@ -6,7 +6,7 @@ pub mod reply_map;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -121,7 +121,7 @@ impl Server {
         self.shared.stopping.store(true, Ordering::SeqCst);
         for addr in &self.local_addrs {
             // Wake the blocking accept() so it sees the flag.
-            let _ = TcpStream::connect_timeout(&wake_addr(*addr), Duration::from_secs(1));
+            crate::net::wake_accept(*addr);
         }
         for t in self.accept_threads {
             let _ = t.join();
@@ -153,18 +153,6 @@ pub fn bind(listeners: &[Listener]) -> std::io::Result<Vec<(TcpListener, Role)>>
             })
         })
         .collect()
-}
-
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    }
 }
 
 fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {

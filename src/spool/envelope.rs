@@ -68,6 +68,10 @@ impl Envelope {
             .filter(|(_, r)| r.state == RcptState::Pending)
     }
 
+    pub fn pending_addresses(&self) -> Vec<String> {
+        self.pending().map(|(_, r)| r.address.clone()).collect()
+    }
+
     pub fn has_pending(&self) -> bool {
         self.pending().next().is_some()
     }
