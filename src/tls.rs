@@ -216,35 +216,58 @@ pub fn generate_self_signed(hostname: &str) -> Result<(Vec<u8>, Vec<u8>), TlsErr
     ))
 }
 
-/// Client-side TLS for delivery: one connector that verifies (system roots plus an optional
-/// extra CA) and one that does not (opportunistic TLS to MX hosts).
+/// Client-side TLS for delivery: a connector that verifies (system roots plus an optional
+/// extra CA) and one that does not (opportunistic TLS to MX hosts). Both are built on first
+/// use: loading the system trust store costs a few MB, which a relay that never speaks TLS
+/// outbound should not pay.
 pub struct Outbound {
-    pub verifying: native_tls::TlsConnector,
-    pub lenient: native_tls::TlsConnector,
+    extra_ca: Option<native_tls::Certificate>,
+    verifying: std::sync::OnceLock<Result<native_tls::TlsConnector, String>>,
+    lenient: std::sync::OnceLock<Result<native_tls::TlsConnector, String>>,
 }
 
 impl Outbound {
+    /// Reads and checks the extra CA now, so a bad `--tls-ca-file` stops the start.
     pub fn new(extra_ca: Option<&Path>) -> Result<Outbound, TlsError> {
-        let mut verifying = native_tls::TlsConnector::builder();
-        verifying.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
-        if let Some(path) = extra_ca {
-            let pem = fs::read(path).map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-            let ca = native_tls::Certificate::from_pem(&pem)
-                .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-            verifying.add_root_certificate(ca);
-        }
-        let mut lenient = native_tls::TlsConnector::builder();
-        lenient
-            .danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true);
-        let build = |b: &native_tls::TlsConnectorBuilder| {
-            b.build()
-                .map_err(|e| TlsError(format!("tls client setup: {e}")))
+        let extra_ca = match extra_ca {
+            Some(path) => {
+                let pem =
+                    fs::read(path).map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+                Some(
+                    native_tls::Certificate::from_pem(&pem)
+                        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?,
+                )
+            }
+            None => None,
         };
         Ok(Outbound {
-            verifying: build(&verifying)?,
-            lenient: build(&lenient)?,
+            extra_ca,
+            verifying: Default::default(),
+            lenient: Default::default(),
         })
+    }
+
+    pub fn connector(&self, verify: bool) -> Result<&native_tls::TlsConnector, String> {
+        let cell = if verify {
+            &self.verifying
+        } else {
+            &self.lenient
+        };
+        cell.get_or_init(|| {
+            let mut b = native_tls::TlsConnector::builder();
+            b.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+            if verify {
+                if let Some(ca) = &self.extra_ca {
+                    b.add_root_certificate(ca.clone());
+                }
+            } else {
+                b.danger_accept_invalid_certs(true)
+                    .danger_accept_invalid_hostnames(true);
+            }
+            b.build().map_err(|e| format!("tls client setup: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
     }
 }
 

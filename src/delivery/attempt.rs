@@ -240,11 +240,10 @@ impl Client {
             Ok(Stream::Plain(tcp)) => tcp,
             _ => return Err(format!("{} sent data before the TLS handshake", self.relay).into()),
         };
-        let connector = if verify {
-            &ctx.tls.verifying
-        } else {
-            &ctx.tls.lenient
-        };
+        let connector = ctx.tls.connector(verify).map_err(|e| HostError {
+            reason: e,
+            tls: true,
+        })?;
         let tls = connector.connect(name, tcp).map_err(|e| HostError {
             reason: format!("TLS handshake with {} failed: {e}", self.relay),
             tls: true,
