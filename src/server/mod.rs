@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Cidr, Listener, Role};
@@ -59,6 +59,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     active: AtomicUsize,
     next_conn: AtomicU64,
+    /// Zero capacity: a send succeeds only if an idle session thread is waiting.
+    handoff: (Sender<Client>, Receiver<Client>),
     open: Mutex<HashMap<u64, TcpStream>>,
 }
 
@@ -84,6 +86,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            handoff: bounded(0),
             open: Mutex::new(HashMap::new()),
         });
         let mut local_addrs = Vec::new();
@@ -187,21 +190,60 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
         if let Ok(clone) = stream.try_clone() {
             shared.open.lock().expect("conn registry").insert(id, clone);
         }
+        let client = Client {
+            stream,
+            peer,
+            role,
+            id,
+        };
+        // A session thread that just finished with a client takes the next one; only when
+        // none is waiting is a new thread started.
+        let client = match shared.handoff.0.try_send(client) {
+            Ok(()) => continue,
+            Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => c,
+        };
         let worker = shared.clone();
         let spawned = thread::Builder::new()
-            .name(format!("smtp-{id}"))
+            .name("smtp".into())
             .stack_size(CONN_STACK)
-            .spawn(move || {
-                worker.services.metrics.session_opened();
-                conn::run(stream, peer, role, &worker);
-                worker.services.metrics.session_closed();
-                worker.open.lock().expect("conn registry").remove(&id);
-                worker.active.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || session_thread(&worker, client));
         if let Err(e) = spawned {
             log::error!("cannot start a session thread for {peer}: {e}");
             shared.open.lock().expect("conn registry").remove(&id);
             shared.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A client waiting for its session thread.
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    id: u64,
+}
+
+/// How long a session thread without a client waits for the next one before it exits.
+/// Reusing a thread costs a wake-up; creating one costs a stack mapping, a signal stack
+/// and their unmapping (with TLB shootdowns) when it ends.
+const IDLE_THREAD: Duration = Duration::from_secs(10);
+
+/// One client at a time, each served start to finish on this thread (thread per connection),
+/// then the next handed over by the accept thread, until none comes for a while.
+fn session_thread(shared: &Shared, mut client: Client) {
+    loop {
+        shared.services.metrics.session_opened();
+        conn::run(client.stream, client.peer, client.role, shared);
+        shared.services.metrics.session_closed();
+        shared
+            .open
+            .lock()
+            .expect("conn registry")
+            .remove(&client.id);
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+        match shared.handoff.1.recv_timeout(IDLE_THREAD) {
+            Ok(next) => client = next,
+            Err(_) => return,
         }
     }
 }
