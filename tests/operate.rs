@@ -433,3 +433,54 @@ fn drops_privileges_with_user() {
     // It still works: a message is accepted into the spool it owns.
     assert!(submit(relay.addr, "a@client.test", &["b@example.test"], MSG).starts_with("250"));
 }
+
+#[test]
+fn deleting_a_message_while_it_is_being_delivered() {
+    // The next hop holds its greeting back, so the delivery is in flight during the delete.
+    let sink = sink_on(
+        "127.0.0.21",
+        0,
+        Script::default().greeting(|| {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            "220 sink.test ESMTP".into()
+        }),
+    );
+    let spool = TempDir::new("delete-inflight");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--smarthost",
+            &sink.addr.to_string(),
+            "--smarthost-tls",
+            "none",
+        ],
+    );
+    let id = queue_id(&submit(
+        relay.addr,
+        "a@client.test",
+        &["b@example.test"],
+        MSG,
+    ));
+    relay.wait_log(&format!("{id}: attempt 1 in 1 jobs"));
+    assert_eq!(
+        stdout(&queue(spool.path(), &["delete", &id])).trim(),
+        "deleted 1 message(s)"
+    );
+    assert!(
+        !spool.path().join(format!("queue/{id}.body")).exists()
+            && !spool.path().join(format!("queue/{id}.env")).exists()
+    );
+    // The worker opens the body only when the next hop is ready for it: the deleted message
+    // never goes out, and the next one (which may get a recycled file) arrives intact.
+    let next = queue_id(&submit(
+        relay.addr,
+        "a@client.test",
+        &["c@example.test"],
+        b"Subject: second\r\n\r\nother\r\n",
+    ));
+    relay.wait_log(&format!("{next}: removed"));
+    let msgs = delivered(&sink, 1, &relay);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpts, ["c@example.test"]);
+    assert!(String::from_utf8_lossy(&msgs[0].data).contains("Subject: second\r\n\r\nother\r\n"));
+}

@@ -581,7 +581,15 @@ impl Scheduler {
                         &[("id", V::Str(id)), ("recipients", V::List(&pending))],
                     );
                     log::info!("{id}: deleted by the operator");
-                    self.remove(id);
+                    if entry.in_flight > 0 {
+                        // A worker may be sending the body right now: delete, don't recycle.
+                        if let Err(e) = self.spool.discard(id) {
+                            log::error!("{id}: cannot remove from the spool: {e}");
+                        }
+                        self.entries.remove(id);
+                    } else {
+                        self.remove(id);
+                    }
                     n += 1;
                     continue;
                 }

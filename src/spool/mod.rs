@@ -184,6 +184,13 @@ impl Spool {
         self.pool.give(&self.body_path(&env.id), Some(env.size))
     }
 
+    /// Removes a message that a delivery may still be reading: its files are deleted, not
+    /// recycled, so no other message can be written into a file still being sent.
+    pub fn discard(&self, id: &str) -> io::Result<()> {
+        fs::remove_file(self.env_path(id))?;
+        fs::remove_file(self.body_path(id))
+    }
+
     /// The header section of a queued message (up to `max` bytes), for DSNs.
     pub fn read_headers(&self, id: &str, max: usize) -> io::Result<Vec<u8>> {
         let mut buf = Vec::new();
