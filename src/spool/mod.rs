@@ -109,6 +109,11 @@ impl Spool {
             }
         }
         fsio::sync_dir(&self.queue)?;
+        let mut queued = std::collections::HashSet::new();
+        for entry in fs::read_dir(&self.queue)? {
+            queued.insert(std::os::unix::fs::MetadataExt::ino(&entry?.metadata()?));
+        }
+        self.pool.drop_aliases(&queued)?;
         envelopes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(envelopes)
     }
@@ -309,6 +314,13 @@ mod tests {
         let e2 = env(&next.id.clone());
         spool.commit(next, &e2).unwrap();
         assert_eq!(fs::read_dir(root.join("free")).unwrap().count(), pooled - 2);
+        assert_eq!(fs::read(spool.body_path(&e2.id)).unwrap(), b"y");
+        // A queued file that also has a name in free/ (a crash between the two halves of a
+        // recycling rename) is never handed out again.
+        fs::hard_link(spool.body_path(&e2.id), root.join("free/999")).unwrap();
+        let spool = Spool::open(&root).unwrap();
+        assert_eq!(spool.recover().unwrap(), vec![e2.clone()]);
+        assert!(!root.join("free/999").exists());
         assert_eq!(fs::read(spool.body_path(&e2.id)).unwrap(), b"y");
         fs::remove_dir_all(root).unwrap();
     }

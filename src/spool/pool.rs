@@ -66,6 +66,30 @@ impl Pool {
         })
     }
 
+    /// After a crash, a recycled file's rename may have reached `queue/` but not its removal
+    /// from `free/`: the same file under two names. Drops the `free/` names of files that
+    /// are in the queue (given as inode numbers), so the pool never hands out a queued file.
+    pub fn drop_aliases(&self, queued: &std::collections::HashSet<u64>) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = Vec::with_capacity(free.len());
+        for path in free.drain(..) {
+            match fs::metadata(&path) {
+                Ok(m) if queued.contains(&m.ino()) => {
+                    log::warn!(
+                        "spool: {} is also a queued file; dropping that name",
+                        path.display()
+                    );
+                    fs::remove_file(&path)?;
+                }
+                Ok(_) => kept.push(path),
+                Err(_) => {}
+            }
+        }
+        *free = kept;
+        Ok(())
+    }
+
     /// A file at `path`, written from the start: a recycled one moved there, or a new one.
     pub fn take(&self, path: &Path) -> io::Result<Writer> {
         let recycled = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
