@@ -1,0 +1,116 @@
+//! Property tests: the parsers and the session never panic on arbitrary input, and what
+//! they render parses back to the same thing.
+
+use mxrelay::smtp::address::{self, Mailbox};
+use mxrelay::smtp::command;
+use mxrelay::smtp::reply::{Enhanced, Reply, ReplyParser};
+use mxrelay::smtp::session::{Effect, Session, SessionConfig};
+use mxrelay::spool::Envelope;
+use proptest::prelude::*;
+
+fn session(relay_allowed: bool, auth: bool) -> Session {
+    Session::new(SessionConfig {
+        hostname: "relay.test".into(),
+        max_message_size: 1000,
+        max_recipients: 5,
+        max_errors: 1000,
+        relay_allowed,
+        postmaster: Mailbox::parse("postmaster@relay.test").unwrap(),
+        tls_available: true,
+        implicit_tls: false,
+        auth_available: auth,
+        require_auth: false,
+        plaintext_auth: auth,
+    })
+}
+
+/// Bytes that look like SMTP often enough to get past the verb.
+fn smtp_line() -> impl Strategy<Value = Vec<u8>> {
+    let verbs = prop_oneof![
+        Just(&b"EHLO "[..]),
+        Just(&b"HELO "[..]),
+        Just(&b"MAIL FROM:"[..]),
+        Just(&b"RCPT TO:"[..]),
+        Just(&b"DATA"[..]),
+        Just(&b"RSET"[..]),
+        Just(&b"AUTH PLAIN "[..]),
+        Just(&b"AUTH LOGIN"[..]),
+        Just(&b"STARTTLS"[..]),
+        Just(&b""[..]),
+    ];
+    (verbs, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(v, rest)| [v, &rest].concat())
+}
+
+proptest! {
+    #[test]
+    fn command_parser_never_panics(line in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = command::parse(&line);
+    }
+
+    #[test]
+    fn address_parsers_never_panic(s in "\\PC{0,120}") {
+        let _ = address::parse_reverse_path(&s);
+        let _ = address::parse_forward_path(&s);
+        let _ = Mailbox::parse(&s);
+    }
+
+    #[test]
+    fn session_never_panics_and_keeps_its_promises(lines in proptest::collection::vec(smtp_line(), 1..40), relay in any::<bool>(), auth in any::<bool>()) {
+        let mut s = session(relay, auth);
+        for line in &lines {
+            let step = s.feed(line);
+            match step.effect {
+                Effect::BeginData => {
+                    // DATA is only ever started with at least one accepted recipient.
+                    prop_assert!(!s.transaction().unwrap().recipients.is_empty());
+                    let r = s.data_done(Ok("ID".into()));
+                    prop_assert_eq!(r.code, 250);
+                }
+                Effect::Authenticate { .. } => {
+                    let r = s.auth_result(false, Vec::new());
+                    prop_assert_eq!(r.code, 535);
+                }
+                Effect::StartTls => s.tls_started(),
+                Effect::Close => break,
+                Effect::None => {}
+            }
+            if let Some(tx) = s.transaction() {
+                prop_assert!(tx.recipients.len() <= 5);
+                // Without relay permission or a login, only the postmaster is accepted.
+                if !relay && s.auth_user().is_none() {
+                    prop_assert!(tx.recipients.iter().all(|r| r.to_string() == "postmaster@relay.test"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reply_parser_never_panics(lines in proptest::collection::vec("\\PC{0,60}", 1..10)) {
+        let mut p = ReplyParser::default();
+        for l in &lines {
+            if p.feed(l).is_err() {
+                p = ReplyParser::default();
+            }
+        }
+    }
+
+    #[test]
+    fn replies_round_trip(code in 200u16..560, text in proptest::collection::vec("[ -~]{0,40}", 1..4), enh in any::<bool>()) {
+        let class = (code / 100) as u8;
+        prop_assume!(matches!(class, 2..=5));
+        let lines: Vec<String> = text.into_iter().map(|t| t.trim().to_string()).collect();
+        prop_assume!(lines.iter().all(|l| Enhanced::parse_prefix(l).is_none()));
+        let r = Reply { code, enhanced: (enh && class != 3).then_some(Enhanced(class, 1, 2)), lines };
+        let mut p = ReplyParser::default();
+        let mut got = None;
+        for line in r.render().trim_end_matches("\r\n").split("\r\n") {
+            got = p.feed(line).unwrap();
+        }
+        prop_assert_eq!(got.unwrap(), r);
+    }
+
+    #[test]
+    fn envelope_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = Envelope::decode(&bytes);
+    }
+}
