@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::control::{self, Command};
 use crate::delivery::scheduler::{human, now_ms};
 use crate::events::{self, rfc3339};
-use crate::spool::{Envelope, RcptState, id};
+use crate::spool::{self, Envelope, RcptState, id};
 
 const USAGE: &str = "Usage: mxrelay queue [--spool DIR] list [--json]
        mxrelay queue [--spool DIR] show ID
@@ -96,12 +96,9 @@ fn load(spool: &Path) -> Result<Vec<Envelope>, String> {
     let mut out: Vec<Envelope> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "env"))
-        .filter_map(|p| {
-            std::fs::read(&p)
-                .ok()
-                .and_then(|b| Envelope::decode(&b).ok())
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        .filter_map(|id| spool::read_envelope(&dir, &id).ok())
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
@@ -226,18 +223,10 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         };
         println!("recipient: {state} <{}>", r.address);
     }
-    // Opening the spool read-only would create directories; read the body path directly.
-    let body = spool_dir.join("queue").join(format!("{id}.body"));
-    let headers = std::fs::read(&body).map(|b| {
-        let end = b
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(b.len().min(65536), |p| p + 2);
-        b[..end.min(65536)].to_vec()
-    });
-    match headers {
+    // Read-only: opening the spool would create directories.
+    match spool::read_headers(&spool_dir.join("queue"), env, 65536) {
         Ok(h) => print!("\n{}", String::from_utf8_lossy(&h)),
-        Err(e) => eprintln!("mxrelay queue: {}: {e}", body.display()),
+        Err(e) => eprintln!("mxrelay queue: {id}: {e}"),
     }
     ExitCode::SUCCESS
 }

@@ -467,7 +467,7 @@ fn deleting_a_message_while_it_is_being_delivered() {
         "deleted 1 message(s)"
     );
     assert!(
-        !spool.path().join(format!("queue/{id}.body")).exists()
+        !spool.path().join(format!("queue/{id}.msg")).exists()
             && !spool.path().join(format!("queue/{id}.env")).exists()
     );
     // The worker opens the body only when the next hop is ready for it: the deleted message

@@ -303,7 +303,7 @@ fn corrupt_envelope_is_quarantined_at_start() {
         b"version: 1\nid: 0006000000000000-0000\n",
     )
     .unwrap();
-    std::fs::write(spool.path().join("queue/0006000000000000-0000.body"), b"x").unwrap();
+    std::fs::write(spool.path().join("queue/0006000000000000-0000.msg"), b"x").unwrap();
     let relay = Relay::start(
         spool.path(),
         &["--smarthost", "127.0.0.1:9", "--retry", "1h"],
@@ -315,7 +315,7 @@ fn corrupt_envelope_is_quarantined_at_start() {
     assert!(
         spool
             .path()
-            .join("corrupt/0006000000000000-0000.body")
+            .join("corrupt/0006000000000000-0000.msg")
             .exists()
     );
 }

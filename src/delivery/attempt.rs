@@ -544,7 +544,8 @@ fn verdict(r: &Reply, relay: &str, tls: bool) -> RcptResult {
 
 /// Streams the spooled body with dot-stuffing; the end marker goes out with the last chunk.
 fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
-    let mut file = File::open(&job.body)?;
+    // The file holds the envelope after the message: send exactly the message.
+    let mut file = File::open(&job.body)?.take(job.size);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut wire = Vec::with_capacity(chunk.len() + chunk.len() / 16 + 8);
     let mut stuffer = DotStuffer::default();

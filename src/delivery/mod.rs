@@ -25,6 +25,7 @@ pub struct Job {
     /// (index in the envelope, address)
     pub rcpts: Vec<(usize, String)>,
     pub dest: Destination,
+    /// The queue file; the message is its first `size` bytes.
     pub body: PathBuf,
     pub size: u64,
     pub eight_bit: bool,

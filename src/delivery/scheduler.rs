@@ -229,7 +229,7 @@ impl Scheduler {
                 sender: env.sender.clone(),
                 rcpts,
                 dest,
-                body: self.spool.body_path(id),
+                body: self.spool.msg_path(id),
                 size: env.size,
                 eight_bit: env.eight_bit,
                 smtputf8: env.smtputf8,
@@ -454,7 +454,7 @@ impl Scheduler {
         };
         let headers = self
             .spool
-            .read_headers(&env.id, DSN_HEADER_LIMIT)
+            .read_headers(env, DSN_HEADER_LIMIT)
             .unwrap_or_default();
         let dsn_id = id::new_id();
         let now = SystemTime::now();

@@ -1,12 +1,17 @@
 //! The durable queue on disk.
 //!
-//! Layout: `tmp/` (bodies and envelopes being written; never acknowledged, emptied at start),
-//! `queue/<id>.body` + `queue/<id>.env` (an `.env` in `queue/` means accepted), `corrupt/`
-//! (what recovery could not read, with a `.reason` file; never deleted silently).
+//! Layout:
+//! - `queue/<id>.msg`: one file per accepted message: the message, then its envelope as
+//!   first written, then a footer line `mxrelay-envelope <message length> <id>`.
+//! - `queue/<id>.env`: a newer envelope (recipients crossed off, attempts, next try), when
+//!   there is one; it overrides the one inside the `.msg` file.
+//! - `tmp/`: files being written; never acknowledged, emptied at start.
+//! - `free/`: finished files kept for reuse (see `pool`).
+//! - `corrupt/`: what recovery could not read, with a `.reason` file; never deleted silently.
 //!
-//! Commit protocol (before the 250): body fsync → rename into `queue/`; envelope written to
-//! `tmp/`, fsync → rename into `queue/`; fsync `queue/`. After a crash, an `.env` in `queue/`
-//! is complete or absent; a `.body` without `.env` was never acknowledged and is removed.
+//! Commit protocol (before the 250): message, envelope and footer written to `tmp/<id>.msg`,
+//! fdatasync → rename into `queue/` → fsync `queue/` (shared by concurrent commits). A file
+//! only appears in `queue/` complete and durable, so recovery trusts every `.msg` there.
 
 pub mod envelope;
 pub mod fsio;
@@ -28,11 +33,11 @@ pub struct Spool {
     queue_sync: fsio::DirSync,
 }
 
-/// A message body being received, written straight to `queue/<id>.body` (a body without an
-/// envelope is never trusted, so this is safe).
+/// A message being received into `tmp/`.
 pub struct Incoming {
     pub id: String,
     writer: pool::Writer,
+    path: PathBuf,
 }
 
 impl Incoming {
@@ -65,8 +70,8 @@ impl Spool {
         })
     }
 
-    /// Start-up recovery: empties `tmp/`, removes unacknowledged bodies, quarantines what it
-    /// cannot read, and returns every committed envelope.
+    /// Start-up recovery: empties `tmp/`, quarantines what it cannot read, and returns
+    /// every committed envelope.
     pub fn recover(&self) -> io::Result<Vec<Envelope>> {
         for entry in fs::read_dir(&self.tmp)? {
             let path = entry?.path();
@@ -74,7 +79,7 @@ impl Spool {
             self.pool.give(&path, None)?;
         }
         let mut envelopes = Vec::new();
-        let mut bodies = Vec::new();
+        let mut newer = Vec::new();
         for entry in fs::read_dir(&self.queue)? {
             let path = entry?.path();
             let (Some(stem), Some(ext)) = (
@@ -85,27 +90,18 @@ impl Spool {
                 continue;
             };
             match ext {
-                "env" if id::is_valid(stem) => match fs::read(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| Envelope::decode(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(env) if env.id != stem => {
-                        self.quarantine(stem, "envelope id does not match its file name")?
-                    }
-                    Ok(env) if !self.body_path(stem).exists() => {
-                        self.quarantine(&env.id, "body file missing")?;
-                    }
+                "msg" if id::is_valid(stem) => match read_envelope(&self.queue, stem) {
                     Ok(env) => envelopes.push(env),
                     Err(why) => self.quarantine(stem, &why)?,
                 },
-                "body" if id::is_valid(stem) => bodies.push(stem.to_string()),
+                "env" if id::is_valid(stem) => newer.push(stem.to_string()),
                 _ => self.quarantine_file(&path, "unexpected file in queue/")?,
             }
         }
-        for id in bodies {
-            if !self.env_path(&id).exists() && self.body_path(&id).exists() {
-                log::info!("spool: removing unacknowledged body {id}");
-                self.pool.give(&self.body_path(&id), None)?;
+        for id in newer {
+            if !self.msg_path(&id).exists() && self.env_path(&id).exists() {
+                // Removal takes the envelope first, so this is not a leftover: keep it in view.
+                self.quarantine(&id, "envelope without its message")?;
             }
         }
         fsio::sync_dir(&self.queue)?;
@@ -118,37 +114,46 @@ impl Spool {
         Ok(envelopes)
     }
 
-    pub fn body_path(&self, id: &str) -> PathBuf {
-        self.queue.join(format!("{id}.body"))
+    /// The queued message file; the message itself is its first `Envelope::size` bytes.
+    pub fn msg_path(&self, id: &str) -> PathBuf {
+        msg_path(&self.queue, id)
     }
 
     fn env_path(&self, id: &str) -> PathBuf {
         self.queue.join(format!("{id}.env"))
     }
 
-    /// Starts a new message body.
+    /// Starts a new message.
     pub fn create(&self) -> io::Result<Incoming> {
         let id = id::new_id();
-        let writer = self.pool.take(&self.body_path(&id))?;
-        Ok(Incoming { id, writer })
+        let path = self.tmp.join(format!("{id}.msg"));
+        let writer = self.pool.take(&path)?;
+        Ok(Incoming { id, writer, path })
     }
 
     /// Makes the message durable; only after this returns may the client get its 250.
-    /// Body data, then the envelope, then the directory entries (shared with concurrent
-    /// commits: group commit).
-    pub fn commit(&self, incoming: Incoming, env: &Envelope) -> io::Result<()> {
+    /// `env.size` must be the number of message bytes written.
+    pub fn commit(&self, mut incoming: Incoming, env: &Envelope) -> io::Result<()> {
         debug_assert_eq!(incoming.id, env.id);
-        let result = incoming.writer.finish().and_then(|()| self.write_env(env));
+        let result = (|| {
+            incoming.writer.write_all(&env.encode())?;
+            incoming
+                .writer
+                .write_all(footer(env.size, &env.id).as_bytes())?;
+            incoming.writer.finish()?;
+            fs::rename(&incoming.path, self.msg_path(&env.id))?;
+            self.queue_sync.sync()
+        })();
         if result.is_err() {
-            let _ = fs::remove_file(self.env_path(&env.id));
-            let _ = fs::remove_file(self.body_path(&env.id));
+            let _ = fs::remove_file(&incoming.path);
+            let _ = fs::remove_file(self.msg_path(&env.id));
         }
         result
     }
 
-    /// Drops a body that will not be committed (client gone, message refused).
+    /// Drops a message that will not be committed (client gone, message refused).
     pub fn abort(&self, incoming: Incoming) {
-        let path = self.body_path(&incoming.id);
+        let path = incoming.path.clone();
         drop(incoming);
         if self.pool.give(&path, None).is_err() {
             let _ = fs::remove_file(&path);
@@ -157,21 +162,19 @@ impl Spool {
 
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
+        let path = self.tmp.join(format!("{}.msg", env.id));
         let mut incoming = Incoming {
             id: env.id.clone(),
-            writer: self.pool.take(&self.body_path(&env.id))?,
+            writer: self.pool.take(&path)?,
+            path,
         };
         incoming.write_all(body)?;
         self.commit(incoming, env)
     }
 
-    /// Rewrites an envelope atomically (recipient states, attempts, next try).
+    /// Records a newer envelope atomically (recipient states, attempts, next try):
+    /// tmp → data sync → rename over the previous one → directory sync.
     pub fn update(&self, env: &Envelope) -> io::Result<()> {
-        self.write_env(env)
-    }
-
-    /// tmp → data sync → rename over the old envelope → directory sync.
-    fn write_env(&self, env: &Envelope) -> io::Result<()> {
         let tmp = self.tmp.join(format!("{}.env", env.id));
         let mut w = self.pool.take(&tmp)?;
         w.write_all(&env.encode())?;
@@ -180,38 +183,36 @@ impl Spool {
         self.queue_sync.sync()
     }
 
-    /// Removes a finished message: the envelope first, so a crash leaves an orphan body
-    /// (cleaned at start), never an envelope without its body. Not synced: if a crash undoes
-    /// the removal, the message is delivered again (a duplicate, never a loss).
+    /// Removes a finished message: a newer envelope first, so a crash never leaves one
+    /// without its message. Not synced: if a crash undoes the removal, the message is
+    /// delivered again (a duplicate, never a loss).
     pub fn remove(&self, env: &Envelope) -> io::Result<()> {
-        // Envelopes are small; the body's size is in the envelope.
-        self.pool.give(&self.env_path(&env.id), Some(0))?;
-        self.pool.give(&self.body_path(&env.id), Some(env.size))
+        match self.pool.give(&self.env_path(&env.id), Some(0)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.pool.give(&self.msg_path(&env.id), None)
     }
 
     /// Removes a message that a delivery may still be reading: its files are deleted, not
     /// recycled, so no other message can be written into a file still being sent.
     pub fn discard(&self, id: &str) -> io::Result<()> {
-        fs::remove_file(self.env_path(id))?;
-        fs::remove_file(self.body_path(id))
+        match fs::remove_file(self.env_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::remove_file(self.msg_path(id))
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
-    pub fn read_headers(&self, id: &str, max: usize) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        File::open(self.body_path(id))?
-            .take(max as u64)
-            .read_to_end(&mut buf)?;
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end + 2);
-        }
-        Ok(buf)
+    pub fn read_headers(&self, env: &Envelope, max: usize) -> io::Result<Vec<u8>> {
+        read_headers(&self.queue, env, max)
     }
 
     /// Moves a message's files to `corrupt/` and records why.
     pub fn quarantine(&self, id: &str, reason: &str) -> io::Result<()> {
         log::error!("spool: quarantining {id}: {reason}");
-        for path in [self.env_path(id), self.body_path(id)] {
+        for path in [self.env_path(id), self.msg_path(id)] {
             if path.exists() {
                 fs::rename(
                     &path,
@@ -239,6 +240,82 @@ impl Spool {
             format!("{reason}\n"),
         )
     }
+}
+
+fn msg_path(queue: &Path, id: &str) -> PathBuf {
+    queue.join(format!("{id}.msg"))
+}
+
+fn footer(message_len: u64, id: &str) -> String {
+    format!("mxrelay-envelope {message_len} {id}\n")
+}
+
+/// The current envelope of a queued message: `<id>.env` if there is one, else the one in
+/// the `.msg` file. Read-only, so the queue commands use it without a daemon.
+pub fn read_envelope(queue: &Path, id: &str) -> Result<Envelope, String> {
+    let env = match fs::read(queue.join(format!("{id}.env"))) {
+        Ok(bytes) => Envelope::decode(&bytes).map_err(|e| format!("newer envelope: {e}"))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => first_envelope(queue, id)?,
+        Err(e) => return Err(e.to_string()),
+    };
+    if env.id != id {
+        return Err("envelope id does not match its file name".into());
+    }
+    Ok(env)
+}
+
+/// The envelope written with the message: between the message and the footer.
+fn first_envelope(queue: &Path, id: &str) -> Result<Envelope, String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(msg_path(queue, id)).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let tail_len = len.min(128);
+    f.seek(SeekFrom::Start(len - tail_len))
+        .map_err(|e| e.to_string())?;
+    let mut tail = Vec::new();
+    f.by_ref()
+        .take(tail_len)
+        .read_to_end(&mut tail)
+        .map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(&tail).unwrap_or("");
+    let line = text
+        .strip_suffix('\n')
+        .and_then(|t| t.rsplit('\n').next())
+        .ok_or("no footer")?;
+    let mut words = line.split(' ');
+    let (Some("mxrelay-envelope"), Some(msg_len), Some(footer_id), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err("no footer".into());
+    };
+    let msg_len: u64 = msg_len.parse().map_err(|_| "bad footer")?;
+    let env_end = len - line.len() as u64 - 1;
+    if footer_id != id || msg_len > env_end || env_end - msg_len > 16 << 20 {
+        return Err("footer does not match the file".into());
+    }
+    f.seek(SeekFrom::Start(msg_len))
+        .map_err(|e| e.to_string())?;
+    let mut env = Vec::new();
+    f.take(env_end - msg_len)
+        .read_to_end(&mut env)
+        .map_err(|e| e.to_string())?;
+    let env = Envelope::decode(&env).map_err(|e| e.to_string())?;
+    if env.size != msg_len {
+        return Err("envelope size does not match the footer".into());
+    }
+    Ok(env)
+}
+
+/// The header section of a queued message (up to `max` bytes).
+pub fn read_headers(queue: &Path, env: &Envelope, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(msg_path(queue, &env.id))?
+        .take(env.size.min(max as u64))
+        .read_to_end(&mut buf)?;
+    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        buf.truncate(end + 2);
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -273,55 +350,88 @@ mod tests {
         }
     }
 
+    fn commit(spool: &Spool, body: &[u8]) -> Envelope {
+        let mut inc = spool.create().unwrap();
+        inc.write_all(body).unwrap();
+        let mut e = env(&inc.id.clone());
+        e.size = body.len() as u64;
+        spool.commit(inc, &e).unwrap();
+        e
+    }
+
     #[test]
-    fn commit_recover_remove() {
+    fn commit_recover_update_remove() {
         let root = temp_dir("spool");
         let spool = Spool::open(&root).unwrap();
-        let mut inc = spool.create().unwrap();
-        inc.write_all(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
-        let e = env(&inc.id.clone());
-        spool.commit(inc, &e).unwrap();
-        // A half-written envelope in tmp/ and bodies never acknowledged are cleaned up.
+        let e = commit(&spool, b"Subject: hi\r\n\r\nbody\r\n");
+        // One file: the message, its envelope, the footer.
+        let file = fs::read(spool.msg_path(&e.id)).unwrap();
+        assert!(
+            file.starts_with(b"Subject: hi\r\n\r\nbody\r\n")
+                && file.ends_with(footer(e.size, &e.id).as_bytes())
+        );
+        // An unfinished message in tmp/ is cleaned up; damaged files are quarantined.
         let mut stray = spool.create().unwrap();
         stray.write_all(b"partial").unwrap();
-        let stray_id = stray.id.clone();
-        fs::write(root.join("tmp/0000000000000002-0000.env"), b"version: 1\n").unwrap();
-        fs::write(spool.body_path("0000000000000000-0000"), b"x").unwrap();
-        // A damaged envelope is quarantined with its reason.
+        let stray_path = root.join(format!("tmp/{}.msg", stray.id));
+        drop(stray);
         fs::write(
-            root.join("queue/0000000000000001-0000.env"),
-            b"version: 1\nid: x\n",
+            root.join("queue/0000000000000001-0000.msg"),
+            b"no footer here",
         )
         .unwrap();
-        fs::write(root.join("queue/0000000000000001-0000.body"), b"x").unwrap();
-        drop(stray);
+        fs::write(
+            root.join("queue/0000000000000002-0000.env"),
+            b"version: 1\n",
+        )
+        .unwrap();
         let got = spool.recover().unwrap();
         assert_eq!(got, vec![e.clone()]);
-        assert!(!spool.body_path(&stray_id).exists());
-        assert!(!root.join("tmp/0000000000000002-0000.env").exists());
-        assert!(!spool.body_path("0000000000000000-0000").exists());
-        assert!(root.join("corrupt/0000000000000001-0000.env").exists());
+        assert!(!stray_path.exists());
         let reason = fs::read_to_string(root.join("corrupt/0000000000000001-0000.reason")).unwrap();
-        assert!(reason.contains("no end line"), "{reason}");
-        assert_eq!(spool.read_headers(&e.id, 1000).unwrap(), b"Subject: hi\r\n");
-        spool.remove(&e).unwrap();
+        assert!(reason.contains("no footer"), "{reason}");
+        assert!(root.join("corrupt/0000000000000002-0000.env").exists());
+        assert_eq!(spool.read_headers(&e, 1000).unwrap(), b"Subject: hi\r\n");
+        // A newer envelope overrides the first one.
+        let mut updated = e.clone();
+        updated.attempts = 3;
+        updated.recipients[0].state = RcptState::Delivered;
+        spool.update(&updated).unwrap();
+        assert_eq!(spool.recover().unwrap(), vec![updated.clone()]);
+        assert_eq!(read_envelope(&root.join("queue"), &e.id).unwrap(), updated);
+        spool.remove(&updated).unwrap();
         assert!(spool.recover().unwrap().is_empty());
         // Removed files went to the pool and are reused: no file is created for the next one.
         let pooled = fs::read_dir(root.join("free")).unwrap().count();
         assert!(pooled >= 2, "{pooled}");
-        let mut next = spool.create().unwrap();
-        next.write_all(b"y").unwrap();
-        let e2 = env(&next.id.clone());
-        spool.commit(next, &e2).unwrap();
-        assert_eq!(fs::read_dir(root.join("free")).unwrap().count(), pooled - 2);
-        assert_eq!(fs::read(spool.body_path(&e2.id)).unwrap(), b"y");
+        let e2 = commit(&spool, b"y");
+        assert_eq!(fs::read_dir(root.join("free")).unwrap().count(), pooled - 1);
+        assert_eq!(
+            spool.read_headers(&e2, 1000).unwrap(),
+            b"y",
+            "only the message, not the envelope after it"
+        );
         // A queued file that also has a name in free/ (a crash between the two halves of a
         // recycling rename) is never handed out again.
-        fs::hard_link(spool.body_path(&e2.id), root.join("free/999")).unwrap();
+        fs::hard_link(spool.msg_path(&e2.id), root.join("free/999")).unwrap();
         let spool = Spool::open(&root).unwrap();
         assert_eq!(spool.recover().unwrap(), vec![e2.clone()]);
         assert!(!root.join("free/999").exists());
-        assert_eq!(fs::read(spool.body_path(&e2.id)).unwrap(), b"y");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_recycled_file_with_an_old_footer_is_not_a_message() {
+        let root = temp_dir("stale");
+        let spool = Spool::open(&root).unwrap();
+        let long = commit(&spool, &[b'x'; 5000]);
+        let old = fs::read(spool.msg_path(&long.id)).unwrap();
+        // Another message's file under this name, with its old footer: refused.
+        fs::write(spool.msg_path("0000000000000003-0000"), &old).unwrap();
+        assert_eq!(
+            read_envelope(&root.join("queue"), "0000000000000003-0000").unwrap_err(),
+            "footer does not match the file"
+        );
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -142,7 +142,7 @@ impl Relay {
         std::fs::read_dir(self.spool.join("queue"))
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "env"))
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "msg"))
                     .count()
             })
             .unwrap_or(0)
