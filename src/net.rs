@@ -42,18 +42,17 @@ impl Stream {
     }
 
     /// Ends the connection politely: under TLS a close_notify alert goes out first
-    /// (RFC 8446 6.1), then the socket is shut down.
+    /// (RFC 8446 6.1), then the socket is shut down; a plain socket just closes when dropped.
     pub fn close(&mut self) {
-        match self {
-            Stream::Plain(_) => {}
-            Stream::Server(s) => {
-                let _ = s.shutdown();
-            }
-            Stream::Client(s) => {
-                let _ = s.shutdown();
-            }
+        let sent = match self {
+            // Dropping the socket closes it.
+            Stream::Plain(_) => return,
+            Stream::Server(s) => s.shutdown().is_ok(),
+            Stream::Client(s) => s.shutdown().is_ok(),
+        };
+        if sent {
+            let _ = self.tcp().shutdown(std::net::Shutdown::Both);
         }
-        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
     }
 
     pub fn is_tls(&self) -> bool {

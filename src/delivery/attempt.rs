@@ -18,11 +18,14 @@ use crate::smtp::ehlo::Extensions;
 use crate::smtp::reply::{Reply, ReplyParser};
 use crate::smtp::sasl;
 
-/// RFC 5321 4.5.3.2 timeouts.
+/// RFC 5321 4.5.3.2 timeouts (minimums): 5 minutes for the greeting, MAIL and RCPT, 3 per
+/// data block, 10 for the reply to the end of data. DATA initiation may be as short as 2
+/// minutes; it waits 5 like the other commands, which saves a socket option change per
+/// message.
 const GREETING: Duration = Duration::from_secs(300);
 const MAIL: Duration = Duration::from_secs(300);
-const RCPT: Duration = Duration::from_secs(300);
-const DATA_INIT: Duration = Duration::from_secs(120);
+const RCPT: Duration = MAIL;
+const DATA_INIT: Duration = MAIL;
 const DATA_BLOCK: Duration = Duration::from_secs(180);
 const DATA_END: Duration = Duration::from_secs(600);
 

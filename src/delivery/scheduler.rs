@@ -57,6 +57,8 @@ struct Entry {
     in_flight: usize,
     /// Failures gathered from this round's jobs, reported in one DSN when the round ends.
     failed: Vec<FailedRecipient>,
+    /// Whether `<id>.env` may exist (a newer envelope was written, or we cannot know).
+    newer_envelope: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -91,7 +93,7 @@ impl Scheduler {
             );
         }
         for env in recovered {
-            s.add(env);
+            s.add(env, true);
         }
         s
     }
@@ -122,7 +124,7 @@ impl Scheduler {
                 .min(Duration::from_secs(1));
             select! {
                 recv(inputs.intake) -> env => match env {
-                    Ok(env) => self.add(env),
+                    Ok(env) => self.add(env, false),
                     Err(_) => return,
                 },
                 recv(inputs.outcomes) -> o => if let Ok(o) = o { self.apply(o) },
@@ -138,7 +140,7 @@ impl Scheduler {
             for _ in 0..256 {
                 let mut idle = true;
                 if let Ok(env) = inputs.intake.try_recv() {
-                    self.add(env);
+                    self.add(env, false);
                     idle = false;
                 }
                 if let Ok(o) = inputs.outcomes.try_recv() {
@@ -152,7 +154,7 @@ impl Scheduler {
         }
     }
 
-    fn add(&mut self, env: Envelope) {
+    fn add(&mut self, env: Envelope, newer_envelope: bool) {
         let id = env.id.clone();
         if !env.held {
             self.timers.insert((env.next_attempt, id.clone()));
@@ -163,6 +165,7 @@ impl Scheduler {
                 env,
                 in_flight: 0,
                 failed: Vec::new(),
+                newer_envelope,
             },
         );
     }
@@ -415,17 +418,18 @@ impl Scheduler {
         let Some(entry) = self.entries.remove(id) else {
             return;
         };
-        match self.spool.remove(&entry.env) {
+        match self.spool.remove(&entry.env, entry.newer_envelope) {
             Ok(()) => log::info!("{id}: removed (all recipients done)"),
             Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
         }
     }
 
-    fn persist(&self, id: &str) {
-        if let Some(entry) = self.entries.get(id)
-            && let Err(e) = self.spool.update(&entry.env)
-        {
-            log::error!("{id}: cannot update the envelope: {e}");
+    fn persist(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.newer_envelope = true;
+            if let Err(e) = self.spool.update(&entry.env) {
+                log::error!("{id}: cannot update the envelope: {e}");
+            }
         }
     }
 
@@ -500,7 +504,7 @@ impl Scheduler {
                     to.0
                 );
                 self.bounced_events(env, &failed, Some(&dsn_id));
-                self.add(dsn);
+                self.add(dsn, false);
             }
             // Without the DSN on disk the failures must not be recorded either: keep them
             // pending so the next round tries again.

@@ -159,21 +159,19 @@ pub fn bind(listeners: &[Listener]) -> std::io::Result<Vec<(TcpListener, Role)>>
 }
 
 fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
+    loop {
+        let accepted = listener.accept();
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let stream = match stream {
-            Ok(s) => s,
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("accept failed: {e}");
                 thread::sleep(Duration::from_millis(100));
                 continue;
             }
-        };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
         };
         if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
             shared.active.fetch_sub(1, Ordering::SeqCst);

@@ -186,12 +186,16 @@ impl Spool {
     /// Removes a finished message: a newer envelope first, so a crash never leaves one
     /// without its message. Not synced: if a crash undoes the removal, the message is
     /// delivered again (a duplicate, never a loss).
-    pub fn remove(&self, env: &Envelope) -> io::Result<()> {
-        match self.pool.give(&self.env_path(&env.id), Some(0)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+    /// `newer_envelope`: whether an `<id>.env` may exist (skips a lookup when it cannot).
+    pub fn remove(&self, env: &Envelope, newer_envelope: bool) -> io::Result<()> {
+        if newer_envelope {
+            match self.pool.give(&self.env_path(&env.id), Some(0)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
-        self.pool.give(&self.msg_path(&env.id), None)
+        // Message plus a small envelope: the size decides only whether the file is kept.
+        self.pool.give(&self.msg_path(&env.id), Some(env.size))
     }
 
     /// Removes a message that a delivery may still be reading: its files are deleted, not
@@ -399,7 +403,7 @@ mod tests {
         spool.update(&updated).unwrap();
         assert_eq!(spool.recover().unwrap(), vec![updated.clone()]);
         assert_eq!(read_envelope(&root.join("queue"), &e.id).unwrap(), updated);
-        spool.remove(&updated).unwrap();
+        spool.remove(&updated, true).unwrap();
         assert!(spool.recover().unwrap().is_empty());
         // Removed files went to the pool and are reused: no file is created for the next one.
         let pooled = fs::read_dir(root.join("free")).unwrap().count();
