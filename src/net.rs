@@ -164,7 +164,7 @@ impl<R: Read> LineReader<R> {
         let mut draining = false;
         loop {
             let avail = &self.buf[self.start..self.end];
-            if let Some(lf) = avail.iter().position(|&b| b == b'\n') {
+            if let Some(lf) = memchr::memchr(b'\n', avail) {
                 let line_start = self.start;
                 self.start += lf + 1;
                 if draining || lf > max {

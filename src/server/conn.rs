@@ -16,7 +16,7 @@ use crate::smtp::session::{Effect, Session, SessionConfig, Transaction};
 use crate::spool::{Envelope, Kind, RcptState, Recipient};
 
 /// Bytes of DATA gathered before each write to the spool file.
-const WRITE_CHUNK: usize = 16 * 1024;
+const WRITE_CHUNK: usize = 32 * 1024;
 
 enum DataOutcome {
     Queued(String),
@@ -224,7 +224,7 @@ fn rejected(shared: &Shared, ip: IpAddr, command: &(String, Option<String>), rep
 }
 
 fn line_buffer(max_line: usize) -> usize {
-    (max_line + 2).max(8 * 1024)
+    (max_line + 2).max(16 * 1024)
 }
 
 struct Conn {

@@ -60,10 +60,7 @@ impl DataReader {
             match self.state {
                 State::Mid => {
                     let rest = &input[i..];
-                    let n = rest
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n')
-                        .unwrap_or(rest.len());
+                    let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                     if n > 0 {
                         self.emit(out, &rest[..n]);
                         i += n;
@@ -224,29 +221,38 @@ impl Default for DotStuffer {
 
 impl DotStuffer {
     pub fn stuff(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &b in input {
-            if self.pending_cr {
-                self.pending_cr = false;
-                out.extend_from_slice(CRLF);
-                self.at_line_start = true;
-                if b == b'\n' {
-                    continue;
-                }
+        let mut i = 0;
+        if self.pending_cr && !input.is_empty() {
+            // The previous piece ended in CR: CR LF, or a bare CR made a line end.
+            self.pending_cr = false;
+            out.extend_from_slice(CRLF);
+            self.at_line_start = true;
+            if input[0] == b'\n' {
+                i = 1;
             }
-            match b {
-                b'\r' => self.pending_cr = true,
-                b'\n' => {
-                    out.extend_from_slice(CRLF);
-                    self.at_line_start = true;
-                }
-                _ => {
-                    if self.at_line_start && b == b'.' {
-                        out.push(b'.');
-                    }
-                    out.push(b);
+        }
+        while i < input.len() {
+            if self.at_line_start && input[i] == b'.' {
+                out.push(b'.');
+            }
+            let rest = &input[i..];
+            let Some(p) = memchr::memchr2(b'\r', b'\n', rest) else {
+                out.extend_from_slice(rest);
+                self.at_line_start = false;
+                return;
+            };
+            out.extend_from_slice(&rest[..p]);
+            match (rest[p], rest.get(p + 1)) {
+                (b'\r', None) => {
+                    self.pending_cr = true;
                     self.at_line_start = false;
+                    return;
                 }
+                (b'\r', Some(b'\n')) => i += p + 2,
+                _ => i += p + 1,
             }
+            out.extend_from_slice(CRLF);
+            self.at_line_start = true;
         }
     }
 
@@ -397,6 +403,20 @@ mod tests {
             prop_assert_eq!(out1, out2);
             prop_assert_eq!(end1, end2);
             prop_assert_eq!(&s1, r.summary());
+        }
+
+        #[test]
+        fn stuffing_in_pieces_is_stuffing_at_once(input in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')], 0..64), split in 0usize..64) {
+            let split = split.min(input.len());
+            let (mut one, mut two) = (Vec::new(), Vec::new());
+            let mut st = DotStuffer::default();
+            st.stuff(&input, &mut one);
+            st.finish(&mut one);
+            let mut st = DotStuffer::default();
+            st.stuff(&input[..split], &mut two);
+            st.stuff(&input[split..], &mut two);
+            st.finish(&mut two);
+            prop_assert_eq!(one, two);
         }
 
         #[test]
