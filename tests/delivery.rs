@@ -86,15 +86,7 @@ fn body_after_received(m: &Message) -> Vec<u8> {
 fn delivers_through_a_smarthost() {
     let sink = sink_on("127.0.0.3", 0, Script::default());
     let spool = TempDir::new("smarthost");
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--smarthost",
-            &sink.addr.to_string(),
-            "--smarthost-tls",
-            "none",
-        ],
-    );
+    let relay = Relay::via(&sink, spool.path(), &[]);
     let reply = submit(
         relay.addr,
         "a@client.test",
@@ -673,17 +665,7 @@ fn next_hop_size_limit_bounces_with_5_3_4() {
 fn connections_to_the_next_hop_are_reused_then_closed_when_idle() {
     let sink = sink_on("127.0.0.20", 0, Script::default());
     let spool = TempDir::new("reuse");
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--smarthost",
-            &sink.addr.to_string(),
-            "--smarthost-tls",
-            "none",
-            "--workers",
-            "1",
-        ],
-    );
+    let relay = Relay::via(&sink, spool.path(), &["--workers", "1"]);
     for i in 0..3 {
         submit(
             relay.addr,

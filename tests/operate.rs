@@ -214,13 +214,10 @@ fn event_log_has_every_event_type_with_its_fields() {
     );
     let spool = TempDir::new("events");
     let events = spool.path().join("events.jsonl");
-    let relay = Relay::start(
+    let relay = Relay::via(
+        &sink,
         spool.path(),
         &[
-            "--smarthost",
-            &sink.addr.to_string(),
-            "--smarthost-tls",
-            "none",
             "--events",
             &events.display().to_string(),
             "--retry",
@@ -348,17 +345,7 @@ fn event_log_has_every_event_type_with_its_fields() {
 fn metrics_count_what_happened() {
     let sink = sink_on("127.0.0.19", 0, Script::default());
     let spool = TempDir::new("metrics-e2e");
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--smarthost",
-            &sink.addr.to_string(),
-            "--smarthost-tls",
-            "none",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let relay = Relay::via(&sink, spool.path(), &["--metrics-listen", "127.0.0.1:0"]);
     let addr: std::net::SocketAddr = relay
         .log()
         .lines()
@@ -446,15 +433,7 @@ fn deleting_a_message_while_it_is_being_delivered() {
         }),
     );
     let spool = TempDir::new("delete-inflight");
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--smarthost",
-            &sink.addr.to_string(),
-            "--smarthost-tls",
-            "none",
-        ],
-    );
+    let relay = Relay::via(&sink, spool.path(), &[]);
     let id = queue_id(&submit(
         relay.addr,
         "a@client.test",

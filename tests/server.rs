@@ -25,15 +25,7 @@ fn greeted(relay: &Relay) -> Client {
 fn smuggling_variants_never_split_a_message() {
     let sink = sink_on("127.0.0.7", 0, Script::default());
     let spool = TempDir::new("smuggle");
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--smarthost",
-            &sink.addr.to_string(),
-            "--smarthost-tls",
-            "none",
-        ],
-    );
+    let relay = Relay::via(&sink, spool.path(), &[]);
     let variants: &[&[u8]] = &[
         b"\n.\n",
         b"\n.\r\n",

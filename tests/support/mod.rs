@@ -122,6 +122,14 @@ impl Relay {
         relay
     }
 
+    /// A relay that sends everything to `sink` as its smarthost, in plaintext.
+    pub fn via(sink: &sink::Sink, spool: &Path, extra: &[&str]) -> Relay {
+        let hop = sink.addr.to_string();
+        let mut args = vec!["--smarthost", hop.as_str(), "--smarthost-tls", "none"];
+        args.extend_from_slice(extra);
+        Relay::start(spool, &args)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
