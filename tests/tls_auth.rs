@@ -473,9 +473,11 @@ fn self_signed_certificate_is_generated_once_and_rsa_keys_load() {
     assert!(client.cmd("EHLO x.test").starts_with("250"));
 }
 
-#[test]
-fn sighup_reloads_the_certificate_for_new_connections() {
-    let spool = TempDir::new("reload");
+/// An smtps relay serving a certificate the test CA did not sign, from files in the spool
+/// that the test may replace.
+fn smtps_relay_with_untrusted_cert(
+    spool: &TempDir,
+) -> (Relay, std::path::PathBuf, std::path::PathBuf) {
     let c = certs();
     let (cert, key) = (spool.path().join("cert.pem"), spool.path().join("key.pem"));
     std::fs::copy(c.join("other.pem"), &cert).unwrap();
@@ -491,6 +493,14 @@ fn sighup_reloads_the_certificate_for_new_connections() {
             &key.display().to_string(),
         ],
     );
+    (relay, cert, key)
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections() {
+    let spool = TempDir::new("reload");
+    let c = certs();
+    let (relay, cert, key) = smtps_relay_with_untrusted_cert(&spool);
     // The first certificate is not signed by the test CA: a verifying client refuses it.
     let tcp = TcpStream::connect(relay.addr).unwrap();
     assert!(connector().connect("localhost", tcp).is_err());
@@ -714,20 +724,7 @@ fn hash_password_output_verifies() {
 fn certificate_files_replaced_on_disk_are_picked_up_without_a_signal() {
     let spool = TempDir::new("watch");
     let c = certs();
-    let (cert, key) = (spool.path().join("cert.pem"), spool.path().join("key.pem"));
-    std::fs::copy(c.join("other.pem"), &cert).unwrap();
-    std::fs::copy(c.join("other.key"), &key).unwrap();
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--listen",
-            "127.0.0.1:0/smtps",
-            "--tls-cert",
-            &cert.display().to_string(),
-            "--tls-key",
-            &key.display().to_string(),
-        ],
-    );
+    let (relay, cert, key) = smtps_relay_with_untrusted_cert(&spool);
     // Renewal as an ACME client does it: new files moved into place.
     std::fs::copy(c.join("server.key"), spool.path().join("key.new")).unwrap();
     std::fs::copy(c.join("server-chain.pem"), spool.path().join("cert.new")).unwrap();
