@@ -698,3 +698,115 @@ fn connections_to_the_next_hop_are_reused_then_closed_when_idle() {
         sink.commands()
     );
 }
+
+/// A next hop that misbehaves in the given way on every connection.
+fn broken_hop(behaviour: &'static str) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.23:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let mut w = stream.try_clone().unwrap();
+                let mut r = BufReader::new(stream);
+                let mut line = String::new();
+                let _ = match behaviour {
+                    "garbage greeting" => w.write_all(b"hello there\r\n"),
+                    "huge reply line" => {
+                        w.write_all(format!("220 {}\r\n", "x".repeat(5000)).as_bytes())
+                    }
+                    "endless multiline" => (0..1000).try_for_each(|_| w.write_all(b"220-more\r\n")),
+                    "close after ehlo" => w
+                        .write_all(b"220 hi\r\n")
+                        .and_then(|_| r.read_line(&mut line).map(|_| ())),
+                    "silent after data" => {
+                        let _ = w.write_all(b"220 hi\r\n");
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                break;
+                            }
+                            let cmd = line.to_ascii_uppercase();
+                            let reply: &[u8] = if cmd.starts_with("EHLO") {
+                                b"250 hi\r\n"
+                            } else if cmd.starts_with("DATA") {
+                                b"354 go\r\n"
+                            } else if cmd.starts_with(".\r\n") {
+                                // Never answer the end of data.
+                                std::thread::sleep(std::time::Duration::from_secs(30));
+                                b""
+                            } else if cmd.starts_with("MAIL") || cmd.starts_with("RCPT") {
+                                b"250 ok\r\n"
+                            } else {
+                                b""
+                            };
+                            let _ = w.write_all(reply);
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_misbehaving_next_hop_defers_and_nothing_else_happens() {
+    for behaviour in [
+        "garbage greeting",
+        "huge reply line",
+        "endless multiline",
+        "close after ehlo",
+        "silent after data",
+    ] {
+        let hop = broken_hop(behaviour);
+        let spool = TempDir::new("broken");
+        let relay = Relay::start(
+            spool.path(),
+            &[
+                "--smarthost",
+                &hop.to_string(),
+                "--smarthost-tls",
+                "none",
+                "--retry",
+                "1h",
+                "--delivery-timeout",
+                "1s",
+            ],
+        );
+        let id = queue_id(&submit(
+            relay.addr,
+            "a@client.test",
+            &["b@example.test"],
+            MSG,
+        ));
+        relay.wait_log(&format!("{id}: deferred, attempt 1 failed"));
+        let why = match behaviour {
+            "garbage greeting" => "malformed reply",
+            "huge reply line" => "over-long reply line",
+            "endless multiline" => "malformed reply: TooLong",
+            "close after ehlo" => "closed the connection",
+            _ => "timed out",
+        };
+        let log = relay.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{id}: deferred")) && l.contains(why)),
+            "{behaviour}: want {why:?}:\n{log}"
+        );
+        // Still serving, still queued, no panic.
+        assert!(
+            submit(relay.addr, "a@client.test", &["c@example.test"], MSG).starts_with("250"),
+            "{behaviour}"
+        );
+        assert!(relay.queued() >= 1, "{behaviour}");
+        assert!(
+            !relay.log().contains("panicked"),
+            "{behaviour}: {}",
+            relay.log()
+        );
+    }
+}

@@ -174,7 +174,12 @@ impl Client {
         self.reader
             .get_mut()
             .write_all(bytes)
-            .map_err(|e| format!("write to {} failed: {e}", self.relay))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    format!("{} timed out: it stopped reading", self.relay)
+                }
+                _ => format!("write to {} failed: {e}", self.relay),
+            })
     }
 
     fn read_reply(&mut self, timeout: Duration) -> Result<Reply, String> {
@@ -195,6 +200,18 @@ impl Client {
                     return Err(format!("{} sent an over-long reply line", self.relay));
                 }
                 Ok(Line::Eof) => return Err(format!("{} closed the connection", self.relay)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(format!(
+                        "{} timed out: no reply within {}s",
+                        self.relay,
+                        t.as_secs()
+                    ));
+                }
                 Err(e) => return Err(format!("reading from {} failed: {e}", self.relay)),
             };
             match parser.feed(&line) {
