@@ -420,3 +420,40 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+#[test]
+fn an_over_long_command_line_is_refused_and_the_session_goes_on() {
+    let spool = TempDir::new("longline");
+    let relay = Relay::start(spool.path(), &["--max-line-length", "1000"]);
+    let mut c = greeted(&relay);
+    let long = format!("MAIL FROM:<{}@client.test>", "a".repeat(3000));
+    assert!(c.cmd(&long).starts_with("500 5.5.2 Line too long"));
+    assert!(
+        c.cmd("MAIL FROM:<a@client.test>").starts_with("250"),
+        "the rest of the long line was not read as a command"
+    );
+}
+
+#[test]
+fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
+    let spool = TempDir::new("tlstimeout");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0/smtps",
+            "--tls-handshake-timeout",
+            "1s",
+        ],
+    );
+    let start = Instant::now();
+    let mut c = Client::connect(relay.addr);
+    // Say nothing: no ClientHello.
+    assert!(c.at_eof(), "closed by the relay");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    relay.wait_log("tls handshake with [127.0.0.1] failed");
+}
