@@ -84,10 +84,6 @@ impl Events {
         })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
     pub fn emit(&self, kind: &str, fields: &[(&str, V)]) {
         let Some(tx) = &self.tx else { return };
         let line = to_json(kind, SystemTime::now(), fields);

@@ -31,7 +31,8 @@ pub struct Relay {
     control: Sender<Request>,
     stop_scheduler: Sender<()>,
     scheduler: JoinHandle<()>,
-    metrics_addr: Option<SocketAddr>,
+    /// The bound /metrics address and its stop flag.
+    metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
 }
 
 /// Committed messages waiting for the scheduler; sessions block briefly when it is this far behind.
@@ -70,12 +71,11 @@ impl Relay {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let metrics_addr = match cfg.metrics_listen {
-            Some(addr) => Some(metrics::serve(
-                addr,
-                metrics.clone(),
-                Arc::new(AtomicBool::new(false)),
-            )?),
+        let metrics_endpoint = match cfg.metrics_listen {
+            Some(addr) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                Some((metrics::serve(addr, metrics.clone(), stop.clone())?, stop))
+            }
             None => None,
         };
         if let Some(user) = &cfg.user {
@@ -189,7 +189,7 @@ impl Relay {
             control: control_tx,
             stop_scheduler: stop_tx,
             scheduler,
-            metrics_addr,
+            metrics_endpoint,
         })
     }
 
@@ -226,14 +226,13 @@ impl Relay {
         self.server.local_addrs()
     }
 
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
-    }
-
     /// Stops accepting, gives sessions `grace` to finish, then stops the scheduler. Deliveries
     /// in flight are abandoned; their recipients are still pending on disk.
     pub fn stop(self, grace: Duration) {
         self.server.stop(grace);
+        if let Some((addr, stop)) = &self.metrics_endpoint {
+            metrics::shutdown(*addr, stop);
+        }
         let _ = self.stop_scheduler.send(());
         let _ = self.scheduler.join();
     }

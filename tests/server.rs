@@ -424,13 +424,31 @@ fn is_root() -> bool {
 #[test]
 fn an_over_long_command_line_is_refused_and_the_session_goes_on() {
     let spool = TempDir::new("longline");
-    let relay = Relay::start(spool.path(), &["--max-line-length", "1000"]);
+    let events = spool.path().join("events.jsonl");
+    let relay = Relay::start(
+        spool.path(),
+        &[
+            "--max-line-length",
+            "1000",
+            "--events",
+            &events.display().to_string(),
+        ],
+    );
     let mut c = greeted(&relay);
     let long = format!("MAIL FROM:<{}@client.test>", "a".repeat(3000));
     assert!(c.cmd(&long).starts_with("500 5.5.2 Line too long"));
     assert!(
         c.cmd("MAIL FROM:<a@client.test>").starts_with("250"),
         "the rest of the long line was not read as a command"
+    );
+    // The refusal is logged as what it was, not as the command before it.
+    assert!(wait_until(WAIT, || std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .contains("\"command\":\"(line too long)\"")));
+    assert!(
+        !std::fs::read_to_string(&events)
+            .unwrap()
+            .contains("\"command\":\"EHLO\"")
     );
 }
 

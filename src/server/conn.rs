@@ -79,7 +79,6 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     };
     conn.reply(&session.greeting());
     let mut commands = 0u32;
-    let mut last_command = (String::new(), None);
     loop {
         if !conn.reader.buffered().contains(&b'\n') && conn.flush().is_err() {
             return;
@@ -87,15 +86,26 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         let step = match conn.reader.read_line(cfg.max_line_length) {
             Ok(Line::Line(line)) => {
                 commands += 1;
-                last_command = describe_command(line, session.in_auth_exchange());
                 if shared.stopping.load(Ordering::SeqCst) {
                     conn.reply(&reply::shutting_down(&cfg.hostname));
                     let _ = conn.flush();
                     return;
                 }
-                session.feed(line)
+                let in_auth = session.in_auth_exchange();
+                let step = session.feed(line);
+                // Only a refusal is described (for the event log): nothing extra per command.
+                if let Some(r) = step.reply.as_ref().filter(|r| r.code >= 400) {
+                    rejected(shared, peer_ip, &describe_command(line, in_auth), r);
+                }
+                step
             }
-            Ok(Line::TooLong) => session.line_too_long(),
+            Ok(Line::TooLong) => {
+                let step = session.line_too_long();
+                if let Some(r) = &step.reply {
+                    rejected(shared, peer_ip, &("(line too long)".to_string(), None), r);
+                }
+                step
+            }
             Ok(Line::Eof) => break,
             Err(e) => {
                 if is_timeout(&e) {
@@ -107,9 +117,6 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
             }
         };
         if let Some(r) = &step.reply {
-            if r.code >= 400 {
-                rejected(shared, peer_ip, &last_command, r);
-            }
             conn.reply(r);
         }
         match step.effect {

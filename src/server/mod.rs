@@ -113,10 +113,6 @@ impl Server {
         &self.local_addrs
     }
 
-    pub fn active_connections(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
-    }
-
     /// Stops accepting, lets sessions finish for up to `grace` (each gets 421 at its next
     /// command), then cuts the rest. A message not yet answered with 250 was not accepted, so
     /// cutting a session loses nothing.

@@ -57,10 +57,6 @@ impl Exchange {
         Some((ex, step))
     }
 
-    pub fn mechanism(&self) -> Mechanism {
-        self.mechanism
-    }
-
     /// The user name as far as known (for logging a failure; never the password).
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
