@@ -88,20 +88,10 @@ fn usage(why: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Every readable envelope in the spool, oldest first.
-fn load(spool: &Path) -> Result<Vec<Envelope>, String> {
+/// Every readable queued message (its slot and envelope), oldest first.
+fn load(spool: &Path) -> Result<Vec<(PathBuf, Envelope)>, String> {
     let dir = spool.join("queue");
-    let entries =
-        std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut out: Vec<Envelope> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "msg"))
-        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
-        .filter_map(|id| spool::read_envelope(&dir, &id).ok())
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    spool::list(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))
 }
 
 /// One queued message as a JSON object (the `--json` form).
@@ -138,8 +128,8 @@ pub fn to_json(env: &Envelope, now: u64) -> String {
 }
 
 fn list(spool: &Path, json: bool) -> ExitCode {
-    let envs = match load(spool) {
-        Ok(e) => e,
+    let envs: Vec<Envelope> = match load(spool) {
+        Ok(queued) => queued.into_iter().map(|(_, env)| env).collect(),
         Err(e) => {
             eprintln!("mxrelay queue: {e}");
             return ExitCode::FAILURE;
@@ -190,8 +180,8 @@ fn list(spool: &Path, json: bool) -> ExitCode {
 }
 
 fn show(spool_dir: &Path, id: &str) -> ExitCode {
-    let envs = load(spool_dir).unwrap_or_default();
-    let Some(env) = envs.iter().find(|e| e.id == id) else {
+    let queued = load(spool_dir).unwrap_or_default();
+    let Some((slot, env)) = queued.iter().find(|(_, e)| e.id == id) else {
         eprintln!("mxrelay queue: {id}: not in the queue");
         return ExitCode::FAILURE;
     };
@@ -224,7 +214,7 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         println!("recipient: {state} <{}>", r.address);
     }
     // Read-only: opening the spool would create directories.
-    match spool::read_headers(&spool_dir.join("queue"), env, 65536) {
+    match spool::slot::read_message_headers(slot, env.size, 65536) {
         Ok(h) => print!("\n{}", String::from_utf8_lossy(&h)),
         Err(e) => eprintln!("mxrelay queue: {id}: {e}"),
     }

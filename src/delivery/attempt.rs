@@ -3,7 +3,6 @@
 //! (connect, greeting, EHLO, MAIL 4xx, I/O) moves on to the next host; a 5xx to MAIL or DATA
 //! fails the message; RCPT replies decide each recipient. Remote replies are kept verbatim.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -564,8 +563,7 @@ fn verdict(r: &Reply, relay: &str, tls: bool) -> RcptResult {
 
 /// Streams the spooled body with dot-stuffing; the end marker goes out with the last chunk.
 fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
-    // The file holds the envelope after the message: send exactly the message.
-    let mut file = File::open(&job.body)?.take(job.size);
+    let mut file = crate::spool::slot::open_message(&job.body, job.size)?;
     let mut chunk = vec![0u8; 64 * 1024];
     let mut wire = Vec::with_capacity(chunk.len() + chunk.len() / 16 + 8);
     let mut stuffer = DotStuffer::default();

@@ -25,7 +25,7 @@ pub struct Job {
     /// (index in the envelope, address)
     pub rcpts: Vec<(usize, String)>,
     pub dest: Destination,
-    /// The queue file; the message is its first `size` bytes.
+    /// The message's slot in the spool (see `spool::slot::open_message`).
     pub body: PathBuf,
     pub size: u64,
     pub eight_bit: bool,

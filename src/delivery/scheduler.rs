@@ -232,7 +232,8 @@ impl Scheduler {
                 sender: env.sender.clone(),
                 rcpts,
                 dest,
-                body: self.spool.msg_path(id),
+                // Never missing for a queued message; an empty path fails the attempt if it were.
+                body: self.spool.msg_path(id).unwrap_or_default(),
                 size: env.size,
                 eight_bit: env.eight_bit,
                 smtputf8: env.smtputf8,

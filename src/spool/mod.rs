@@ -1,61 +1,134 @@
 //! The durable queue on disk.
 //!
 //! Layout:
-//! - `queue/<id>.msg`: one file per accepted message: the message, then its envelope as
-//!   first written, then a footer line `mxrelay-envelope <message length> <id>`.
+//! - `queue/<n>`: slots, each holding one queued message or free for the next one (format
+//!   in `slot`). A slot is reused rather than deleted: creating and deleting a file per
+//!   message makes ext4 hunt for free inodes past every recently deleted one, and renames
+//!   and directory fsyncs cost as much again as the data itself.
 //! - `queue/<id>.env`: a newer envelope (recipients crossed off, attempts, next try), when
-//!   there is one; it overrides the one inside the `.msg` file.
-//! - `tmp/`: files being written; never acknowledged, emptied at start.
-//! - `free/`: finished files kept for reuse (see `pool`).
+//!   there is one; it overrides the one inside the slot.
+//! - `tmp/`: newer envelopes being written; never trusted, emptied at start.
 //! - `corrupt/`: what recovery could not read, with a `.reason` file; never deleted silently.
 //!
-//! Commit protocol (before the 250): message, envelope and footer written to `tmp/<id>.msg`,
-//! fdatasync → rename into `queue/` → fsync `queue/` (shared by concurrent commits). A file
-//! only appears in `queue/` complete and durable, so recovery trusts every `.msg` there.
+//! Commit protocol (before the 250): header, message and envelope written into the slot, then
+//! fdatasync. A slot file created for this message (none was free) also has its directory
+//! entry fsynced (shared by concurrent commits). Freeing a slot after delivery rewrites one
+//! byte of its header, unsynced: if a crash undoes that, the message is delivered again (a
+//! duplicate, never a loss).
 
 pub mod envelope;
 pub mod fsio;
 pub mod id;
-pub mod pool;
+pub mod slot;
 
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub use envelope::{Envelope, Kind, RcptState, Recipient};
+use slot::{HEADER_LEN, Header, State};
+
+/// Free slots kept for reuse; more are deleted.
+const FREE_SLOTS: usize = 1024;
+/// A slot file larger than this (it held a big message) is deleted rather than reused.
+const MAX_KEPT_SIZE: u64 = 256 * 1024;
+/// A message this small is written in one go at commit, together with header and envelope.
+const BUFFERED: usize = 64 * 1024;
 
 pub struct Spool {
     queue: PathBuf,
     tmp: PathBuf,
     corrupt: PathBuf,
-    pool: pool::Pool,
+    slots: Mutex<Slots>,
     queue_sync: fsio::DirSync,
 }
 
-/// A message being received into `tmp/`.
+#[derive(Default)]
+struct Slots {
+    /// Reused last-in first-out, so few slots stay in use.
+    free: Vec<u64>,
+    /// The next slot number to create.
+    next: u64,
+    /// The slot of every queued message.
+    live: HashMap<String, u64>,
+}
+
+/// A message being received into a slot.
 pub struct Incoming {
     pub id: String,
-    writer: pool::Writer,
-    path: PathBuf,
+    slot: u64,
+    file: File,
+    /// Created for this message: its directory entry still needs an fsync.
+    created: bool,
+    /// Bytes not yet written, starting at file offset `pending_at` (at 0: room for the header).
+    pending: Vec<u8>,
+    pending_at: u64,
+    msg_len: u64,
+    crc: crc32fast::Hasher,
 }
 
 impl Incoming {
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes)
+        self.msg_len += bytes.len() as u64;
+        self.append(bytes)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc.update(bytes);
+        if self.pending.len() + bytes.len() <= BUFFERED {
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush()?;
+        if bytes.len() >= BUFFERED {
+            self.file.write_all_at(bytes, self.pending_at)?;
+            self.pending_at += bytes.len() as u64;
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.pending, self.pending_at)?;
+        self.pending_at += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes envelope and header and syncs: the message is durable when this returns.
+    fn seal(&mut self, env: &Envelope) -> io::Result<()> {
+        debug_assert_eq!(self.msg_len, env.size);
+        let encoded = env.encode();
+        self.append(&encoded)?;
+        let header = Header {
+            state: State::Live,
+            id: self.id.clone(),
+            msg_len: self.msg_len,
+            env_len: encoded.len() as u64,
+            crc: self.crc.clone().finalize(),
+        }
+        .encode();
+        if self.pending_at == 0 {
+            // Header, message and envelope in one write.
+            self.pending[..HEADER_LEN].copy_from_slice(&header);
+            self.flush()?;
+        } else {
+            self.flush()?;
+            self.file.write_all_at(&header, 0)?;
+        }
+        self.file.sync_data()
     }
 }
 
 impl Spool {
     /// Opens (creating with owner-only permissions) the spool under `root`.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        let (queue, tmp, corrupt, free) = (
-            root.join("queue"),
-            root.join("tmp"),
-            root.join("corrupt"),
-            root.join("free"),
-        );
-        for d in [root, &queue, &tmp, &corrupt, &free] {
+        let (queue, tmp, corrupt) = (root.join("queue"), root.join("tmp"), root.join("corrupt"));
+        for d in [root, &queue, &tmp, &corrupt] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -66,108 +139,196 @@ impl Spool {
             queue,
             tmp,
             corrupt,
-            pool: pool::Pool::open(free)?,
+            slots: Mutex::new(Slots::default()),
         })
     }
 
-    /// Start-up recovery: empties `tmp/`, quarantines what it cannot read, and returns
-    /// every committed envelope.
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start-up recovery: empties `tmp/`, checks every slot, quarantines what it cannot read,
+    /// and returns every queued envelope.
     pub fn recover(&self) -> io::Result<Vec<Envelope>> {
         for entry in fs::read_dir(&self.tmp)? {
             let path = entry?.path();
             log::info!("spool: removing unfinished {}", path.display());
-            self.pool.give(&path, None)?;
+            fs::remove_file(&path)?;
         }
         let mut envelopes = Vec::new();
         let mut newer = Vec::new();
+        let mut free = Vec::new();
+        let mut live = HashMap::new();
+        let mut next = 0;
         for entry in fs::read_dir(&self.queue)? {
             let path = entry?.path();
-            let (Some(stem), Some(ext)) = (
-                path.file_stem().and_then(|s| s.to_str()),
-                path.extension().and_then(|s| s.to_str()),
-            ) else {
-                self.quarantine_file(&path, "unexpected file in queue/")?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(n) = slot::number(&name) {
+                next = next.max(n + 1);
+                match slot::read(&path, true)? {
+                    slot::Content::Free => free.push(n),
+                    slot::Content::Live(env) if !live.contains_key(&env.id) => {
+                        live.insert(env.id.clone(), n);
+                        envelopes.push(env);
+                    }
+                    slot::Content::Live(env) => {
+                        self.quarantine_file(
+                            &path,
+                            &format!("{}.slot-{n}", env.id),
+                            "a second slot with this message",
+                        )?;
+                    }
+                    slot::Content::Damaged(why) => {
+                        self.quarantine_file(&path, &format!("slot-{n}"), &why)?
+                    }
+                }
+                continue;
+            }
+            match name.strip_suffix(".env") {
+                Some(id) if id::is_valid(id) => newer.push(id.to_string()),
+                _ => self.quarantine_file(&path, &name, "unexpected file in queue/")?,
+            }
+        }
+        *self.slots() = Slots {
+            free: Vec::new(),
+            next,
+            live,
+        };
+        for id in newer {
+            let Some(at) = envelopes.iter().position(|e| e.id == id) else {
+                self.quarantine(&id, "envelope without its message")?;
                 continue;
             };
-            match ext {
-                "msg" if id::is_valid(stem) => match read_envelope(&self.queue, stem) {
-                    Ok(env) => envelopes.push(env),
-                    Err(why) => self.quarantine(stem, &why)?,
-                },
-                "env" if id::is_valid(stem) => newer.push(stem.to_string()),
-                _ => self.quarantine_file(&path, "unexpected file in queue/")?,
+            match read_newer_envelope(&self.queue, &id) {
+                Ok(Some(env)) => envelopes[at] = env,
+                Ok(None) => {}
+                Err(why) => {
+                    envelopes.remove(at);
+                    self.quarantine(&id, &why)?;
+                }
             }
         }
-        for id in newer {
-            if !self.msg_path(&id).exists() && self.env_path(&id).exists() {
-                // Removal takes the envelope first, so this is not a leftover: keep it in view.
-                self.quarantine(&id, "envelope without its message")?;
-            }
+        free.sort_unstable();
+        for n in free.split_off(free.len().min(FREE_SLOTS)) {
+            fs::remove_file(self.slot_path(n))?;
         }
+        self.slots().free = free;
         fsio::sync_dir(&self.queue)?;
-        let mut queued = std::collections::HashSet::new();
-        for entry in fs::read_dir(&self.queue)? {
-            queued.insert(std::os::unix::fs::MetadataExt::ino(&entry?.metadata()?));
-        }
-        self.pool.drop_aliases(&queued)?;
         envelopes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(envelopes)
     }
 
-    /// The queued message file; the message itself is its first `Envelope::size` bytes.
-    pub fn msg_path(&self, id: &str) -> PathBuf {
-        msg_path(&self.queue, id)
+    fn slot_path(&self, n: u64) -> PathBuf {
+        self.queue.join(n.to_string())
+    }
+
+    /// The slot holding a queued message (its message is `Envelope::size` bytes after the
+    /// header: see `slot::open_message`).
+    pub fn msg_path(&self, id: &str) -> Option<PathBuf> {
+        let n = *self.slots().live.get(id)?;
+        Some(self.slot_path(n))
     }
 
     fn env_path(&self, id: &str) -> PathBuf {
         self.queue.join(format!("{id}.env"))
     }
 
-    /// Starts a new message.
+    /// Starts a new message in a free slot, or in a new one.
     pub fn create(&self) -> io::Result<Incoming> {
-        let id = id::new_id();
-        let path = self.tmp.join(format!("{id}.msg"));
-        let writer = self.pool.take(&path)?;
-        Ok(Incoming { id, writer, path })
+        let reused = self.slots().free.pop();
+        let (slot, file, created) = match reused {
+            Some(n) => match OpenOptions::new().write(true).open(self.slot_path(n)) {
+                Ok(file) => (n, file, false),
+                Err(e) => {
+                    log::warn!("spool: slot {n} is gone ({e}); making a new one");
+                    self.new_slot()?
+                }
+            },
+            None => self.new_slot()?,
+        };
+        let mut pending = Vec::with_capacity(BUFFERED);
+        pending.resize(HEADER_LEN, 0);
+        Ok(Incoming {
+            id: id::new_id(),
+            slot,
+            file,
+            created,
+            pending,
+            pending_at: 0,
+            msg_len: 0,
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    fn new_slot(&self) -> io::Result<(u64, File, bool)> {
+        loop {
+            let n = {
+                let mut slots = self.slots();
+                slots.next += 1;
+                slots.next - 1
+            };
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.slot_path(n))
+            {
+                Ok(file) => return Ok((n, file, true)),
+                // Left by a crash after recovery counted: skip the number.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Makes the message durable; only after this returns may the client get its 250.
     /// `env.size` must be the number of message bytes written.
     pub fn commit(&self, mut incoming: Incoming, env: &Envelope) -> io::Result<()> {
         debug_assert_eq!(incoming.id, env.id);
-        let result = (|| {
-            incoming.writer.write_all(&env.encode())?;
-            incoming
-                .writer
-                .write_all(footer(env.size, &env.id).as_bytes())?;
-            incoming.writer.finish()?;
-            fs::rename(&incoming.path, self.msg_path(&env.id))?;
-            self.queue_sync.sync()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&incoming.path);
-            let _ = fs::remove_file(self.msg_path(&env.id));
+        let mut result = incoming.seal(env);
+        if result.is_ok() && incoming.created {
+            result = self.queue_sync.sync();
         }
-        result
+        match result {
+            Ok(()) => {
+                self.slots().live.insert(incoming.id, incoming.slot);
+                Ok(())
+            }
+            Err(e) => {
+                // The header may be in the page cache: mark it free before reuse.
+                let _ = incoming.file.write_all_at(b"F", slot::STATE_AT);
+                self.release(incoming.slot, None);
+                Err(e)
+            }
+        }
     }
 
-    /// Drops a message that will not be committed (client gone, message refused).
+    /// Drops a message that will not be committed (client gone, message refused). Its slot
+    /// never got a live header, so it is free as it is.
     pub fn abort(&self, incoming: Incoming) {
-        let path = incoming.path.clone();
-        drop(incoming);
-        if self.pool.give(&path, None).is_err() {
-            let _ = fs::remove_file(&path);
+        self.release(incoming.slot, Some(incoming.pending_at));
+    }
+
+    /// Puts a slot back for reuse, or deletes it when it is large or enough are free.
+    fn release(&self, n: u64, size: Option<u64>) {
+        let mut slots = self.slots();
+        if slots.free.len() < FREE_SLOTS && size.is_some_and(|s| s <= MAX_KEPT_SIZE) {
+            slots.free.push(n);
+            return;
+        }
+        drop(slots);
+        if let Err(e) = fs::remove_file(self.slot_path(n)) {
+            log::warn!("spool: cannot delete slot {n}: {e}");
         }
     }
 
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
-        let path = self.tmp.join(format!("{}.msg", env.id));
-        let mut incoming = Incoming {
-            id: env.id.clone(),
-            writer: self.pool.take(&path)?,
-            path,
-        };
+        let mut incoming = self.create()?;
+        incoming.id = env.id.clone();
         incoming.write_all(body)?;
         self.commit(incoming, env)
     }
@@ -176,150 +337,141 @@ impl Spool {
     /// tmp → data sync → rename over the previous one → directory sync.
     pub fn update(&self, env: &Envelope) -> io::Result<()> {
         let tmp = self.tmp.join(format!("{}.env", env.id));
-        let mut w = self.pool.take(&tmp)?;
-        w.write_all(&env.encode())?;
-        w.finish()?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all_at(&env.encode(), 0)?;
+        file.sync_data()?;
         fs::rename(&tmp, self.env_path(&env.id))?;
         self.queue_sync.sync()
     }
 
-    /// Removes a finished message: a newer envelope first, so a crash never leaves one
-    /// without its message. Not synced: if a crash undoes the removal, the message is
-    /// delivered again (a duplicate, never a loss).
+    /// Removes a finished message: its newer envelope first, then its slot is marked free
+    /// and reused. Not synced: if a crash undoes the removal, the message is delivered again
+    /// (a duplicate, never a loss).
     /// `newer_envelope`: whether an `<id>.env` may exist (skips a lookup when it cannot).
     pub fn remove(&self, env: &Envelope, newer_envelope: bool) -> io::Result<()> {
         if newer_envelope {
-            match self.pool.give(&self.env_path(&env.id), Some(0)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+            remove_if_there(&self.env_path(&env.id))?;
+        }
+        let Some(n) = self.slots().live.remove(&env.id) else {
+            return Ok(());
+        };
+        let size = OpenOptions::new()
+            .write(true)
+            .open(self.slot_path(n))
+            .and_then(|f| {
+                f.write_all_at(b"F", slot::STATE_AT)?;
+                Ok(f.metadata()?.len())
+            });
+        match size {
+            Ok(size) => self.release(n, Some(size)),
+            Err(e) => {
+                self.release(n, None);
+                return Err(e);
             }
         }
-        // Message plus a small envelope: the size decides only whether the file is kept.
-        self.pool.give(&self.msg_path(&env.id), Some(env.size))
+        Ok(())
     }
 
-    /// Removes a message that a delivery may still be reading: its files are deleted, not
-    /// recycled, so no other message can be written into a file still being sent.
+    /// Removes a message that a delivery may still be reading: its slot is deleted, not
+    /// reused, so no other message can be written into a file still being sent.
     pub fn discard(&self, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.env_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        fs::remove_file(self.msg_path(id))
+        remove_if_there(&self.env_path(id))?;
+        let Some(n) = self.slots().live.remove(id) else {
+            return Ok(());
+        };
+        fs::remove_file(self.slot_path(n))
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
     pub fn read_headers(&self, env: &Envelope, max: usize) -> io::Result<Vec<u8>> {
-        read_headers(&self.queue, env, max)
+        let path = self
+            .msg_path(&env.id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the queue"))?;
+        slot::read_message_headers(&path, env.size, max)
     }
 
-    /// Moves a message's files to `corrupt/` and records why.
+    /// Moves a message's files to `corrupt/` (as `<id>.msg` and `<id>.env`) and records why.
     pub fn quarantine(&self, id: &str, reason: &str) -> io::Result<()> {
         log::error!("spool: quarantining {id}: {reason}");
-        for path in [self.env_path(id), self.msg_path(id)] {
-            if path.exists() {
-                fs::rename(
-                    &path,
-                    self.corrupt.join(path.file_name().expect("file name")),
-                )?;
-            }
+        let slot = self.slots().live.remove(id);
+        let env = self.env_path(id);
+        if env.exists() {
+            fs::rename(&env, self.corrupt.join(format!("{id}.env")))?;
         }
+        if let Some(n) = slot {
+            fs::rename(self.slot_path(n), self.corrupt.join(format!("{id}.msg")))?;
+        }
+        self.record_reason(id, reason)
+    }
+
+    fn quarantine_file(&self, path: &Path, name: &str, reason: &str) -> io::Result<()> {
+        log::error!("spool: quarantining {name}: {reason}");
+        fs::rename(path, self.corrupt.join(name))?;
+        self.record_reason(name, reason)
+    }
+
+    fn record_reason(&self, name: &str, reason: &str) -> io::Result<()> {
         fs::write(
-            self.corrupt.join(format!("{id}.reason")),
+            self.corrupt.join(format!("{name}.reason")),
             format!("{reason}\n"),
         )?;
         fsio::sync_dir(&self.corrupt)?;
         fsio::sync_dir(&self.queue)
     }
+}
 
-    fn quarantine_file(&self, path: &Path, reason: &str) -> io::Result<()> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        log::error!("spool: quarantining {name}: {reason}");
-        fs::rename(path, self.corrupt.join(&name))?;
-        fs::write(
-            self.corrupt.join(format!("{name}.reason")),
-            format!("{reason}\n"),
-        )
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
-fn msg_path(queue: &Path, id: &str) -> PathBuf {
-    queue.join(format!("{id}.msg"))
-}
-
-fn footer(message_len: u64, id: &str) -> String {
-    format!("mxrelay-envelope {message_len} {id}\n")
-}
-
-/// The current envelope of a queued message: `<id>.env` if there is one, else the one in
-/// the `.msg` file. Read-only, so the queue commands use it without a daemon.
-pub fn read_envelope(queue: &Path, id: &str) -> Result<Envelope, String> {
-    let env = match fs::read(queue.join(format!("{id}.env"))) {
-        Ok(bytes) => Envelope::decode(&bytes).map_err(|e| format!("newer envelope: {e}"))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => first_envelope(queue, id)?,
+/// `<id>.env`, if there is one.
+fn read_newer_envelope(queue: &Path, id: &str) -> Result<Option<Envelope>, String> {
+    let bytes = match fs::read(queue.join(format!("{id}.env"))) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
+    let env = Envelope::decode(&bytes).map_err(|e| format!("newer envelope: {e}"))?;
     if env.id != id {
-        return Err("envelope id does not match its file name".into());
+        return Err("newer envelope: its id does not match its file name".into());
     }
-    Ok(env)
+    Ok(Some(env))
 }
 
-/// The envelope written with the message: between the message and the footer.
-fn first_envelope(queue: &Path, id: &str) -> Result<Envelope, String> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = File::open(msg_path(queue, id)).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    let tail_len = len.min(128);
-    f.seek(SeekFrom::Start(len - tail_len))
-        .map_err(|e| e.to_string())?;
-    let mut tail = Vec::new();
-    f.by_ref()
-        .take(tail_len)
-        .read_to_end(&mut tail)
-        .map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(&tail).unwrap_or("");
-    let line = text
-        .strip_suffix('\n')
-        .and_then(|t| t.rsplit('\n').next())
-        .ok_or("no footer")?;
-    let mut words = line.split(' ');
-    let (Some("mxrelay-envelope"), Some(msg_len), Some(footer_id), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return Err("no footer".into());
-    };
-    let msg_len: u64 = msg_len.parse().map_err(|_| "bad footer")?;
-    let env_end = len - line.len() as u64 - 1;
-    if footer_id != id || msg_len > env_end || env_end - msg_len > 16 << 20 {
-        return Err("footer does not match the file".into());
+/// Every queued message in `queue/` with its slot, read-only (no checksum check): the queue
+/// commands use it without a daemon.
+pub fn list(queue: &Path) -> io::Result<Vec<(PathBuf, Envelope)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(queue)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(slot::number)
+            .is_none()
+        {
+            continue;
+        }
+        // A slot freed or reused while we look is simply not listed.
+        let Ok(slot::Content::Live(env)) = slot::read(&path, false) else {
+            continue;
+        };
+        match read_newer_envelope(queue, &env.id) {
+            Ok(Some(newer)) => out.push((path, newer)),
+            Ok(None) => out.push((path, env)),
+            Err(_) => {}
+        }
     }
-    f.seek(SeekFrom::Start(msg_len))
-        .map_err(|e| e.to_string())?;
-    let mut env = Vec::new();
-    f.take(env_end - msg_len)
-        .read_to_end(&mut env)
-        .map_err(|e| e.to_string())?;
-    let env = Envelope::decode(&env).map_err(|e| e.to_string())?;
-    if env.size != msg_len {
-        return Err("envelope size does not match the footer".into());
-    }
-    Ok(env)
-}
-
-/// The header section of a queued message (up to `max` bytes).
-pub fn read_headers(queue: &Path, env: &Envelope, max: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    File::open(msg_path(queue, &env.id))?
-        .take(env.size.min(max as u64))
-        .read_to_end(&mut buf)?;
-    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-        buf.truncate(end + 2);
-    }
-    Ok(buf)
+    out.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -363,79 +515,120 @@ mod tests {
         e
     }
 
+    fn slot_files(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root.join("queue"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| slot::number(n).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn commit_recover_update_remove() {
         let root = temp_dir("spool");
         let spool = Spool::open(&root).unwrap();
         let e = commit(&spool, b"Subject: hi\r\n\r\nbody\r\n");
-        // One file: the message, its envelope, the footer.
-        let file = fs::read(spool.msg_path(&e.id)).unwrap();
-        assert!(
-            file.starts_with(b"Subject: hi\r\n\r\nbody\r\n")
-                && file.ends_with(footer(e.size, &e.id).as_bytes())
+        // One file: header, message, envelope.
+        let path = spool.msg_path(&e.id).unwrap();
+        let file = fs::read(&path).unwrap();
+        assert!(file.starts_with(format!("mxrelay-slot 1 L {} 21 ", e.id).as_bytes()));
+        assert_eq!(
+            &file[HEADER_LEN..HEADER_LEN + 21],
+            b"Subject: hi\r\n\r\nbody\r\n"
         );
-        // An unfinished message in tmp/ is cleaned up; damaged files are quarantined.
+        assert_eq!(&file[HEADER_LEN + 21..], &e.encode()[..]);
+        // An unfinished message is a free slot; stray and damaged files are quarantined.
         let mut stray = spool.create().unwrap();
-        stray.write_all(b"partial").unwrap();
-        let stray_path = root.join(format!("tmp/{}.msg", stray.id));
+        stray.write_all(&[b'p'; 100_000]).unwrap();
         drop(stray);
-        fs::write(
-            root.join("queue/0000000000000001-0000.msg"),
-            b"no footer here",
-        )
-        .unwrap();
+        fs::write(root.join("queue/notes.txt"), b"?").unwrap();
         fs::write(
             root.join("queue/0000000000000002-0000.env"),
             b"version: 1\n",
         )
         .unwrap();
+        let other = commit(&spool, b"Subject: other\r\n\r\nx\r\n");
+        let other_path = spool.msg_path(&other.id).unwrap();
+        let mut bytes = fs::read(&other_path).unwrap();
+        bytes[HEADER_LEN + 3] ^= 1;
+        fs::write(&other_path, bytes).unwrap();
+        let spool = Spool::open(&root).unwrap();
         let got = spool.recover().unwrap();
         assert_eq!(got, vec![e.clone()]);
-        assert!(!stray_path.exists());
-        let reason = fs::read_to_string(root.join("corrupt/0000000000000001-0000.reason")).unwrap();
-        assert!(reason.contains("no footer"), "{reason}");
+        assert!(root.join("corrupt/notes.txt").exists());
         assert!(root.join("corrupt/0000000000000002-0000.env").exists());
+        let slot_name = other_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let reason =
+            fs::read_to_string(root.join(format!("corrupt/slot-{slot_name}.reason"))).unwrap();
+        assert!(reason.contains("checksum"), "{reason}");
         assert_eq!(spool.read_headers(&e, 1000).unwrap(), b"Subject: hi\r\n");
-        // A newer envelope overrides the first one.
+        // A newer envelope overrides the first one, for recovery and for the queue commands.
         let mut updated = e.clone();
         updated.attempts = 3;
         updated.recipients[0].state = RcptState::Delivered;
         spool.update(&updated).unwrap();
         assert_eq!(spool.recover().unwrap(), vec![updated.clone()]);
-        assert_eq!(read_envelope(&root.join("queue"), &e.id).unwrap(), updated);
-        spool.remove(&updated, true).unwrap();
-        assert!(spool.recover().unwrap().is_empty());
-        // Removed files went to the pool and are reused: no file is created for the next one.
-        let pooled = fs::read_dir(root.join("free")).unwrap().count();
-        assert!(pooled >= 2, "{pooled}");
-        let e2 = commit(&spool, b"y");
-        assert_eq!(fs::read_dir(root.join("free")).unwrap().count(), pooled - 1);
         assert_eq!(
-            spool.read_headers(&e2, 1000).unwrap(),
-            b"y",
-            "only the message, not the envelope after it"
+            list(&root.join("queue")).unwrap(),
+            vec![(path.clone(), updated.clone())]
         );
-        // A queued file that also has a name in free/ (a crash between the two halves of a
-        // recycling rename) is never handed out again.
-        fs::hard_link(spool.msg_path(&e2.id), root.join("free/999")).unwrap();
-        let spool = Spool::open(&root).unwrap();
-        assert_eq!(spool.recover().unwrap(), vec![e2.clone()]);
-        assert!(!root.join("free/999").exists());
+        // Removed: the slot is marked free and reused for the next message, no file created.
+        spool.remove(&updated, true).unwrap();
+        assert!(!root.join(format!("queue/{}.env", e.id)).exists());
+        assert!(list(&root.join("queue")).unwrap().is_empty());
+        let before = slot_files(&root);
+        let e2 = commit(&spool, b"y");
+        assert_eq!(slot_files(&root), before);
+        assert_eq!(spool.read_headers(&e2, 1000).unwrap(), b"y");
+        assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![e2]);
         fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
-    fn a_recycled_file_with_an_old_footer_is_not_a_message() {
-        let root = temp_dir("stale");
+    fn a_crash_while_a_slot_is_reused_is_caught_by_the_checksum() {
+        let root = temp_dir("torn");
         let spool = Spool::open(&root).unwrap();
-        let long = commit(&spool, &[b'x'; 5000]);
-        let old = fs::read(spool.msg_path(&long.id)).unwrap();
-        // Another message's file under this name, with its old footer: refused.
-        fs::write(spool.msg_path("0000000000000003-0000"), &old).unwrap();
+        let x = commit(&spool, &[b'x'; 5000]);
+        let path = spool.msg_path(&x.id).unwrap();
+        let old = fs::read(&path).unwrap();
+        spool.remove(&x, false).unwrap();
+        // The freeing byte never reached the disk: the message comes back (a duplicate).
+        fs::write(&path, &old).unwrap();
         assert_eq!(
-            read_envelope(&root.join("queue"), "0000000000000003-0000").unwrap_err(),
-            "footer does not match the file"
+            Spool::open(&root).unwrap().recover().unwrap(),
+            vec![x.clone()]
         );
+        // The slot is being reused when the crash comes: old header, part new content.
+        let spool = Spool::open(&root).unwrap();
+        spool.recover().unwrap();
+        spool.remove(&x, false).unwrap();
+        let mut y = spool.create().unwrap();
+        y.write_all(&[b'y'; 3000]).unwrap();
+        y.flush().unwrap();
+        let mut torn = fs::read(&path).unwrap();
+        torn[..HEADER_LEN].copy_from_slice(&old[..HEADER_LEN]);
+        fs::write(&path, &torn).unwrap();
+        drop(y);
+        let spool = Spool::open(&root).unwrap();
+        assert!(spool.recover().unwrap().is_empty());
+        assert_eq!(fs::read_dir(root.join("corrupt")).unwrap().count(), 2);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn big_slots_are_deleted_not_reused() {
+        let root = temp_dir("big");
+        let spool = Spool::open(&root).unwrap();
+        let big = commit(&spool, &vec![b'b'; 300_000]);
+        assert_eq!(slot_files(&root).len(), 1);
+        spool.remove(&big, false).unwrap();
+        assert!(slot_files(&root).is_empty());
         fs::remove_dir_all(root).unwrap();
     }
 }

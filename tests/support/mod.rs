@@ -145,12 +145,24 @@ impl Relay {
         self.wait_log_n(needle, 1)
     }
 
-    /// Queued envelopes in the spool.
+    /// Queued messages in the spool: slot files (`queue/<n>`) with a live header.
     pub fn queued(&self) -> usize {
         std::fs::read_dir(self.spool.join("queue"))
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "msg"))
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
+                    .filter(|e| {
+                        let mut head = [0u8; 16];
+                        std::fs::File::open(e.path())
+                            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                            .is_ok()
+                            && &head == b"mxrelay-slot 1 L"
+                    })
                     .count()
             })
             .unwrap_or(0)

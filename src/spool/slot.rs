@@ -1,0 +1,218 @@
+//! The slot file format. A slot (`queue/<n>`) holds one queued message at a time and is reused
+//! for message after message, so that committing one costs a write and an fdatasync, with no
+//! directory operation (no create, rename or directory fsync) once the slot exists.
+//!
+//! Layout: a 256-byte header, the message, then its envelope as first written. The header is
+//! one line, `mxrelay-slot 1 <state> <id> <message length> <envelope length> <crc32>`, padded
+//! with spaces to 255 bytes plus a newline. State `L`: a queued message; `F`: free.
+//!
+//! The header, message and envelope reach the disk in no particular order within the one
+//! fdatasync that commits them, so the CRC (over message and envelope) is what tells a
+//! committed slot from one a crash cut off while it was being reused.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use super::Envelope;
+use super::id;
+
+pub const HEADER_LEN: usize = 256;
+const MAGIC: &[u8] = b"mxrelay-slot 1 ";
+/// Where the state letter is: marking a slot free rewrites this one byte.
+pub const STATE_AT: u64 = MAGIC.len() as u64;
+/// A slot whose envelope claims more than this is damaged (envelopes are a few KB).
+const MAX_ENVELOPE: u64 = 16 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Live,
+    Free,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Header {
+    pub state: State,
+    pub id: String,
+    pub msg_len: u64,
+    pub env_len: u64,
+    pub crc: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let state = match self.state {
+            State::Live => 'L',
+            State::Free => 'F',
+        };
+        let line = format!(
+            "{state} {} {} {} {:08x}",
+            self.id, self.msg_len, self.env_len, self.crc
+        );
+        let mut out = [b' '; HEADER_LEN];
+        out[..MAGIC.len()].copy_from_slice(MAGIC);
+        out[MAGIC.len()..MAGIC.len() + line.len()].copy_from_slice(line.as_bytes());
+        out[HEADER_LEN - 1] = b'\n';
+        out
+    }
+
+    /// `None` for anything that is not a whole header: a slot that was never committed.
+    pub fn parse(bytes: &[u8]) -> Option<Header> {
+        if bytes.len() < HEADER_LEN || bytes[HEADER_LEN - 1] != b'\n' {
+            return None;
+        }
+        let text = std::str::from_utf8(bytes[..HEADER_LEN - 1].strip_prefix(MAGIC)?).ok()?;
+        let mut words = text.trim_end_matches(' ').split(' ');
+        let state = match words.next()? {
+            "L" => State::Live,
+            "F" => State::Free,
+            _ => return None,
+        };
+        let id = words.next().filter(|i| id::is_valid(i))?.to_string();
+        let msg_len = words.next()?.parse().ok()?;
+        let env_len = words.next()?.parse().ok()?;
+        let crc = u32::from_str_radix(words.next()?, 16).ok()?;
+        if words.next().is_some() {
+            return None;
+        }
+        Some(Header {
+            state,
+            id,
+            msg_len,
+            env_len,
+            crc,
+        })
+    }
+}
+
+/// What a slot file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Free, or never committed (no whole header).
+    Free,
+    Live(Envelope),
+    /// A committed-looking header whose content does not match it.
+    Damaged(String),
+}
+
+/// Reads a slot. `verify`: check the CRC over the whole message (recovery does; listing the
+/// queue only reads header and envelope).
+pub fn read(path: &Path, verify: bool) -> io::Result<Content> {
+    let mut file = File::open(path)?;
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    file.by_ref()
+        .take(HEADER_LEN as u64)
+        .read_to_end(&mut head)?;
+    let Some(header) = Header::parse(&head) else {
+        return Ok(Content::Free);
+    };
+    if header.state == State::Free {
+        return Ok(Content::Free);
+    }
+    if header.env_len > MAX_ENVELOPE {
+        return Ok(Content::Damaged("envelope length out of range".into()));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    if verify {
+        let mut message = file.by_ref().take(header.msg_len);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = message.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&chunk[..n]);
+        }
+    } else {
+        file.seek(SeekFrom::Start(HEADER_LEN as u64 + header.msg_len))?;
+    }
+    let mut env = Vec::new();
+    file.take(header.env_len).read_to_end(&mut env)?;
+    if env.len() as u64 != header.env_len {
+        return Ok(Content::Damaged("shorter than its header says".into()));
+    }
+    if verify {
+        crc.update(&env);
+        if crc.finalize() != header.crc {
+            return Ok(Content::Damaged(
+                "content does not match its checksum (a write cut short by a crash, or disk damage)"
+                    .into(),
+            ));
+        }
+    }
+    let env = match Envelope::decode(&env) {
+        Ok(env) => env,
+        Err(e) => return Ok(Content::Damaged(e.to_string())),
+    };
+    if env.id != header.id || env.size != header.msg_len {
+        return Ok(Content::Damaged(
+            "envelope does not match its header".into(),
+        ));
+    }
+    Ok(Content::Live(env))
+}
+
+/// The message in a slot: `size` bytes after the header.
+pub fn open_message(path: &Path, size: u64) -> io::Result<io::Take<File>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
+    Ok(file.take(size))
+}
+
+/// The header section of the message in a slot (up to `max` bytes), for DSNs and `queue show`.
+pub fn read_message_headers(path: &Path, size: u64, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    open_message(path, size.min(max as u64))?.read_to_end(&mut buf)?;
+    if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+        buf.truncate(end + 2);
+    }
+    Ok(buf)
+}
+
+/// The slot number of a file name in `queue/`, if it is one.
+pub fn number(name: &str) -> Option<u64> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_reject_damage() {
+        let h = Header {
+            state: State::Live,
+            id: "0006613118200133-0015".into(),
+            msg_len: 5120,
+            env_len: 210,
+            crc: 0xdead_beef,
+        };
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), HEADER_LEN);
+        assert_eq!(Header::parse(&bytes), Some(h));
+        let mut free = bytes;
+        free[STATE_AT as usize] = b'F';
+        assert_eq!(Header::parse(&free).map(|h| h.state), Some(State::Free));
+        assert_eq!(Header::parse(&[0u8; HEADER_LEN]), None);
+        assert_eq!(Header::parse(&bytes[..100]), None);
+        let mut torn = bytes;
+        torn[40] = b'x';
+        assert_eq!(
+            Header::parse(&torn),
+            None,
+            "{}",
+            String::from_utf8_lossy(&torn)
+        );
+    }
+
+    #[test]
+    fn slot_names_are_numbers() {
+        assert_eq!(number("17"), Some(17));
+        assert_eq!(number("17.env"), None);
+        assert_eq!(number(""), None);
+        assert_eq!(number("0006613118200133-0015.env"), None);
+    }
+}
