@@ -23,6 +23,51 @@ pub fn wake_accept(addr: std::net::SocketAddr) {
     let _ = TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1));
 }
 
+/// Makes a blocking accept() on `listener` give up (WouldBlock) after `timeout`.
+pub fn set_accept_timeout(
+    listener: &std::net::TcpListener,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket and a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Stops a listening socket: new connections are refused and every thread blocked in
+/// accept() on it returns with an error.
+pub fn stop_listening(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown on a valid socket; the socket stays open until dropped.
+    unsafe {
+        libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+    }
+}
+
+/// Whether an I/O error is a socket timeout (SO_RCVTIMEO/SO_SNDTIMEO expired).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 pub enum Stream {
     Plain(TcpStream),
     /// A session we accepted under TLS.

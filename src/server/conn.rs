@@ -108,7 +108,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
             }
             Ok(Line::Eof) => break,
             Err(e) => {
-                if is_timeout(&e) {
+                if crate::net::is_timeout(&e) {
                     log::info!("timeout from [{peer_ip}] after {commands} commands");
                     conn.reply(&reply::timeout());
                     let _ = conn.flush();
@@ -377,7 +377,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
                 }
                 Ok(_) => continue,
                 Err(e) => {
-                    if is_timeout(&e) {
+                    if crate::net::is_timeout(&e) {
                         conn.reply(&reply::timeout());
                         let _ = conn.flush();
                     }
@@ -582,11 +582,4 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }

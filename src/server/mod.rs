@@ -1,5 +1,11 @@
-//! The SMTP listener side: one accept thread per listening socket, a thread per client, a
-//! connection cap (421 beyond it), and a graceful stop. The accept thread only accepts.
+//! The SMTP listener side: a thread per client, a connection cap (421 beyond it), and a
+//! graceful stop.
+//!
+//! Session threads accept their own clients: each listening socket has a few idle threads
+//! blocked in accept() (the kernel wakes one per connection), and a thread that takes the
+//! last waiting place starts another before serving. A client thus costs one wake-up, not a
+//! wake-up of an accept thread plus a hand-off to a session thread. A thread with no client
+//! for a while exits unless it is the last one waiting.
 
 pub mod conn;
 pub mod reply_map;
@@ -9,10 +15,10 @@ use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::Sender;
 
 use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Cidr, Listener, Role};
@@ -59,15 +65,21 @@ pub struct Shared {
     pub stopping: AtomicBool,
     active: AtomicUsize,
     next_conn: AtomicU64,
-    /// Zero capacity: a send succeeds only if an idle session thread is waiting.
-    handoff: (Sender<Client>, Receiver<Client>),
     open: Mutex<HashMap<u64, TcpStream>>,
+}
+
+/// A listening socket and the session threads waiting on it.
+struct Listening {
+    listener: TcpListener,
+    role: Role,
+    /// Threads blocked in accept() on this socket.
+    waiting: AtomicUsize,
 }
 
 pub struct Server {
     shared: Arc<Shared>,
     local_addrs: Vec<SocketAddr>,
-    accept_threads: Vec<JoinHandle<()>>,
+    listening: Vec<Arc<Listening>>,
 }
 
 /// Session threads need little stack: the protocol state is small and buffers are on the heap.
@@ -86,26 +98,28 @@ impl Server {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
-            handoff: bounded(0),
             open: Mutex::new(HashMap::new()),
         });
         let mut local_addrs = Vec::new();
-        let mut accept_threads = Vec::new();
+        let mut listening = Vec::new();
         for (listener, role) in sockets {
             let addr = listener.local_addr()?;
             log::info!("listening on {addr} ({})", role.name());
             local_addrs.push(addr);
-            let shared = shared.clone();
-            accept_threads.push(
-                thread::Builder::new()
-                    .name(format!("accept-{addr}"))
-                    .spawn(move || accept_loop(listener, role, shared))?,
-            );
+            // accept() returns after this long without a client, so idle threads can exit.
+            crate::net::set_accept_timeout(&listener, IDLE_THREAD)?;
+            let l = Arc::new(Listening {
+                listener,
+                role,
+                waiting: AtomicUsize::new(0),
+            });
+            spawn_session_thread(&l, &shared)?;
+            listening.push(l);
         }
         Ok(Server {
             shared,
             local_addrs,
-            accept_threads,
+            listening,
         })
     }
 
@@ -118,12 +132,9 @@ impl Server {
     /// cutting a session loses nothing.
     pub fn stop(self, grace: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for addr in &self.local_addrs {
-            // Wake the blocking accept() so it sees the flag.
-            crate::net::wake_accept(*addr);
-        }
-        for t in self.accept_threads {
-            let _ = t.join();
+        for l in &self.listening {
+            // Stops listening and wakes every thread blocked in accept() on it.
+            crate::net::stop_listening(&l.listener);
         }
         let deadline = Instant::now() + grace;
         while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -154,14 +165,51 @@ pub fn bind(listeners: &[Listener]) -> std::io::Result<Vec<(TcpListener, Role)>>
         .collect()
 }
 
-fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
+fn spawn_session_thread(l: &Arc<Listening>, shared: &Arc<Shared>) -> std::io::Result<()> {
+    let (l, shared) = (l.clone(), shared.clone());
+    l.waiting.fetch_add(1, Ordering::SeqCst);
+    let spawned = thread::Builder::new()
+        .name("smtp".into())
+        .stack_size(CONN_STACK)
+        .spawn({
+            let l = l.clone();
+            move || session_thread(&l, &shared)
+        });
+    if spawned.is_err() {
+        l.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+    spawned.map(drop)
+}
+
+/// How long a session thread without a client waits for one before it exits (unless it is
+/// the last one waiting). Reusing a thread costs a wake-up; creating one costs a stack
+/// mapping, a signal stack and their unmapping (with TLB shootdowns) when it ends.
+const IDLE_THREAD: Duration = Duration::from_secs(10);
+
+/// Accepts clients and serves each start to finish (thread per connection), one after
+/// another, until there is no client for a while or the server stops.
+fn session_thread(l: &Arc<Listening>, shared: &Arc<Shared>) {
     loop {
-        let accepted = listener.accept();
+        // Counted as waiting (by whoever started this thread, or after the last client).
+        let accepted = l.listener.accept();
         if shared.stopping.load(Ordering::SeqCst) {
-            break;
+            l.waiting.fetch_sub(1, Ordering::SeqCst);
+            return;
         }
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
+            Err(e) if crate::net::is_timeout(&e) => {
+                // Leave only if another thread is still waiting.
+                let others = l
+                    .waiting
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                        (w > 1).then(|| w - 1)
+                    });
+                if others.is_ok() {
+                    return;
+                }
+                continue;
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("accept failed: {e}");
@@ -169,80 +217,40 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            shared.services.metrics.connection_refused();
-            log::warn!(
-                "connection from {peer} refused: {} connections open",
-                shared.cfg.max_connections
-            );
-            refuse(stream);
-            continue;
+        if l.waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Err(e) = spawn_session_thread(l, shared)
+        {
+            log::error!("cannot start a session thread: {e}");
         }
-        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        shared.services.metrics.connection_accepted();
-        if let Ok(clone) = stream.try_clone() {
-            shared.open.lock().expect("conn registry").insert(id, clone);
-        }
-        let client = Client {
-            stream,
-            peer,
-            role,
-            id,
-        };
-        // A session thread that just finished with a client takes the next one; only when
-        // none is waiting is a new thread started.
-        let client = match shared.handoff.0.try_send(client) {
-            Ok(()) => continue,
-            Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => c,
-        };
-        let worker = shared.clone();
-        let spawned = thread::Builder::new()
-            .name("smtp".into())
-            .stack_size(CONN_STACK)
-            .spawn(move || session_thread(&worker, client));
-        if let Err(e) = spawned {
-            log::error!("cannot start a session thread for {peer}: {e}");
-            shared.open.lock().expect("conn registry").remove(&id);
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-        }
+        serve(stream, peer, l.role, shared);
+        l.waiting.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-/// A client waiting for its session thread.
-struct Client {
-    stream: TcpStream,
-    peer: SocketAddr,
-    role: Role,
-    id: u64,
-}
-
-/// How long a session thread without a client waits for the next one before it exits.
-/// Reusing a thread costs a wake-up; creating one costs a stack mapping, a signal stack
-/// and their unmapping (with TLB shootdowns) when it ends.
-const IDLE_THREAD: Duration = Duration::from_secs(10);
-
-/// One client at a time, each served start to finish on this thread (thread per connection),
-/// then the next handed over by the accept thread, until none comes for a while.
-fn session_thread(shared: &Shared, mut client: Client) {
-    loop {
-        shared.services.metrics.session_opened();
-        conn::run(client.stream, client.peer, client.role, shared);
-        shared.services.metrics.session_closed();
-        shared
-            .open
-            .lock()
-            .expect("conn registry")
-            .remove(&client.id);
+fn serve(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
+    if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
         shared.active.fetch_sub(1, Ordering::SeqCst);
-        match shared.handoff.1.recv_timeout(IDLE_THREAD) {
-            Ok(next) => client = next,
-            Err(_) => return,
-        }
+        shared.services.metrics.connection_refused();
+        log::warn!(
+            "connection from {peer} refused: {} connections open",
+            shared.cfg.max_connections
+        );
+        refuse(stream);
+        return;
     }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared.services.metrics.connection_accepted();
+    if let Ok(clone) = stream.try_clone() {
+        shared.open.lock().expect("conn registry").insert(id, clone);
+    }
+    shared.services.metrics.session_opened();
+    conn::run(stream, peer, role, shared);
+    shared.services.metrics.session_closed();
+    shared.open.lock().expect("conn registry").remove(&id);
+    shared.active.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Tells a client over the cap to come back later; never blocks the accept thread.
+/// Tells a client over the cap to come back later, without waiting on it.
 fn refuse(mut stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(reply::too_many_connections().render().as_bytes());
