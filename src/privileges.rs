@@ -1,5 +1,6 @@
 //! `--user NAME`: after the listeners are bound (port 25 needs root or
 //! CAP_NET_BIND_SERVICE), switch the whole process to an unprivileged user and its group.
+//! Also the open files limit, raised at start.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -71,4 +72,37 @@ pub fn drop_to(name: &str) -> io::Result<()> {
         account.gid
     );
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: each client takes two descriptors
+/// (its socket and the copy kept to cut it at shutdown), and Debian's default soft limit of
+/// 1024 would refuse clients long before `--max-connections` 1000. Warns when even the hard
+/// limit is short of `needed`.
+pub fn raise_open_files_limit(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                lim = wanted;
+            }
+        }
+    }
+    if lim.rlim_cur < needed {
+        log::warn!(
+            "the open files limit ({}) is below the {needed} that --max-connections needs; \
+             clients may be refused (raise it with ulimit -n or LimitNOFILE=)",
+            lim.rlim_cur
+        );
+    }
 }

@@ -214,7 +214,9 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         println!("recipient: {state} <{}>", r.address);
     }
     // Read-only: opening the spool would create directories.
-    match spool::slot::read_message_headers(slot, env.size, 65536) {
+    let headers = std::fs::File::open(slot)
+        .and_then(|f| spool::slot::read_message_headers(&f, env.size, 65536));
+    match headers {
         Ok(h) => print!("\n{}", String::from_utf8_lossy(&h)),
         Err(e) => eprintln!("mxrelay queue: {id}: {e}"),
     }

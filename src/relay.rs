@@ -44,6 +44,8 @@ fn err(context: &str) -> impl Fn(String) -> std::io::Error + '_ {
 
 impl Relay {
     pub fn start(cfg: &Config) -> std::io::Result<Relay> {
+        // Two descriptors per client, plus spool slots, outbound connections and the rest.
+        crate::privileges::raise_open_files_limit(2 * cfg.max_connections as u64 + 2048);
         // Everything that may need root comes first: ports, key files, password files.
         let sockets = server::bind(&cfg.listen)?;
         let configured_tls = match &cfg.tls_cert {

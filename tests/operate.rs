@@ -447,8 +447,9 @@ fn deleting_a_message_while_it_is_being_delivered() {
     );
     assert_eq!(relay.queued(), 0);
     assert!(!stdout(&queue(spool.path(), &["list"])).contains(&id));
-    // The worker opens the body only when the next hop is ready for it: the deleted message
-    // never goes out, and the next one (which may get a recycled file) arrives intact.
+    // The worker checks that the body is still queued only when the next hop is ready for
+    // it: the deleted message never goes out, and the next one (which may get a recycled
+    // file) arrives intact.
     let next = queue_id(&submit(
         relay.addr,
         "a@client.test",

@@ -569,7 +569,15 @@ fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
         static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = Default::default();
     }
     const CHUNK: usize = 64 * 1024;
-    let mut file = crate::spool::slot::open_message(&job.body, job.size)?;
+    // Deleted from the queue while this delivery waited for the next hop: leave the
+    // transaction unfinished, so the message never goes out.
+    if std::os::unix::fs::MetadataExt::nlink(&job.body.metadata()?) == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "deleted from the queue",
+        ));
+    }
+    let mut file = crate::spool::slot::MessageReader::new(&job.body, job.size);
     BUFFERS.with_borrow_mut(|(chunk, wire)| {
         chunk.resize(CHUNK, 0);
         wire.clear();

@@ -7,7 +7,6 @@ pub mod retry;
 pub mod route;
 pub mod scheduler;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -25,8 +24,8 @@ pub struct Job {
     /// (index in the envelope, address)
     pub rcpts: Vec<(usize, String)>,
     pub dest: Destination,
-    /// The message's slot in the spool (see `spool::slot::open_message`).
-    pub body: PathBuf,
+    /// The message's slot file in the spool (see `spool::slot::MessageReader`).
+    pub body: Arc<std::fs::File>,
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,

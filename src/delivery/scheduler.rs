@@ -226,21 +226,43 @@ impl Scheduler {
         }
         log::debug!("{id}: attempt {} in {} jobs", env.attempts, groups.len());
         entry.in_flight = groups.len();
+        if groups.is_empty() {
+            self.finish_round(id);
+            return;
+        }
+        let body = match self.spool.message_file(id) {
+            Ok(f) => f,
+            Err(e) => {
+                // Counts as a failed attempt for every recipient: retried, then expired.
+                log::error!("{id}: cannot open the queued message: {e}");
+                let reason = format!("cannot open the queued message: {e}");
+                entry.in_flight = 1;
+                let results = groups
+                    .into_iter()
+                    .flat_map(|(_, rcpts)| rcpts)
+                    .map(|(i, _)| {
+                        let reason = reason.clone();
+                        (i, RcptResult::Deferred { reason })
+                    })
+                    .collect();
+                self.apply(Outcome {
+                    id: id.to_string(),
+                    results,
+                });
+                return;
+            }
+        };
         for (dest, rcpts) in groups {
             self.ready.push_back(Job {
                 id: id.to_string(),
                 sender: env.sender.clone(),
                 rcpts,
                 dest,
-                // Never missing for a queued message; an empty path fails the attempt if it were.
-                body: self.spool.msg_path(id).unwrap_or_default(),
+                body: body.clone(),
                 size: env.size,
                 eight_bit: env.eight_bit,
                 smtputf8: env.smtputf8,
             });
-        }
-        if entry.in_flight == 0 {
-            self.finish_round(id);
         }
     }
 

@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use envelope::{Envelope, Kind, RcptState, Recipient};
 use slot::{HEADER_LEN, Header, State};
@@ -49,18 +49,25 @@ pub struct Spool {
 #[derive(Default)]
 struct Slots {
     /// Reused last-in first-out, so few slots stay in use.
-    free: Vec<u64>,
+    free: Vec<Slot>,
     /// The next slot number to create.
     next: u64,
     /// The slot of every queued message.
-    live: HashMap<String, u64>,
+    live: HashMap<String, Slot>,
+}
+
+/// A slot number and, while the slot is in use (being written or delivered) or free, its
+/// file kept open: opening and closing it for each step cost as much as writing it.
+struct Slot {
+    n: u64,
+    file: Option<Arc<File>>,
 }
 
 /// A message being received into a slot.
 pub struct Incoming {
     pub id: String,
     slot: u64,
-    file: File,
+    file: Arc<File>,
     /// Created for this message: its directory entry still needs an fsync.
     created: bool,
     /// Bytes not yet written, starting at file offset `pending_at` (at 0: room for the header).
@@ -171,7 +178,7 @@ impl Spool {
                 match slot::read(&path, true)? {
                     slot::Content::Free => free.push(n),
                     slot::Content::Live(env) if !live.contains_key(&env.id) => {
-                        live.insert(env.id.clone(), n);
+                        live.insert(env.id.clone(), Slot { n, file: None });
                         envelopes.push(env);
                     }
                     slot::Content::Live(env) => {
@@ -215,7 +222,7 @@ impl Spool {
         for n in free.split_off(free.len().min(FREE_SLOTS)) {
             fs::remove_file(self.slot_path(n))?;
         }
-        self.slots().free = free;
+        self.slots().free = free.into_iter().map(|n| Slot { n, file: None }).collect();
         fsio::sync_dir(&self.queue)?;
         envelopes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(envelopes)
@@ -225,11 +232,39 @@ impl Spool {
         self.queue.join(n.to_string())
     }
 
-    /// The slot holding a queued message (its message is `Envelope::size` bytes after the
-    /// header: see `slot::open_message`).
-    pub fn msg_path(&self, id: &str) -> Option<PathBuf> {
-        let n = *self.slots().live.get(id)?;
+    #[cfg(test)]
+    fn msg_path(&self, id: &str) -> Option<PathBuf> {
+        let n = self.slots().live.get(id)?.n;
         Some(self.slot_path(n))
+    }
+
+    /// The slot file of a queued message, open (its message is `Envelope::size` bytes after
+    /// the header: see `slot::MessageReader`). Kept open until the message is removed or
+    /// waits for a retry.
+    pub fn message_file(&self, id: &str) -> io::Result<Arc<File>> {
+        let n = {
+            let slots = self.slots();
+            let slot = slots
+                .live
+                .get(id)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the queue"))?;
+            if let Some(f) = &slot.file {
+                return Ok(f.clone());
+            }
+            slot.n
+        };
+        let file = Arc::new(self.open_slot(n)?);
+        if let Some(slot) = self.slots().live.get_mut(id) {
+            slot.file = Some(file.clone());
+        }
+        Ok(file)
+    }
+
+    fn open_slot(&self, n: u64) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.slot_path(n))
     }
 
     fn env_path(&self, id: &str) -> PathBuf {
@@ -240,8 +275,9 @@ impl Spool {
     pub fn create(&self) -> io::Result<Incoming> {
         let reused = self.slots().free.pop();
         let (slot, file, created) = match reused {
-            Some(n) => match OpenOptions::new().write(true).open(self.slot_path(n)) {
-                Ok(file) => (n, file, false),
+            Some(Slot { n, file: Some(f) }) => (n, f, false),
+            Some(Slot { n, file: None }) => match self.open_slot(n) {
+                Ok(file) => (n, Arc::new(file), false),
                 Err(e) => {
                     log::warn!("spool: slot {n} is gone ({e}); making a new one");
                     self.new_slot()?
@@ -263,7 +299,7 @@ impl Spool {
         })
     }
 
-    fn new_slot(&self) -> io::Result<(u64, File, bool)> {
+    fn new_slot(&self) -> io::Result<(u64, Arc<File>, bool)> {
         loop {
             let n = {
                 let mut slots = self.slots();
@@ -271,12 +307,13 @@ impl Spool {
                 slots.next - 1
             };
             match OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(self.slot_path(n))
             {
-                Ok(file) => return Ok((n, file, true)),
+                Ok(file) => return Ok((n, Arc::new(file), true)),
                 // Left by a crash after recovery counted: skip the number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -294,13 +331,17 @@ impl Spool {
         }
         match result {
             Ok(()) => {
-                self.slots().live.insert(incoming.id, incoming.slot);
+                let slot = Slot {
+                    n: incoming.slot,
+                    file: Some(incoming.file),
+                };
+                self.slots().live.insert(incoming.id, slot);
                 Ok(())
             }
             Err(e) => {
                 // The header may be in the page cache: mark it free before reuse.
                 let _ = incoming.file.write_all_at(b"F", slot::STATE_AT);
-                self.release(incoming.slot, None);
+                self.release(incoming.slot, None, None);
                 Err(e)
             }
         }
@@ -309,14 +350,18 @@ impl Spool {
     /// Drops a message that will not be committed (client gone, message refused). Its slot
     /// never got a live header, so it is free as it is.
     pub fn abort(&self, incoming: Incoming) {
-        self.release(incoming.slot, Some(incoming.pending_at));
+        self.release(
+            incoming.slot,
+            Some(incoming.file),
+            Some(incoming.pending_at),
+        );
     }
 
     /// Puts a slot back for reuse, or deletes it when it is large or enough are free.
-    fn release(&self, n: u64, size: Option<u64>) {
+    fn release(&self, n: u64, file: Option<Arc<File>>, size: Option<u64>) {
         let mut slots = self.slots();
         if slots.free.len() < FREE_SLOTS && size.is_some_and(|s| s <= MAX_KEPT_SIZE) {
-            slots.free.push(n);
+            slots.free.push(Slot { n, file });
             return;
         }
         drop(slots);
@@ -346,7 +391,12 @@ impl Spool {
         file.write_all_at(&env.encode(), 0)?;
         file.sync_data()?;
         fs::rename(&tmp, self.env_path(&env.id))?;
-        self.queue_sync.sync()
+        self.queue_sync.sync()?;
+        // The message now waits for a retry: do not hold its file open meanwhile.
+        if let Some(slot) = self.slots().live.get_mut(&env.id) {
+            slot.file = None;
+        }
+        Ok(())
     }
 
     /// Removes a finished message: its newer envelope first, then its slot is marked free
@@ -357,42 +407,45 @@ impl Spool {
         if newer_envelope {
             remove_if_there(&self.env_path(&env.id))?;
         }
-        let Some(n) = self.slots().live.remove(&env.id) else {
+        let Some(Slot { n, file }) = self.slots().live.remove(&env.id) else {
             return Ok(());
         };
-        let size = OpenOptions::new()
-            .write(true)
-            .open(self.slot_path(n))
+        let file = match file {
+            Some(f) => Ok(f),
+            None => self.open_slot(n).map(Arc::new),
+        };
+        let size = file
+            .as_ref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
             .and_then(|f| {
                 f.write_all_at(b"F", slot::STATE_AT)?;
                 Ok(f.metadata()?.len())
             });
         match size {
-            Ok(size) => self.release(n, Some(size)),
+            Ok(size) => {
+                self.release(n, file.ok(), Some(size));
+                Ok(())
+            }
             Err(e) => {
-                self.release(n, None);
-                return Err(e);
+                self.release(n, None, None);
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Removes a message that a delivery may still be reading: its slot is deleted, not
     /// reused, so no other message can be written into a file still being sent.
     pub fn discard(&self, id: &str) -> io::Result<()> {
         remove_if_there(&self.env_path(id))?;
-        let Some(n) = self.slots().live.remove(id) else {
+        let Some(slot) = self.slots().live.remove(id) else {
             return Ok(());
         };
-        fs::remove_file(self.slot_path(n))
+        fs::remove_file(self.slot_path(slot.n))
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
     pub fn read_headers(&self, env: &Envelope, max: usize) -> io::Result<Vec<u8>> {
-        let path = self
-            .msg_path(&env.id)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the queue"))?;
-        slot::read_message_headers(&path, env.size, max)
+        slot::read_message_headers(&*self.message_file(&env.id)?, env.size, max)
     }
 
     /// Moves a message's files to `corrupt/` (as `<id>.msg` and `<id>.env`) and records why.
@@ -403,8 +456,11 @@ impl Spool {
         if env.exists() {
             fs::rename(&env, self.corrupt.join(format!("{id}.env")))?;
         }
-        if let Some(n) = slot {
-            fs::rename(self.slot_path(n), self.corrupt.join(format!("{id}.msg")))?;
+        if let Some(slot) = slot {
+            fs::rename(
+                self.slot_path(slot.n),
+                self.corrupt.join(format!("{id}.msg")),
+            )?;
         }
         self.record_reason(id, reason)
     }

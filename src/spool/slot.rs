@@ -152,17 +152,45 @@ pub fn read(path: &Path, verify: bool) -> io::Result<Content> {
     Ok(Content::Live(env))
 }
 
-/// The message in a slot: `size` bytes after the header.
-pub fn open_message(path: &Path, size: u64) -> io::Result<io::Take<File>> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
-    Ok(file.take(size))
+/// Reads the message in a slot: `size` bytes after the header (positioned reads, so one open
+/// file serves any number of readers).
+pub struct MessageReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> MessageReader<'a> {
+    pub fn new(file: &'a File, size: u64) -> MessageReader<'a> {
+        let pos = HEADER_LEN as u64;
+        MessageReader {
+            file,
+            pos,
+            end: pos + size,
+        }
+    }
+}
+
+impl Read for MessageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// The header section of the message in a slot (up to `max` bytes), for DSNs and `queue show`.
-pub fn read_message_headers(path: &Path, size: u64, max: usize) -> io::Result<Vec<u8>> {
+pub fn read_message_headers(file: &File, size: u64, max: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    open_message(path, size.min(max as u64))?.read_to_end(&mut buf)?;
+    MessageReader::new(file, size.min(max as u64)).read_to_end(&mut buf)?;
     if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
         buf.truncate(end + 2);
     }
