@@ -110,7 +110,7 @@ impl Relay {
             ))
         };
         let (intake_tx, intake_rx) = bounded(INTAKE_CAPACITY);
-        let (job_tx, job_rx) = bounded(cfg.workers * 2);
+        let jobs = delivery::JobQueue::new(cfg.workers * 2);
         let (outcome_tx, outcome_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(1);
         let (control_tx, control_rx) = bounded(16);
@@ -127,7 +127,7 @@ impl Relay {
             smarthost_auth,
             metrics: metrics.clone(),
         });
-        delivery::spawn_workers(cfg.workers, job_rx, outcome_tx, ctx)?;
+        delivery::spawn_workers(cfg.workers, jobs.clone(), outcome_tx, ctx)?;
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 hostname: cfg.hostname.clone(),
@@ -152,7 +152,7 @@ impl Relay {
         };
         let scheduler = thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler.run(inputs, job_tx))?;
+            .spawn(move || scheduler.run(inputs, jobs))?;
         control::serve(&cfg.spool, control_tx.clone())?;
         let server = Server::start(
             sockets,

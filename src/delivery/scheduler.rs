@@ -8,10 +8,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::{Receiver, select};
 
 use super::route::{Destination, RouteTable};
-use super::{Job, Outcome, RcptResult, retry};
+use super::{Job, JobQueue, Outcome, RcptResult, retry};
 use crate::bounce::{self, FailedRecipient};
 use crate::control::{Command, Request};
 use crate::events::{Events, V, rfc3339};
@@ -99,17 +99,18 @@ impl Scheduler {
     }
 
     /// Runs until `stop` fires or the intake closes.
-    pub fn run(mut self, inputs: Inputs, jobs: Sender<Job>) {
+    pub fn run(mut self, inputs: Inputs, jobs: Arc<JobQueue>) {
+        self.serve(inputs, &jobs);
+        jobs.close();
+    }
+
+    fn serve(&mut self, inputs: Inputs, jobs: &JobQueue) {
         loop {
             self.fire_due_timers();
             while let Some(job) = self.ready.pop_front() {
-                match jobs.try_send(job) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(job)) => {
-                        self.ready.push_front(job);
-                        break;
-                    }
-                    Err(TrySendError::Disconnected(_)) => return,
+                if let Some(job) = jobs.try_send(job) {
+                    self.ready.push_front(job);
+                    break;
                 }
             }
             self.update_gauges();
