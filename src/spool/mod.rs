@@ -31,8 +31,13 @@ use std::sync::{Arc, Mutex};
 pub use envelope::{Envelope, Kind, RcptState, Recipient};
 use slot::{HEADER_LEN, Header, State};
 
-/// Free slots kept for reuse; more are deleted.
-const FREE_SLOTS: usize = 1024;
+/// Free slots kept for reuse, at most this many and this many bytes; more are deleted.
+/// Making a slot costs an inode allocation and a directory fsync, so a burst that queued
+/// thousands should not pay that again next time.
+const FREE_SLOTS: usize = 8192;
+const FREE_BYTES: u64 = 64 << 20;
+/// Free slots that keep their file open (the ones reused first).
+const OPEN_FREE_SLOTS: usize = 256;
 /// A slot file larger than this (it held a big message) is deleted rather than reused.
 const MAX_KEPT_SIZE: u64 = 256 * 1024;
 /// A message this small is written in one go at commit, together with header and envelope.
@@ -48,8 +53,9 @@ pub struct Spool {
 
 #[derive(Default)]
 struct Slots {
-    /// Reused last-in first-out, so few slots stay in use.
-    free: Vec<Slot>,
+    /// Reused last-in first-out, so few slots stay in use; with each file's size.
+    free: Vec<(Slot, u64)>,
+    free_bytes: u64,
     /// The next slot number to create.
     next: u64,
     /// The slot of every queued message.
@@ -200,9 +206,9 @@ impl Spool {
             }
         }
         *self.slots() = Slots {
-            free: Vec::new(),
             next,
             live,
+            ..Slots::default()
         };
         for id in newer {
             let Some(at) = envelopes.iter().position(|e| e.id == id) else {
@@ -219,10 +225,10 @@ impl Spool {
             }
         }
         free.sort_unstable();
-        for n in free.split_off(free.len().min(FREE_SLOTS)) {
-            fs::remove_file(self.slot_path(n))?;
+        for n in free {
+            let size = fs::metadata(self.slot_path(n))?.len();
+            self.release(n, None, Some(size));
         }
-        self.slots().free = free.into_iter().map(|n| Slot { n, file: None }).collect();
         fsio::sync_dir(&self.queue)?;
         envelopes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(envelopes)
@@ -273,7 +279,14 @@ impl Spool {
 
     /// Starts a new message in a free slot, or in a new one.
     pub fn create(&self) -> io::Result<Incoming> {
-        let reused = self.slots().free.pop();
+        let reused = {
+            let mut slots = self.slots();
+            let top = slots.free.pop();
+            if let Some((_, size)) = top {
+                slots.free_bytes -= size;
+            }
+            top.map(|(slot, _)| slot)
+        };
         let (slot, file, created) = match reused {
             Some(Slot { n, file: Some(f) }) => (n, f, false),
             Some(Slot { n, file: None }) => match self.open_slot(n) {
@@ -350,18 +363,21 @@ impl Spool {
     /// Drops a message that will not be committed (client gone, message refused). Its slot
     /// never got a live header, so it is free as it is.
     pub fn abort(&self, incoming: Incoming) {
-        self.release(
-            incoming.slot,
-            Some(incoming.file),
-            Some(incoming.pending_at),
-        );
+        let size = incoming.file.metadata().map(|m| m.len()).ok();
+        self.release(incoming.slot, Some(incoming.file), size);
     }
 
     /// Puts a slot back for reuse, or deletes it when it is large or enough are free.
     fn release(&self, n: u64, file: Option<Arc<File>>, size: Option<u64>) {
         let mut slots = self.slots();
-        if slots.free.len() < FREE_SLOTS && size.is_some_and(|s| s <= MAX_KEPT_SIZE) {
-            slots.free.push(Slot { n, file });
+        if let Some(size) = size
+            && size <= MAX_KEPT_SIZE
+            && slots.free.len() < FREE_SLOTS
+            && slots.free_bytes + size <= FREE_BYTES
+        {
+            let file = file.filter(|_| slots.free.len() < OPEN_FREE_SLOTS);
+            slots.free.push((Slot { n, file }, size));
+            slots.free_bytes += size;
             return;
         }
         drop(slots);
