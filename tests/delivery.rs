@@ -810,3 +810,49 @@ fn a_misbehaving_next_hop_defers_and_nothing_else_happens() {
         );
     }
 }
+
+#[test]
+fn more_messages_than_the_workers_take_at_once_all_arrive_once() {
+    // One worker, a slow next hop: the job queue (two jobs per worker) fills, and the
+    // scheduler holds the rest back until the worker is free.
+    let sink = sink_on(
+        "127.0.0.3",
+        0,
+        Script::default().greeting(|| {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            "220 sink.test ESMTP".into()
+        }),
+    );
+    let spool = TempDir::new("job-queue-full");
+    let relay = Relay::via(&sink, spool.path(), &["--workers", "1"]);
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            let body = format!("Subject: n{i}\r\n\r\nbody {i}\r\n");
+            queue_id(&submit(
+                relay.addr,
+                "a@client.test",
+                &["b@example.test"],
+                body.as_bytes(),
+            ))
+        })
+        .collect();
+    for id in &ids {
+        relay.wait_log(&format!("{id}: removed"));
+    }
+    let msgs = sink.messages();
+    let mut subjects: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.data);
+            text[text.find("Subject: ").unwrap()..]
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    let expected: Vec<String> = (0..6).map(|i| format!("Subject: n{i}")).collect();
+    assert_eq!(subjects, expected, "each message exactly once");
+    assert_eq!(relay.queued(), 0);
+}
