@@ -3,6 +3,7 @@
 
 use mxrelay::smtp::address::{self, Mailbox};
 use mxrelay::smtp::command;
+use mxrelay::smtp::data::DataReader;
 use mxrelay::smtp::reply::{Enhanced, Reply, ReplyParser};
 use mxrelay::smtp::session::{Effect, Session, SessionConfig};
 use mxrelay::spool::Envelope;
@@ -39,6 +40,67 @@ fn smtp_line() -> impl Strategy<Value = Vec<u8>> {
         Just(&b""[..]),
     ];
     (verbs, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(v, rest)| [v, &rest].concat())
+}
+
+/// The DATA reader's rules, one byte at a time: only CR LF . CR LF ends the message, a
+/// leading dot is dropped, and a bare CR or LF becomes CR LF. Returns the content, where the
+/// input ended (if it did), the bare line ends and whether a byte was 8-bit.
+fn data_reference(input: &[u8]) -> (Vec<u8>, Option<usize>, u64, bool) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum S {
+        LineStart,
+        Mid,
+        Cr,
+        Dot,
+        DotCr,
+    }
+    let (mut out, mut bare, mut state, mut i) = (Vec::new(), 0, S::LineStart, 0);
+    while i < input.len() {
+        let c = input[i];
+        match state {
+            S::LineStart if c == b'.' => state = S::Dot,
+            S::Dot if c == b'\r' => state = S::DotCr,
+            S::DotCr if c == b'\n' => {
+                let eight = out.iter().any(|&b| b >= 0x80);
+                return (out, Some(i + 1), bare, eight);
+            }
+            S::Cr if c == b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                state = S::LineStart;
+            }
+            S::Mid if c == b'\r' => state = S::Cr,
+            S::Mid if c == b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                bare += 1;
+            }
+            S::Mid => out.push(c),
+            S::LineStart | S::Dot => {
+                state = S::Mid;
+                continue;
+            }
+            S::Cr | S::DotCr => {
+                out.extend_from_slice(b"\r\n");
+                bare += 1;
+                state = S::Mid;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let eight = out.iter().any(|&b| b >= 0x80);
+    (out, None, bare, eight)
+}
+
+/// Message-like bytes: lines of letters with dots, CRs, LFs and 8-bit bytes mixed in.
+fn data_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        6 => Just(b'a'),
+        2 => Just(b'.'),
+        3 => Just(b'\r'),
+        3 => Just(b'\n'),
+        1 => Just(0xc3u8),
+    ];
+    proptest::collection::vec(byte, 0..300)
 }
 
 proptest! {
@@ -112,5 +174,32 @@ proptest! {
     #[test]
     fn envelope_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let _ = Envelope::decode(&bytes);
+    }
+
+    #[test]
+    fn data_reader_matches_the_byte_at_a_time_rules(
+        input in data_bytes(),
+        cuts in proptest::collection::vec(0usize..300, 0..6),
+    ) {
+        let (want, want_end, want_bare, want_eight) = data_reference(&input);
+        // Fed in pieces cut at arbitrary points, as reads from a socket arrive.
+        let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= input.len()).collect();
+        cuts.push(input.len());
+        cuts.sort_unstable();
+        let mut reader = DataReader::new(1 << 20);
+        let (mut out, mut end, mut from) = (Vec::new(), None, 0);
+        for cut in cuts {
+            if let Some(n) = reader.feed(&input[from..cut], &mut out) {
+                end = Some(from + n);
+                break;
+            }
+            from = cut;
+        }
+        prop_assert_eq!(&out, &want);
+        prop_assert_eq!(end, want_end);
+        let summary = reader.summary();
+        prop_assert_eq!(summary.bare_line_ends, want_bare);
+        prop_assert_eq!(summary.eight_bit, want_eight);
+        prop_assert_eq!(summary.size, want.len() as u64);
     }
 }

@@ -59,10 +59,9 @@ impl DataReader {
             let c = input[i];
             match self.state {
                 State::Mid => {
-                    let rest = &input[i..];
-                    let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    let n = clean_span(&input[i..]);
                     if n > 0 {
-                        self.emit(out, &rest[..n]);
+                        self.emit(out, &input[i..i + n]);
                         i += n;
                         continue;
                     }
@@ -128,7 +127,7 @@ impl DataReader {
             s.oversize = true;
             return;
         }
-        if !s.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
+        if !s.eight_bit && !bytes.is_ascii() {
             s.eight_bit = true;
         }
         if !self.headers.done {
@@ -141,6 +140,21 @@ impl DataReader {
         }
         out.extend_from_slice(bytes);
     }
+}
+
+/// How many bytes from the middle of a line can be copied as they are: up to the first CR or
+/// LF that is not part of a CR LF followed by an ordinary line (one that does not start with
+/// a dot), or to the end if all of it is. Runs of whole lines are then copied at once.
+fn clean_span(input: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(k) = memchr::memchr2(b'\r', b'\n', &input[n..]) {
+        let p = n + k;
+        match input.get(p..p + 3) {
+            Some([b'\r', b'\n', next]) if *next != b'.' => n = p + 2,
+            _ => return p,
+        }
+    }
+    input.len()
 }
 
 /// Counts `Received:` fields and picks up `Message-ID:` until the blank line that ends the
