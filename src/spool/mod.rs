@@ -31,14 +31,14 @@ use std::sync::{Arc, Mutex};
 pub use envelope::{Envelope, Kind, RcptState, Recipient};
 use slot::{HEADER_LEN, Header, State};
 
-/// Free slots kept for reuse, at most this many and this many bytes; more are deleted.
-/// Making a slot costs an inode allocation and a directory fsync, so a burst that queued
-/// thousands should not pay that again next time.
+/// Free slots kept for reuse; more are deleted. Making a slot costs an inode allocation and
+/// a directory fsync, so a burst that queued thousands should not pay that again next time.
 const FREE_SLOTS: usize = 8192;
+/// Disk space the free slots may keep; past it, released slots are cut to nothing.
 const FREE_BYTES: u64 = 64 << 20;
 /// Free slots that keep their file open (the ones reused first).
 const OPEN_FREE_SLOTS: usize = 256;
-/// A slot file larger than this (it held a big message) is deleted rather than reused.
+/// A slot file larger than this (it held a big message) is cut to nothing when freed.
 const MAX_KEPT_SIZE: u64 = 256 * 1024;
 /// A message this small is written in one go at commit, together with header and envelope.
 const BUFFERED: usize = 64 * 1024;
@@ -53,8 +53,9 @@ pub struct Spool {
 
 #[derive(Default)]
 struct Slots {
-    /// Reused last-in first-out, so few slots stay in use; with each file's size.
-    free: Vec<(Slot, u64)>,
+    /// With each file's size. Reused last-in first-out (from the back), so few slots stay
+    /// in use; slots cut to nothing wait at the front, to be reused last.
+    free: std::collections::VecDeque<(Slot, u64)>,
     free_bytes: u64,
     /// The next slot number to create.
     next: u64,
@@ -281,7 +282,7 @@ impl Spool {
     pub fn create(&self) -> io::Result<Incoming> {
         let reused = {
             let mut slots = self.slots();
-            let top = slots.free.pop();
+            let top = slots.free.pop_back();
             if let Some((_, size)) = top {
                 slots.free_bytes -= size;
             }
@@ -367,20 +368,38 @@ impl Spool {
         self.release(incoming.slot, Some(incoming.file), size);
     }
 
-    /// Puts a slot back for reuse, or deletes it when it is large or enough are free.
+    /// Puts a slot back for reuse. One that is large, or over the byte budget, is cut to
+    /// nothing first: the file is kept (making one costs an inode allocation and a directory
+    /// fsync), its blocks are not. Deleted only past `FREE_SLOTS`, or when `size` is unknown.
     fn release(&self, n: u64, file: Option<Arc<File>>, size: Option<u64>) {
-        let mut slots = self.slots();
-        if let Some(size) = size
-            && size <= MAX_KEPT_SIZE
-            && slots.free.len() < FREE_SLOTS
-            && slots.free_bytes + size <= FREE_BYTES
-        {
-            let file = file.filter(|_| slots.free.len() < OPEN_FREE_SLOTS);
-            slots.free.push((Slot { n, file }, size));
-            slots.free_bytes += size;
-            return;
+        if let Some(size) = size {
+            let keep_blocks = size <= MAX_KEPT_SIZE && self.slots().free_bytes + size <= FREE_BYTES;
+            let kept = if keep_blocks {
+                Ok(size)
+            } else {
+                match &file {
+                    Some(f) => f.set_len(0),
+                    None => OpenOptions::new()
+                        .write(true)
+                        .open(self.slot_path(n))
+                        .and_then(|f| f.set_len(0)),
+                }
+                .map(|()| 0)
+            };
+            let mut slots = self.slots();
+            if let Ok(size) = kept
+                && slots.free.len() < FREE_SLOTS
+            {
+                let file = file.filter(|_| slots.free.len() < OPEN_FREE_SLOTS);
+                if size > 0 {
+                    slots.free.push_back((Slot { n, file }, size));
+                    slots.free_bytes += size;
+                } else {
+                    slots.free.push_front((Slot { n, file }, 0));
+                }
+                return;
+            }
         }
-        drop(slots);
         if let Err(e) = fs::remove_file(self.slot_path(n)) {
             log::warn!("spool: cannot delete slot {n}: {e}");
         }
@@ -694,13 +713,34 @@ mod tests {
     }
 
     #[test]
-    fn big_slots_are_deleted_not_reused() {
+    fn big_slots_are_kept_without_their_blocks_and_reused_last() {
         let root = temp_dir("big");
         let spool = Spool::open(&root).unwrap();
         let big = commit(&spool, &vec![b'b'; 300_000]);
-        assert_eq!(slot_files(&root).len(), 1);
+        let small = commit(&spool, b"small");
+        let (big_path, small_path) = (
+            spool.msg_path(&big.id).unwrap(),
+            spool.msg_path(&small.id).unwrap(),
+        );
         spool.remove(&big, false).unwrap();
-        assert!(slot_files(&root).is_empty());
+        spool.remove(&small, false).unwrap();
+        assert_eq!(fs::metadata(&big_path).unwrap().len(), 0);
+        let next = commit(&spool, b"next");
+        assert_eq!(
+            spool.msg_path(&next.id),
+            Some(small_path),
+            "a slot with blocks first"
+        );
+        let last = commit(&spool, b"last");
+        assert_eq!(
+            spool.msg_path(&last.id),
+            Some(big_path),
+            "then the emptied one"
+        );
+        assert_eq!(
+            Spool::open(&root).unwrap().recover().unwrap(),
+            vec![next, last]
+        );
         fs::remove_dir_all(root).unwrap();
     }
 }
