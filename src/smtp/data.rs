@@ -249,21 +249,21 @@ impl DotStuffer {
             if self.at_line_start && input[i] == b'.' {
                 out.push(b'.');
             }
-            let rest = &input[i..];
-            let Some(p) = memchr::memchr2(b'\r', b'\n', rest) else {
-                out.extend_from_slice(rest);
+            // Whole lines that need nothing go out in one copy.
+            let n = clean_span(&input[i..]);
+            if n > 0 {
+                out.extend_from_slice(&input[i..i + n]);
                 self.at_line_start = false;
-                return;
-            };
-            out.extend_from_slice(&rest[..p]);
-            match (rest[p], rest.get(p + 1)) {
+                i += n;
+                continue;
+            }
+            match (input[i], input.get(i + 1)) {
                 (b'\r', None) => {
                     self.pending_cr = true;
-                    self.at_line_start = false;
                     return;
                 }
-                (b'\r', Some(b'\n')) => i += p + 2,
-                _ => i += p + 1,
+                (b'\r', Some(b'\n')) => i += 2,
+                _ => i += 1,
             }
             out.extend_from_slice(CRLF);
             self.at_line_start = true;
@@ -431,6 +431,41 @@ mod tests {
             st.stuff(&input[split..], &mut two);
             st.finish(&mut two);
             prop_assert_eq!(one, two);
+        }
+
+        #[test]
+        fn stuffing_matches_the_byte_at_a_time_rules(input in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a'), Just(b'a'), Just(b'a')], 0..200), cuts in proptest::collection::vec(0usize..200, 0..5)) {
+            // A line end (CR LF, bare CR, bare LF) becomes CR LF; a leading dot is doubled.
+            let mut want = Vec::new();
+            let (mut at_start, mut i) = (true, 0);
+            while i < input.len() {
+                match input[i] {
+                    b'\r' | b'\n' => {
+                        want.extend_from_slice(b"\r\n");
+                        at_start = true;
+                        i += if input[i] == b'\r' && input.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                        continue;
+                    }
+                    b'.' if at_start => want.extend_from_slice(b".."),
+                    c => want.push(c),
+                }
+                at_start = false;
+                i += 1;
+            }
+            if !at_start {
+                want.extend_from_slice(b"\r\n");
+            }
+            want.extend_from_slice(b".\r\n");
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= input.len()).collect();
+            cuts.push(input.len());
+            cuts.sort_unstable();
+            let (mut got, mut st, mut from) = (Vec::new(), DotStuffer::default(), 0);
+            for cut in cuts {
+                st.stuff(&input[from..cut], &mut got);
+                from = cut;
+            }
+            st.finish(&mut got);
+            prop_assert_eq!(got, want);
         }
 
         #[test]

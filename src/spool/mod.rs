@@ -42,6 +42,8 @@ const OPEN_FREE_SLOTS: usize = 256;
 const MAX_KEPT_SIZE: u64 = 256 * 1024;
 /// A message this small is written in one go at commit, together with header and envelope.
 const BUFFERED: usize = 64 * 1024;
+/// Pieces at least this large are written as they come, not copied into the buffer.
+const DIRECT: usize = 16 * 1024;
 
 pub struct Spool {
     queue: PathBuf,
@@ -92,12 +94,13 @@ impl Incoming {
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc.update(bytes);
-        if self.pending.len() + bytes.len() <= BUFFERED {
+        if bytes.len() < DIRECT && self.pending.len() + bytes.len() <= BUFFERED {
             self.pending.extend_from_slice(bytes);
             return Ok(());
         }
         self.flush()?;
-        if bytes.len() >= BUFFERED {
+        if bytes.len() >= DIRECT {
+            // Large pieces go straight from the caller's buffer, without a copy.
             self.file.write_all_at(bytes, self.pending_at)?;
             self.pending_at += bytes.len() as u64;
         } else {
@@ -107,6 +110,12 @@ impl Incoming {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        // Nothing but the room left for the header: the header gets its own write at the end.
+        if self.pending_at == 0 && self.pending.len() == HEADER_LEN {
+            self.pending.clear();
+            self.pending_at = HEADER_LEN as u64;
+            return Ok(());
+        }
         self.file.write_all_at(&self.pending, self.pending_at)?;
         self.pending_at += self.pending.len() as u64;
         self.pending.clear();
@@ -129,7 +138,7 @@ impl Incoming {
         if self.pending_at == 0 {
             // Header, message and envelope in one write.
             self.pending[..HEADER_LEN].copy_from_slice(&header);
-            self.flush()?;
+            self.file.write_all_at(&self.pending, 0)?;
         } else {
             self.flush()?;
             self.file.write_all_at(&header, 0)?;
@@ -678,6 +687,39 @@ mod tests {
         assert_eq!(slot_files(&root), before);
         assert_eq!(spool.read_headers(&e2, 1000).unwrap(), b"y");
         assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![e2]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn pieces_large_and_small_are_stored_in_order() {
+        let root = temp_dir("pieces");
+        let spool = Spool::open(&root).unwrap();
+        let pieces: Vec<Vec<u8>> = vec![
+            b"Subject: pieces\r\n\r\n".to_vec(),
+            vec![b'L'; 20_000],
+            b"small\r\n".to_vec(),
+            vec![b'M'; 70_000],
+            b"end\r\n".to_vec(),
+        ];
+        let mut inc = spool.create().unwrap();
+        for p in &pieces {
+            inc.write_all(p).unwrap();
+        }
+        let mut e = env(&inc.id.clone());
+        let whole = pieces.concat();
+        e.size = whole.len() as u64;
+        spool.commit(inc, &e).unwrap();
+        let spool = Spool::open(&root).unwrap();
+        assert_eq!(
+            spool.recover().unwrap(),
+            vec![e.clone()],
+            "the checksum matches"
+        );
+        let mut stored = Vec::new();
+        let file = spool.message_file(&e.id).unwrap();
+        std::io::Read::read_to_end(&mut slot::MessageReader::new(&file, e.size), &mut stored)
+            .unwrap();
+        assert_eq!(stored, whole);
         fs::remove_dir_all(root).unwrap();
     }
 
