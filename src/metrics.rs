@@ -15,6 +15,7 @@
 //! |---|---|---|---|
 //! | `mxrelay_connections_total` | counter | | SMTP connections accepted |
 //! | `mxrelay_connections_refused_total` | counter | | SMTP connections refused over the connection cap |
+//! | `mxrelay_in_flow_delays_total` | counter | | MAIL commands held back because delivery lagged (`--in-flow-delay`) |
 //! | `mxrelay_messages_received_total` | counter | | messages accepted (answered 250 at end of data) |
 //! | `mxrelay_received_bytes_total` | counter | | bytes of the messages accepted |
 //! | `mxrelay_messages_rejected_total` | counter | `reason` | messages or transactions refused; every reason is always present |
@@ -107,6 +108,7 @@ impl RejectReason {
 pub struct Metrics {
     connections: AtomicU64,
     connections_refused: AtomicU64,
+    in_flow_delays: AtomicU64,
     messages_received: AtomicU64,
     received_bytes: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -178,6 +180,7 @@ impl Metrics {
         Metrics {
             connections: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            in_flow_delays: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
             rejected: [const { AtomicU64::new(0) }; RejectReason::ALL.len()],
@@ -205,6 +208,11 @@ impl Metrics {
     /// A connection refused over the connection cap.
     pub fn connection_refused(&self) {
         bump(&self.connections_refused, 1);
+    }
+
+    /// A MAIL held back by in-flow control.
+    pub fn in_flow_delayed(&self) {
+        bump(&self.in_flow_delays, 1);
     }
 
     /// A message accepted (250 at end of data), `bytes` long.
@@ -289,7 +297,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
-        let counters: [(&str, &str, &AtomicU64); 4] = [
+        let counters: [(&str, &str, &AtomicU64); 5] = [
             (
                 "mxrelay_connections_total",
                 "SMTP connections accepted.",
@@ -299,6 +307,11 @@ impl Metrics {
                 "mxrelay_connections_refused_total",
                 "SMTP connections refused because the connection cap was reached.",
                 &self.connections_refused,
+            ),
+            (
+                "mxrelay_in_flow_delays_total",
+                "MAIL commands held back because delivery lagged behind intake.",
+                &self.in_flow_delays,
             ),
             (
                 "mxrelay_messages_received_total",
@@ -883,6 +896,7 @@ mod tests {
             [
                 "mxrelay_connections_total",
                 "mxrelay_connections_refused_total",
+                "mxrelay_in_flow_delays_total",
                 "mxrelay_messages_received_total",
                 "mxrelay_received_bytes_total",
                 "mxrelay_messages_rejected_total",
@@ -914,6 +928,7 @@ mod tests {
         m.connection_accepted();
         m.connection_accepted();
         m.connection_refused();
+        m.in_flow_delayed();
         m.message_received(100);
         m.message_received(23);
         m.message_rejected(RejectReason::RelayDenied);
@@ -939,6 +954,7 @@ mod tests {
         for (series, want) in [
             ("mxrelay_connections_total", "2"),
             ("mxrelay_connections_refused_total", "1"),
+            ("mxrelay_in_flow_delays_total", "1"),
             ("mxrelay_messages_received_total", "2"),
             ("mxrelay_received_bytes_total", "123"),
             (

@@ -14,6 +14,7 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Config, Role};
 use crate::control::{self, Command, Request};
+use crate::delivery::flow::InFlow;
 use crate::delivery::route::RouteTable;
 use crate::delivery::scheduler::{Inputs, Scheduler, SchedulerConfig};
 use crate::delivery::{self, Context};
@@ -128,6 +129,7 @@ impl Relay {
             metrics: metrics.clone(),
         });
         delivery::spawn_workers(cfg.workers, jobs.clone(), outcome_tx, ctx)?;
+        let in_flow = Arc::new(InFlow::new(cfg.in_flow_backlog, cfg.in_flow_delay));
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 hostname: cfg.hostname.clone(),
@@ -142,6 +144,7 @@ impl Relay {
             spool.clone(),
             events.clone(),
             metrics.clone(),
+            in_flow.clone(),
             recovered,
         );
         let inputs = Inputs {
@@ -177,6 +180,7 @@ impl Relay {
                 tls: tls.clone(),
                 users: users.clone(),
                 auth_guard: FailureGuard::new(cfg.auth_max_failures, cfg.auth_lockout),
+                in_flow,
                 metrics,
                 events,
             },

@@ -815,14 +815,7 @@ fn a_misbehaving_next_hop_defers_and_nothing_else_happens() {
 fn more_messages_than_the_workers_take_at_once_all_arrive_once() {
     // One worker, a slow next hop: the job queue (two jobs per worker) fills, and the
     // scheduler holds the rest back until the worker is free.
-    let sink = sink_on(
-        "127.0.0.3",
-        0,
-        Script::default().greeting(|| {
-            std::thread::sleep(std::time::Duration::from_millis(150));
-            "220 sink.test ESMTP".into()
-        }),
-    );
+    let sink = sink_on("127.0.0.3", 0, Script::default().slow_greeting(150));
     let spool = TempDir::new("job-queue-full");
     let relay = Relay::via(&sink, spool.path(), &["--workers", "1"]);
     let ids: Vec<String> = (0..6)
@@ -855,4 +848,50 @@ fn more_messages_than_the_workers_take_at_once_all_arrive_once() {
     let expected: Vec<String> = (0..6).map(|i| format!("Subject: n{i}")).collect();
     assert_eq!(subjects, expected, "each message exactly once");
     assert_eq!(relay.queued(), 0);
+}
+
+#[test]
+fn in_flow_control_holds_mail_back_until_delivery_catches_up() {
+    // Every first attempt takes 1.5 s (the next hop's greeting), and only one message may
+    // wait for its first attempt: the third MAIL waits for the first delivery to end.
+    let sink = sink_on("127.0.0.3", 0, Script::default().slow_greeting(1500));
+    let spool = TempDir::new("in-flow");
+    let relay = Relay::via(
+        &sink,
+        spool.path(),
+        &[
+            "--workers",
+            "1",
+            "--in-flow-backlog",
+            "1",
+            "--in-flow-delay",
+            "30s",
+        ],
+    );
+    for i in 0..2 {
+        let body = format!("Subject: n{i}\r\n\r\nx\r\n");
+        submit(
+            relay.addr,
+            "a@client.test",
+            &["b@example.test"],
+            body.as_bytes(),
+        );
+    }
+    assert!(!relay.log().contains("in-flow delay"), "{}", relay.log());
+    let mut c = support::Client::connect(relay.addr);
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let start = std::time::Instant::now();
+    assert_eq!(c.cmd("MAIL FROM:<a@client.test>"), "250 2.1.0 Sender ok");
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(500) && waited < WAIT,
+        "MAIL answered after {waited:?}"
+    );
+    relay.wait_log("in-flow delay for [127.0.0.1]: MAIL held back");
+    assert!(c.cmd("RCPT TO:<b@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: n2\r\n\r\nx\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0 Ok: queued as"));
+    assert_eq!(sink.wait_for(3, WAIT).len(), 3, "all three delivered");
 }

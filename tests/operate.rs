@@ -424,14 +424,7 @@ fn drops_privileges_with_user() {
 #[test]
 fn deleting_a_message_while_it_is_being_delivered() {
     // The next hop holds its greeting back, so the delivery is in flight during the delete.
-    let sink = sink_on(
-        "127.0.0.21",
-        0,
-        Script::default().greeting(|| {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
-            "220 sink.test ESMTP".into()
-        }),
-    );
+    let sink = sink_on("127.0.0.21", 0, Script::default().slow_greeting(1500));
     let spool = TempDir::new("delete-inflight");
     let relay = Relay::via(&sink, spool.path(), &[]);
     let id = queue_id(&submit(

@@ -3,6 +3,7 @@
 //! outcomes.
 
 pub mod attempt;
+pub mod flow;
 pub mod retry;
 pub mod route;
 pub mod scheduler;

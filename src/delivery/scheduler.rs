@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, select};
 
+use super::flow::InFlow;
 use super::route::{Destination, RouteTable};
 use super::{Job, JobQueue, Outcome, RcptResult, retry};
 use crate::bounce::{self, FailedRecipient};
@@ -44,6 +45,7 @@ pub struct Scheduler {
     spool: Arc<Spool>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
+    in_flow: Arc<InFlow>,
     entries: HashMap<String, Entry>,
     /// (due time in unix ms, id). An entry is stale unless it matches the message's
     /// `next_attempt`; stale ones are skipped when they come due.
@@ -59,6 +61,8 @@ struct Entry {
     failed: Vec<FailedRecipient>,
     /// Whether `<id>.env` may exist (a newer envelope was written, or we cannot know).
     newer_envelope: bool,
+    /// Counted in the in-flow backlog: accepted by a session, first attempt not yet over.
+    in_flow: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -74,6 +78,7 @@ impl Scheduler {
         spool: Arc<Spool>,
         events: Arc<Events>,
         metrics: Arc<Metrics>,
+        in_flow: Arc<InFlow>,
         recovered: Vec<Envelope>,
     ) -> Scheduler {
         let mut s = Scheduler {
@@ -81,6 +86,7 @@ impl Scheduler {
             spool,
             events,
             metrics,
+            in_flow,
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
@@ -93,7 +99,7 @@ impl Scheduler {
             );
         }
         for env in recovered {
-            s.add(env, true);
+            s.add(env, true, false);
         }
         s
     }
@@ -125,7 +131,7 @@ impl Scheduler {
                 .min(Duration::from_secs(1));
             select! {
                 recv(inputs.intake) -> env => match env {
-                    Ok(env) => self.add(env, false),
+                    Ok(env) => self.add(env, false, true),
                     Err(_) => return,
                 },
                 recv(inputs.outcomes) -> o => if let Ok(o) = o { self.apply(o) },
@@ -141,7 +147,7 @@ impl Scheduler {
             for _ in 0..256 {
                 let mut idle = true;
                 if let Ok(env) = inputs.intake.try_recv() {
-                    self.add(env, false);
+                    self.add(env, false, true);
                     idle = false;
                 }
                 if let Ok(o) = inputs.outcomes.try_recv() {
@@ -155,7 +161,8 @@ impl Scheduler {
         }
     }
 
-    fn add(&mut self, env: Envelope, newer_envelope: bool) {
+    /// `in_flow`: a message a session just accepted (counted in the in-flow backlog).
+    fn add(&mut self, env: Envelope, newer_envelope: bool, in_flow: bool) {
         let id = env.id.clone();
         if !env.held {
             self.timers.insert((env.next_attempt, id.clone()));
@@ -167,8 +174,19 @@ impl Scheduler {
                 in_flight: 0,
                 failed: Vec::new(),
                 newer_envelope,
+                in_flow,
             },
         );
+    }
+
+    /// The message's first attempt is over, or it will not have one (held, deleted).
+    fn leave_in_flow(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id)
+            && entry.in_flow
+        {
+            entry.in_flow = false;
+            self.in_flow.attempted();
+        }
     }
 
     fn update_gauges(&mut self) {
@@ -347,6 +365,7 @@ impl Scheduler {
     /// All jobs of this attempt are back: bounce failures, then retry, expire or remove.
     fn finish_round(&mut self, id: &str) {
         let now = now_ms();
+        self.leave_in_flow(id);
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
@@ -528,7 +547,7 @@ impl Scheduler {
                     to.0
                 );
                 self.bounced_events(env, &failed, Some(&dsn_id));
-                self.add(dsn, false);
+                self.add(dsn, false, false);
             }
             // Without the DSN on disk the failures must not be recorded either: keep them
             // pending so the next round tries again.
@@ -591,6 +610,11 @@ impl Scheduler {
                 }
                 Command::Hold(_) => {
                     entry.env.held = true;
+                    // Not in flight: no first attempt is coming.
+                    if entry.in_flight == 0 && entry.in_flow {
+                        entry.in_flow = false;
+                        self.in_flow.attempted();
+                    }
                     log::info!("{id}: put on hold");
                 }
                 Command::Release(_) => {
@@ -609,6 +633,10 @@ impl Scheduler {
                         &[("id", V::Str(id)), ("recipients", V::List(&pending))],
                     );
                     log::info!("{id}: deleted by the operator");
+                    if entry.in_flow {
+                        entry.in_flow = false;
+                        self.in_flow.attempted();
+                    }
                     if entry.in_flight > 0 {
                         // A worker may be sending the body right now: delete, don't recycle.
                         if let Err(e) = self.spool.discard(id) {

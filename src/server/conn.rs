@@ -92,7 +92,18 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                     return;
                 }
                 let in_auth = session.in_auth_exchange();
+                let had_transaction = session.transaction().is_some();
                 let step = session.feed(line);
+                if !had_transaction && session.transaction().is_some() {
+                    // MAIL accepted: a new message starts; hold it back while delivery lags.
+                    if let Some(waited) = shared.services.in_flow.pace() {
+                        shared.services.metrics.in_flow_delayed();
+                        log::info!(
+                            "in-flow delay for [{peer_ip}]: MAIL held back {} ms",
+                            waited.as_millis()
+                        );
+                    }
+                }
                 // Only a refusal is described (for the event log): nothing extra per command.
                 if let Some(r) = step.reply.as_ref().filter(|r| r.code >= 400) {
                     rejected(shared, peer_ip, &describe_command(line, in_auth), r);
@@ -480,6 +491,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
         }
     );
     shared.services.metrics.message_received(env.size);
+    shared.services.in_flow.accepted();
     let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
     let ip = peer_ip.to_string();
     {

@@ -54,6 +54,7 @@ pub struct Services {
     pub tls: Option<Arc<ServerTls>>,
     pub users: Option<Arc<UsersFile>>,
     pub auth_guard: FailureGuard,
+    pub in_flow: Arc<crate::delivery::flow::InFlow>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
 }

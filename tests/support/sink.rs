@@ -223,6 +223,14 @@ impl Script {
         self
     }
 
+    /// A next hop that is slow to greet: every connection waits `ms` for its 220.
+    pub fn slow_greeting(self, ms: u64) -> Self {
+        self.greeting(move || {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            "220 sink.test ESMTP".into()
+        })
+    }
+
     /// Replace the EHLO keywords (an empty list gives a one-line 250).
     pub fn keywords(mut self, kw: &[&str]) -> Self {
         self.ehlo_keywords = kw.iter().map(|k| k.to_string()).collect();
