@@ -478,3 +478,121 @@ fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
     );
     relay.wait_log("tls handshake with [127.0.0.1] failed");
 }
+
+/// One message over a fresh connection; the queue id if the relay answered 250 to its end.
+/// Any failure (the relay killed mid-dialogue) gives `None`.
+fn try_submit(addr: std::net::SocketAddr, subject: &str) -> Option<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut w = stream;
+    let mut expect = |code: &str| -> Option<String> {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.len() < 4 || !line.starts_with(code) {
+                return None;
+            }
+            if line.as_bytes()[3] == b' ' {
+                return Some(line.trim_end().to_string());
+            }
+        }
+    };
+    expect("220")?;
+    w.write_all(
+        b"EHLO load.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n",
+    )
+    .ok()?;
+    expect("250")?;
+    expect("250")?;
+    expect("250")?;
+    expect("354")?;
+    let msg = format!(
+        "Subject: {subject}\r\n\r\n{}\r\n.\r\nQUIT\r\n",
+        "x".repeat(3000)
+    );
+    w.write_all(msg.as_bytes()).ok()?;
+    let done = expect("250")?;
+    Some(done.rsplit(' ').next()?.to_string())
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_message() {
+    let sink = sink_on("127.0.0.15", 0, Script::default());
+    let spool = TempDir::new("kill-under-load");
+    // One worker for six clients: delivery lags, so the kill leaves messages queued.
+    let mut relay = Relay::via(&sink, spool.path(), &["--workers", "1"]);
+    let addr = relay.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0..200 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let subject = format!("load-{c}-{n}");
+                    match try_submit(addr, &subject) {
+                        Some(_) => acked.push(subject),
+                        None => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Kill it in the middle: some messages delivered, some queued, some half received.
+    assert!(wait_until(WAIT, || sink.messages().len() >= 60));
+    relay.kill9();
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<String> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let delivered_before = sink.messages().len();
+    assert!(
+        acked.len() > delivered_before,
+        "the kill left acknowledged messages queued ({} acknowledged, {delivered_before} delivered)",
+        acked.len()
+    );
+    let relay = Relay::via(&sink, spool.path(), &[]);
+    let subject_of = |m: &support::sink::Message| {
+        let text = String::from_utf8_lossy(&m.data).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+            .unwrap_or_default()
+    };
+    let all_in = wait_until(WAIT, || {
+        let got: std::collections::HashSet<String> =
+            sink.messages().iter().map(subject_of).collect();
+        acked.iter().all(|s| got.contains(s))
+    });
+    let got: Vec<String> = sink.messages().iter().map(subject_of).collect();
+    let missing: Vec<&String> = acked.iter().filter(|s| !got.contains(s)).collect();
+    assert!(
+        all_in,
+        "acknowledged but never delivered: {missing:?}\n{}",
+        relay.log()
+    );
+    // Whatever arrived is whole: nothing cut off or mixed from two messages.
+    for m in sink.messages() {
+        assert!(
+            m.data
+                .ends_with(format!("{}\r\n", "x".repeat(3000)).as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&m.data)
+        );
+    }
+    assert!(
+        std::fs::read_dir(spool.path().join("corrupt"))
+            .unwrap()
+            .count()
+            == 0,
+        "nothing was quarantined"
+    );
+}
