@@ -214,8 +214,17 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         println!("recipient: {state} <{}>", r.address);
     }
     // Read-only: opening the spool would create directories.
-    let headers = std::fs::File::open(slot)
-        .and_then(|f| spool::slot::read_message_headers(&f, env.size, 65536));
+    let headers = std::fs::File::open(slot).and_then(|f| {
+        // The daemon may deliver the message and reuse its slot meanwhile: the slot must
+        // hold this message before and after the read.
+        let holds_it = || spool::slot::holds(&f, id);
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "no longer queued");
+        if !holds_it()? {
+            return Err(gone());
+        }
+        let h = spool::slot::read_message_headers(&f, env.size, 65536)?;
+        if holds_it()? { Ok(h) } else { Err(gone()) }
+    });
     match headers {
         Ok(h) => print!("\n{}", String::from_utf8_lossy(&h)),
         Err(e) => eprintln!("mxrelay queue: {id}: {e}"),

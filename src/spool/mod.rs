@@ -679,7 +679,9 @@ mod tests {
             vec![(path.clone(), updated.clone())]
         );
         // Removed: the slot is marked free and reused for the next message, no file created.
+        assert!(slot::holds(&File::open(&path).unwrap(), &e.id).unwrap());
         spool.remove(&updated, true).unwrap();
+        assert!(!slot::holds(&File::open(&path).unwrap(), &e.id).unwrap());
         assert!(!root.join(format!("queue/{}.env", e.id)).exists());
         assert!(list(&root.join("queue")).unwrap().is_empty());
         let before = slot_files(&root);

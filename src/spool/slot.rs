@@ -197,6 +197,15 @@ pub fn read_message_headers(file: &File, size: u64, max: usize) -> io::Result<Ve
     Ok(buf)
 }
 
+/// Whether the slot holds the queued message `id` right now (for readers without the
+/// daemon's knowledge, which may free and reuse a slot at any time).
+pub fn holds(file: &File, id: &str) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; HEADER_LEN];
+    let n = file.read_at(&mut head, 0)?;
+    Ok(Header::parse(&head[..n]).is_some_and(|h| h.state == State::Live && h.id == id))
+}
+
 /// The slot number of a file name in `queue/`, if it is one.
 pub fn number(name: &str) -> Option<u64> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
