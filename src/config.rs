@@ -868,6 +868,12 @@ mod tests {
         assert_eq!(c.postmaster.to_string(), "postmaster@relay.test");
         assert_eq!(c.retry.len(), 7);
         assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86400));
+        assert_eq!(
+            (c.in_flow_backlog, c.in_flow_delay),
+            (1000, Duration::from_secs(1))
+        );
+        let off = run(&["--hostname", "relay.test", "--in-flow-delay", "0s"]).unwrap();
+        assert!(off.in_flow_delay.is_zero());
         assert!(
             c.trusted
                 .iter()
@@ -898,6 +904,8 @@ mod tests {
             (&["--retry", "1m,x"], "--retry"),
             (&["--retry", "0s"], "--retry"),
             (&["--workers", "0"], "--workers"),
+            (&["--in-flow-backlog", "0"], "--in-flow-backlog"),
+            (&["--in-flow-delay", "soon"], "--in-flow-delay"),
             (&["--smarthost", "a b"], "--smarthost"),
             (&["--route", "example.test"], "--route"),
             (&["--trusted-network", "10.0.0.0/33"], "--trusted-network"),
