@@ -51,13 +51,23 @@ pub struct Spool {
     corrupt: PathBuf,
     slots: Mutex<Slots>,
     queue_sync: fsio::DirSync,
+    keep: Keep,
+}
+
+/// How many free slots are kept, and how much of them (`FREE_SLOTS` and friends; tests use
+/// smaller numbers).
+struct Keep {
+    slots: usize,
+    bytes: u64,
+    open: usize,
 }
 
 #[derive(Default)]
 struct Slots {
-    /// With each file's size. Reused last-in first-out (from the back), so few slots stay
-    /// in use; slots cut to nothing wait at the front, to be reused last.
-    free: std::collections::VecDeque<(Slot, u64)>,
+    /// Reused last-in first-out (from the back), so few slots stay in use; slots cut to
+    /// nothing wait at the front, to be reused last.
+    free: std::collections::VecDeque<Slot>,
+    /// The sum of the free slots' sizes.
     free_bytes: u64,
     /// The next slot number to create.
     next: u64,
@@ -70,6 +80,8 @@ struct Slots {
 struct Slot {
     n: u64,
     file: Option<Arc<File>>,
+    /// The file's length.
+    size: u64,
 }
 
 /// A message being received into a slot.
@@ -77,6 +89,8 @@ pub struct Incoming {
     pub id: String,
     slot: u64,
     file: Arc<File>,
+    /// The file's length (as it was, or as far as this message has written).
+    len: u64,
     /// Created for this message: its directory entry still needs an fsync.
     created: bool,
     /// Bytes not yet written, starting at file offset `pending_at` (at 0: room for the header).
@@ -101,7 +115,7 @@ impl Incoming {
         self.flush()?;
         if bytes.len() >= DIRECT {
             // Large pieces go straight from the caller's buffer, without a copy.
-            self.file.write_all_at(bytes, self.pending_at)?;
+            self.write_at(bytes, self.pending_at)?;
             self.pending_at += bytes.len() as u64;
         } else {
             self.pending.extend_from_slice(bytes);
@@ -116,9 +130,17 @@ impl Incoming {
             self.pending_at = HEADER_LEN as u64;
             return Ok(());
         }
-        self.file.write_all_at(&self.pending, self.pending_at)?;
-        self.pending_at += self.pending.len() as u64;
+        let (pending, at) = (std::mem::take(&mut self.pending), self.pending_at);
+        self.write_at(&pending, at)?;
+        self.pending_at += pending.len() as u64;
+        self.pending = pending;
         self.pending.clear();
+        Ok(())
+    }
+
+    fn write_at(&mut self, bytes: &[u8], at: u64) -> io::Result<()> {
+        self.file.write_all_at(bytes, at)?;
+        self.len = self.len.max(at + bytes.len() as u64);
         Ok(())
     }
 
@@ -138,7 +160,7 @@ impl Incoming {
         if self.pending_at == 0 {
             // Header, message and envelope in one write.
             self.pending[..HEADER_LEN].copy_from_slice(&header);
-            self.file.write_all_at(&self.pending, 0)?;
+            self.flush()?;
         } else {
             self.flush()?;
             self.file.write_all_at(&header, 0)?;
@@ -163,6 +185,11 @@ impl Spool {
             tmp,
             corrupt,
             slots: Mutex::new(Slots::default()),
+            keep: Keep {
+                slots: FREE_SLOTS,
+                bytes: FREE_BYTES,
+                open: OPEN_FREE_SLOTS,
+            },
         })
     }
 
@@ -191,10 +218,15 @@ impl Spool {
                 .unwrap_or_default();
             if let Some(n) = slot::number(&name) {
                 next = next.max(n + 1);
+                let slot = Slot {
+                    n,
+                    file: None,
+                    size: fs::metadata(&path)?.len(),
+                };
                 match slot::read(&path, true)? {
-                    slot::Content::Free => free.push(n),
+                    slot::Content::Free => free.push(slot),
                     slot::Content::Live(env) if !live.contains_key(&env.id) => {
-                        live.insert(env.id.clone(), Slot { n, file: None });
+                        live.insert(env.id.clone(), slot);
                         envelopes.push(env);
                     }
                     slot::Content::Live(env) => {
@@ -234,10 +266,9 @@ impl Spool {
                 }
             }
         }
-        free.sort_unstable();
-        for n in free {
-            let size = fs::metadata(self.slot_path(n))?.len();
-            self.release(n, None, Some(size));
+        free.sort_unstable_by_key(|s| s.n);
+        for slot in free {
+            self.release(slot);
         }
         fsio::sync_dir(&self.queue)?;
         envelopes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -292,15 +323,23 @@ impl Spool {
         let reused = {
             let mut slots = self.slots();
             let top = slots.free.pop_back();
-            if let Some((_, size)) = top {
-                slots.free_bytes -= size;
+            if let Some(slot) = &top {
+                slots.free_bytes -= slot.size;
             }
-            top.map(|(slot, _)| slot)
+            top
         };
-        let (slot, file, created) = match reused {
-            Some(Slot { n, file: Some(f) }) => (n, f, false),
-            Some(Slot { n, file: None }) => match self.open_slot(n) {
-                Ok(file) => (n, Arc::new(file), false),
+        let (slot, file, len, created) = match reused {
+            Some(Slot {
+                n,
+                file: Some(f),
+                size,
+            }) => (n, f, size, false),
+            Some(Slot {
+                n,
+                file: None,
+                size,
+            }) => match self.open_slot(n) {
+                Ok(file) => (n, Arc::new(file), size, false),
                 Err(e) => {
                     log::warn!("spool: slot {n} is gone ({e}); making a new one");
                     self.new_slot()?
@@ -314,6 +353,7 @@ impl Spool {
             id: id::new_id(),
             slot,
             file,
+            len,
             created,
             pending,
             pending_at: 0,
@@ -322,7 +362,7 @@ impl Spool {
         })
     }
 
-    fn new_slot(&self) -> io::Result<(u64, Arc<File>, bool)> {
+    fn new_slot(&self) -> io::Result<(u64, Arc<File>, u64, bool)> {
         loop {
             let n = {
                 let mut slots = self.slots();
@@ -336,7 +376,7 @@ impl Spool {
                 .mode(0o600)
                 .open(self.slot_path(n))
             {
-                Ok(file) => return Ok((n, Arc::new(file), true)),
+                Ok(file) => return Ok((n, Arc::new(file), 0, true)),
                 // Left by a crash after recovery counted: skip the number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -357,14 +397,14 @@ impl Spool {
                 let slot = Slot {
                     n: incoming.slot,
                     file: Some(incoming.file),
+                    size: incoming.len,
                 };
                 self.slots().live.insert(incoming.id, slot);
                 Ok(())
             }
             Err(e) => {
-                // The header may be in the page cache: mark it free before reuse.
-                let _ = incoming.file.write_all_at(b"F", slot::STATE_AT);
-                self.release(incoming.slot, None, None);
+                // Its header may have reached the disk: not a slot to reuse.
+                self.delete_slot(incoming.slot);
                 Err(e)
             }
         }
@@ -373,42 +413,49 @@ impl Spool {
     /// Drops a message that will not be committed (client gone, message refused). Its slot
     /// never got a live header, so it is free as it is.
     pub fn abort(&self, incoming: Incoming) {
-        let size = incoming.file.metadata().map(|m| m.len()).ok();
-        self.release(incoming.slot, Some(incoming.file), size);
+        self.release(Slot {
+            n: incoming.slot,
+            file: Some(incoming.file),
+            size: incoming.len,
+        });
     }
 
     /// Puts a slot back for reuse. One that is large, or over the byte budget, is cut to
     /// nothing first: the file is kept (making one costs an inode allocation and a directory
-    /// fsync), its blocks are not. Deleted only past `FREE_SLOTS`, or when `size` is unknown.
-    fn release(&self, n: u64, file: Option<Arc<File>>, size: Option<u64>) {
-        if let Some(size) = size {
-            let keep_blocks = size <= MAX_KEPT_SIZE && self.slots().free_bytes + size <= FREE_BYTES;
-            let kept = if keep_blocks {
-                Ok(size)
-            } else {
-                match &file {
-                    Some(f) => f.set_len(0),
-                    None => OpenOptions::new()
-                        .write(true)
-                        .open(self.slot_path(n))
-                        .and_then(|f| f.set_len(0)),
-                }
-                .map(|()| 0)
+    /// fsync), its blocks are not. Deleted past the number of free slots kept.
+    fn release(&self, mut slot: Slot) {
+        let keep_blocks =
+            slot.size <= MAX_KEPT_SIZE && self.slots().free_bytes + slot.size <= self.keep.bytes;
+        if !keep_blocks {
+            let cut = match &slot.file {
+                Some(f) => f.set_len(0),
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(self.slot_path(slot.n))
+                    .and_then(|f| f.set_len(0)),
             };
-            let mut slots = self.slots();
-            if let Ok(size) = kept
-                && slots.free.len() < FREE_SLOTS
-            {
-                let file = file.filter(|_| slots.free.len() < OPEN_FREE_SLOTS);
-                if size > 0 {
-                    slots.free.push_back((Slot { n, file }, size));
-                    slots.free_bytes += size;
-                } else {
-                    slots.free.push_front((Slot { n, file }, 0));
-                }
-                return;
+            if cut.is_err() {
+                return self.delete_slot(slot.n);
             }
+            slot.size = 0;
         }
+        let mut slots = self.slots();
+        if slots.free.len() >= self.keep.slots {
+            drop(slots);
+            return self.delete_slot(slot.n);
+        }
+        if slots.free.len() >= self.keep.open {
+            slot.file = None;
+        }
+        slots.free_bytes += slot.size;
+        if slot.size > 0 {
+            slots.free.push_back(slot);
+        } else {
+            slots.free.push_front(slot);
+        }
+    }
+
+    fn delete_slot(&self, n: u64) {
         if let Err(e) = fs::remove_file(self.slot_path(n)) {
             log::warn!("spool: cannot delete slot {n}: {e}");
         }
@@ -451,27 +498,23 @@ impl Spool {
         if newer_envelope {
             remove_if_there(&self.env_path(&env.id))?;
         }
-        let Some(Slot { n, file }) = self.slots().live.remove(&env.id) else {
+        let Some(mut slot) = self.slots().live.remove(&env.id) else {
             return Ok(());
         };
-        let file = match file {
+        let marked = match slot.file.take() {
             Some(f) => Ok(f),
-            None => self.open_slot(n).map(Arc::new),
-        };
-        let size = file
-            .as_ref()
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
-            .and_then(|f| {
-                f.write_all_at(b"F", slot::STATE_AT)?;
-                Ok(f.metadata()?.len())
-            });
-        match size {
-            Ok(size) => {
-                self.release(n, file.ok(), Some(size));
+            None => self.open_slot(slot.n).map(Arc::new),
+        }
+        .and_then(|f| f.write_all_at(b"F", slot::STATE_AT).map(|()| f));
+        match marked {
+            Ok(f) => {
+                slot.file = Some(f);
+                self.release(slot);
                 Ok(())
             }
             Err(e) => {
-                self.release(n, None, None);
+                // Not marked free, so not reusable: a crash would bring it back.
+                self.delete_slot(slot.n);
                 Err(e)
             }
         }
@@ -753,6 +796,58 @@ mod tests {
         let spool = Spool::open(&root).unwrap();
         assert!(spool.recover().unwrap().is_empty());
         assert_eq!(fs::read_dir(root.join("corrupt")).unwrap().count(), 2);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn free_slots_are_kept_within_their_count_bytes_and_open_files() {
+        let root = temp_dir("keep");
+        let mut spool = Spool::open(&root).unwrap();
+        spool.keep = Keep {
+            slots: 2,
+            bytes: 8_000,
+            open: 1,
+        };
+        let msgs: Vec<Envelope> = (0..3).map(|_| commit(&spool, &[b'k'; 5000])).collect();
+        let paths: Vec<PathBuf> = msgs
+            .iter()
+            .map(|e| spool.msg_path(&e.id).unwrap())
+            .collect();
+        for e in &msgs {
+            spool.remove(e, false).unwrap();
+        }
+        // The first keeps its blocks; the second would pass the byte budget, so it is cut
+        // to nothing; the third is past the count and deleted.
+        let len = |p: &PathBuf| fs::metadata(p).map(|m| m.len()).ok();
+        assert!(len(&paths[0]).is_some_and(|l| l > 5000));
+        assert_eq!(len(&paths[1]), Some(0));
+        assert_eq!(len(&paths[2]), None);
+        let slots = spool.slots();
+        assert_eq!(slots.free.len(), 2);
+        assert_eq!(slots.free_bytes, len(&paths[0]).unwrap());
+        let open = slots.free.iter().filter(|s| s.file.is_some()).count();
+        assert_eq!(open, 1, "only one free slot keeps its file open");
+        drop(slots);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_slot_shorter_than_its_header_says_is_quarantined() {
+        let root = temp_dir("short");
+        let spool = Spool::open(&root).unwrap();
+        let e = commit(&spool, &[b's'; 3000]);
+        let path = spool.msg_path(&e.id).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        let spool = Spool::open(&root).unwrap();
+        assert!(spool.recover().unwrap().is_empty());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let reason = fs::read_to_string(root.join(format!("corrupt/slot-{name}.reason"))).unwrap();
+        assert!(reason.contains("shorter than its header says"), "{reason}");
         fs::remove_dir_all(root).unwrap();
     }
 
