@@ -37,31 +37,17 @@ impl Mx {
         self
     }
 
-    fn args(&self) -> Vec<String> {
-        [
-            "--dns-server",
-            &self.dns.addr.to_string(),
-            "--mx-port",
-            &self.sink.addr.port().to_string(),
+    fn relay(&self, spool: &TempDir, extra: &[&str]) -> Relay {
+        let mut args = vec![
             "--retry",
             "1s",
             "--delivery-timeout",
             "5s",
             "--connect-timeout",
             "2s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
-    fn relay(&self, spool: &TempDir, extra: &[&str]) -> Relay {
-        let mut args = self.args();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Relay::start(
-            spool.path(),
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
+        ];
+        args.extend_from_slice(extra);
+        Relay::via_dns(&self.dns, self.sink.addr.port(), spool.path(), &args)
     }
 }
 
@@ -120,16 +106,11 @@ fn falls_back_to_the_second_mx() {
     .a("mx1.example.test", Ipv4Addr::new(127, 0, 0, 4))
     .a("mx2.example.test", Ipv4Addr::new(127, 0, 0, 5));
     let spool = TempDir::new("mxfallback");
-    let relay = Relay::start(
+    let relay = Relay::via_dns(
+        &dns,
+        sink.addr.port(),
         spool.path(),
-        &[
-            "--dns-server",
-            &dns.addr.to_string(),
-            "--mx-port",
-            &sink.addr.port().to_string(),
-            "--connect-timeout",
-            "2s",
-        ],
+        &["--connect-timeout", "2s"],
     );
     submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
     let msgs = sink.wait_for(1, WAIT);
@@ -556,16 +537,11 @@ fn ipv6_listener_trusted_network_and_aaaa_mx() {
     dns.mx("example.test", &[(10, "mx6.example.test")])
         .aaaa("mx6.example.test", "::1".parse().unwrap());
     let spool = TempDir::new("ipv6");
-    let relay = Relay::start(
+    let relay = Relay::via_dns(
+        &dns,
+        sink.addr.port(),
         spool.path(),
-        &[
-            "--listen",
-            "[::1]:0",
-            "--dns-server",
-            &dns.addr.to_string(),
-            "--mx-port",
-            &sink.addr.port().to_string(),
-        ],
+        &["--listen", "[::1]:0"],
     );
     assert!(relay.addr.is_ipv6());
     let reply = submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
@@ -612,15 +588,7 @@ fn a_4xx_greeting_moves_on_to_the_next_mx() {
     .a("busy.example.test", Ipv4Addr::new(127, 0, 0, 9))
     .a("good.example.test", Ipv4Addr::new(127, 0, 0, 10));
     let spool = TempDir::new("greet4xx");
-    let relay = Relay::start(
-        spool.path(),
-        &[
-            "--dns-server",
-            &dns.addr.to_string(),
-            "--mx-port",
-            &busy.addr.port().to_string(),
-        ],
-    );
+    let relay = Relay::via_dns(&dns, busy.addr.port(), spool.path(), &[]);
     submit(relay.addr, "a@client.test", &["b@example.test"], MSG);
     good.wait_for(1, WAIT);
     assert_eq!(busy.connections(), 1);

@@ -482,40 +482,21 @@ fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
 /// One message over a fresh connection; the queue id if the relay answered 250 to its end.
 /// Any failure (the relay killed mid-dialogue) gives `None`.
 fn try_submit(addr: std::net::SocketAddr, subject: &str) -> Option<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut w = stream;
-    let mut expect = |code: &str| -> Option<String> {
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            if line.len() < 4 || !line.starts_with(code) {
-                return None;
-            }
-            if line.as_bytes()[3] == b' ' {
-                return Some(line.trim_end().to_string());
-            }
-        }
-    };
-    expect("220")?;
-    w.write_all(
+    let mut c = Client::try_connect(addr)?;
+    let expect = |c: &mut Client, code: &str| Some(c.reply()).filter(|r| r.starts_with(code));
+    expect(&mut c, "220")?;
+    c.try_send(
         b"EHLO load.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n",
-    )
-    .ok()?;
-    expect("250")?;
-    expect("250")?;
-    expect("250")?;
-    expect("354")?;
+    )?;
+    for code in ["250", "250", "250", "354"] {
+        expect(&mut c, code)?;
+    }
     let msg = format!(
         "Subject: {subject}\r\n\r\n{}\r\n.\r\nQUIT\r\n",
         "x".repeat(3000)
     );
-    w.write_all(msg.as_bytes()).ok()?;
-    let done = expect("250")?;
+    c.try_send(msg.as_bytes())?;
+    let done = expect(&mut c, "250")?;
     Some(done.rsplit(' ').next()?.to_string())
 }
 

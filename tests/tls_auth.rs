@@ -654,11 +654,7 @@ fn opportunistic_starttls_to_mx_and_encrypt_policy() {
     dns.mx("plain.test", &[(10, "mx.plain.test")])
         .a("mx.plain.test", Ipv4Addr::new(127, 0, 0, 16));
     let spool = TempDir::new("mx-tls");
-    let port = with_tls.addr.port().to_string();
-    let relay = Relay::start(
-        spool.path(),
-        &["--dns-server", &dns.addr.to_string(), "--mx-port", &port],
-    );
+    let relay = Relay::via_dns(&dns, with_tls.addr.port(), spool.path(), &[]);
     support::submit(
         relay.addr,
         "a@client.test",
@@ -675,18 +671,11 @@ fn opportunistic_starttls_to_mx_and_encrypt_policy() {
     );
     // With --tls-outbound encrypt, the MX without STARTTLS gets nothing.
     let spool2 = TempDir::new("mx-encrypt");
-    let relay2 = Relay::start(
+    let relay2 = Relay::via_dns(
+        &dns,
+        with_tls.addr.port(),
         spool2.path(),
-        &[
-            "--dns-server",
-            &dns.addr.to_string(),
-            "--mx-port",
-            &port,
-            "--tls-outbound",
-            "encrypt",
-            "--retry",
-            "1h",
-        ],
+        &["--tls-outbound", "encrypt", "--retry", "1h"],
     );
     support::submit(
         relay2.addr,

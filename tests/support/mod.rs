@@ -130,6 +130,14 @@ impl Relay {
         Relay::start(spool, &args)
     }
 
+    /// A relay that finds its next hops through `dns`, on port `mx_port` (MX delivery).
+    pub fn via_dns(dns: &dns::FakeDns, mx_port: u16, spool: &Path, extra: &[&str]) -> Relay {
+        let (server, port) = (dns.addr.to_string(), mx_port.to_string());
+        let mut args = vec!["--dns-server", server.as_str(), "--mx-port", port.as_str()];
+        args.extend_from_slice(extra);
+        Relay::start(spool, &args)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -222,14 +230,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        Client::try_connect(addr).expect("connect")
+    }
+
+    /// `None` when the relay cannot be reached (for tests that kill it).
+    pub fn try_connect(addr: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
+            .ok()?;
+        Some(Client {
+            reader: BufReader::new(stream.try_clone().ok()?),
             stream,
-        }
+        })
     }
 
     /// Reads one (possibly multi-line) reply; lines joined with "\n". Empty string on EOF.
@@ -250,7 +263,11 @@ impl Client {
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
+        self.try_send(bytes).expect("send");
+    }
+
+    pub fn try_send(&mut self, bytes: &[u8]) -> Option<()> {
+        self.stream.write_all(bytes).ok()
     }
 
     pub fn cmd(&mut self, line: &str) -> String {
