@@ -297,37 +297,36 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
-        let counters: [(&str, &str, &AtomicU64); 5] = [
-            (
-                "mxrelay_connections_total",
-                "SMTP connections accepted.",
-                &self.connections,
-            ),
-            (
-                "mxrelay_connections_refused_total",
-                "SMTP connections refused because the connection cap was reached.",
-                &self.connections_refused,
-            ),
-            (
-                "mxrelay_in_flow_delays_total",
-                "MAIL commands held back because delivery lagged behind intake.",
-                &self.in_flow_delays,
-            ),
-            (
-                "mxrelay_messages_received_total",
-                "Messages accepted for relaying.",
-                &self.messages_received,
-            ),
-            (
-                "mxrelay_received_bytes_total",
-                "Bytes of the messages accepted for relaying.",
-                &self.received_bytes,
-            ),
-        ];
-        for (name, help, value) in counters {
-            family(&mut out, name, help, "counter");
-            sample(&mut out, name, &[], load(value));
-        }
+        counters(
+            &mut out,
+            &[
+                (
+                    "mxrelay_connections_total",
+                    "SMTP connections accepted.",
+                    &self.connections,
+                ),
+                (
+                    "mxrelay_connections_refused_total",
+                    "SMTP connections refused because the connection cap was reached.",
+                    &self.connections_refused,
+                ),
+                (
+                    "mxrelay_in_flow_delays_total",
+                    "MAIL commands held back because delivery lagged behind intake.",
+                    &self.in_flow_delays,
+                ),
+                (
+                    "mxrelay_messages_received_total",
+                    "Messages accepted for relaying.",
+                    &self.messages_received,
+                ),
+                (
+                    "mxrelay_received_bytes_total",
+                    "Bytes of the messages accepted for relaying.",
+                    &self.received_bytes,
+                ),
+            ],
+        );
 
         let name = "mxrelay_messages_rejected_total";
         family(
@@ -341,47 +340,46 @@ impl Metrics {
             sample(&mut out, name, &[("reason", reason.label())], value);
         }
 
-        let counters: [(&str, &str, &AtomicU64); 7] = [
-            (
-                "mxrelay_recipients_delivered_total",
-                "Recipients delivered to the next hop.",
-                &self.recipients_delivered,
-            ),
-            (
-                "mxrelay_recipients_deferred_total",
-                "Recipient delivery attempts that failed temporarily.",
-                &self.recipients_deferred,
-            ),
-            (
-                "mxrelay_recipients_bounced_total",
-                "Recipients that failed permanently or expired.",
-                &self.recipients_bounced,
-            ),
-            (
-                "mxrelay_messages_expired_total",
-                "Messages given up on after the maximum queue time.",
-                &self.messages_expired,
-            ),
-            (
-                "mxrelay_delivered_bytes_total",
-                "Bytes sent to next hops in successful deliveries.",
-                &self.delivered_bytes,
-            ),
-            (
-                "mxrelay_auth_failures_total",
-                "Failed SMTP AUTH attempts.",
-                &self.auth_failures,
-            ),
-            (
-                "mxrelay_events_dropped_total",
-                "Event log records dropped because the writer fell behind.",
-                &self.events_dropped,
-            ),
-        ];
-        for (name, help, value) in counters {
-            family(&mut out, name, help, "counter");
-            sample(&mut out, name, &[], load(value));
-        }
+        counters(
+            &mut out,
+            &[
+                (
+                    "mxrelay_recipients_delivered_total",
+                    "Recipients delivered to the next hop.",
+                    &self.recipients_delivered,
+                ),
+                (
+                    "mxrelay_recipients_deferred_total",
+                    "Recipient delivery attempts that failed temporarily.",
+                    &self.recipients_deferred,
+                ),
+                (
+                    "mxrelay_recipients_bounced_total",
+                    "Recipients that failed permanently or expired.",
+                    &self.recipients_bounced,
+                ),
+                (
+                    "mxrelay_messages_expired_total",
+                    "Messages given up on after the maximum queue time.",
+                    &self.messages_expired,
+                ),
+                (
+                    "mxrelay_delivered_bytes_total",
+                    "Bytes sent to next hops in successful deliveries.",
+                    &self.delivered_bytes,
+                ),
+                (
+                    "mxrelay_auth_failures_total",
+                    "Failed SMTP AUTH attempts.",
+                    &self.auth_failures,
+                ),
+                (
+                    "mxrelay_events_dropped_total",
+                    "Event log records dropped because the writer fell behind.",
+                    &self.events_dropped,
+                ),
+            ],
+        );
 
         let name = "mxrelay_delivery_latency_seconds";
         family(
@@ -441,6 +439,14 @@ impl Metrics {
 }
 
 /// `# HELP` and `# TYPE` lines of a family.
+/// Plain counters, each with its help line: (name, help, value).
+fn counters(out: &mut String, table: &[(&str, &str, &AtomicU64)]) {
+    for &(name, help, value) in table {
+        family(out, name, help, "counter");
+        sample(out, name, &[], value.load(Ordering::Relaxed));
+    }
+}
+
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {
     out.push_str("# HELP ");
     out.push_str(name);
