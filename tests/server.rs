@@ -577,3 +577,31 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         "nothing was quarantined"
     );
 }
+
+#[test]
+fn a_spool_that_cannot_take_the_message_gives_451_and_the_session_goes_on() {
+    let spool = TempDir::new("no-queue-dir");
+    let relay = Relay::start(
+        spool.path(),
+        &["--smarthost", "127.0.0.1:9", "--retry", "1h"],
+    );
+    // No free slot and no directory to make one in: the message cannot be stored.
+    std::fs::remove_dir_all(spool.path().join("queue")).unwrap();
+    let mut c = greeted(&relay);
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    // A body larger than any buffer, so that it is read on to the end without a file.
+    c.send(b"Subject: nowhere\r\n\r\n");
+    for _ in 0..2000 {
+        c.send(&[b'n'; 98]);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    assert_eq!(
+        c.reply(),
+        "451 4.3.0 Local error in processing, try again later"
+    );
+    assert_eq!(c.cmd("RSET"), "250 2.0.0 Ok", "the end of DATA was found");
+    relay.wait_log("cannot create a message file");
+}

@@ -15,9 +15,6 @@ use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::{Effect, Session, SessionConfig, Transaction};
 use crate::spool::{Envelope, Kind, RcptState, Recipient};
 
-/// Bytes of DATA gathered before each write to the spool file.
-const WRITE_CHUNK: usize = 32 * 1024;
-
 enum DataOutcome {
     Queued(String),
     Refused(Reply),
@@ -365,13 +362,33 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
     let mut write_error: Option<io::Error> = None;
     let id = incoming.as_ref().map(|i| i.id.clone()).unwrap_or_default();
     let received = received_header(&cfg.hostname, trace, tx, &id);
-    let mut buf = Vec::with_capacity(WRITE_CHUNK + 4096);
-    buf.extend_from_slice(received.as_bytes());
+    if let Some(i) = &mut incoming
+        && let Err(e) = i.write_all(received.as_bytes())
+    {
+        write_error = Some(e);
+    }
+    // Without a spool file to write to, the rest is still read to its end (into this
+    // scratch buffer), so the session stays in step with the client.
+    let mut discard = Vec::new();
     let mut reader = DataReader::new(cfg.max_message_size);
     loop {
         let avail = conn.reader.buffered();
         if !avail.is_empty() {
-            match reader.feed(avail, &mut buf) {
+            // The reader writes straight into the spool's buffer.
+            let end = match incoming.as_mut().filter(|_| write_error.is_none()) {
+                Some(i) => {
+                    let end = i.fill(|out| reader.feed(avail, out));
+                    if let Err(e) = i.write_if_full() {
+                        write_error = Some(e);
+                    }
+                    end
+                }
+                None => {
+                    discard.clear();
+                    reader.feed(avail, &mut discard)
+                }
+            };
+            match end {
                 Some(n) => {
                     conn.reader.consume(n);
                     break;
@@ -396,12 +413,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
                 }
             }
         }
-        if buf.len() >= WRITE_CHUNK {
-            write_body(&mut incoming, &mut write_error, &buf);
-            buf.clear();
-        }
     }
-    write_body(&mut incoming, &mut write_error, &buf);
     let summary = reader.summary();
     let refuse = |r: Reply, why: &str, incoming: Option<_>| {
         if let Some(i) = incoming {
@@ -515,21 +527,6 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
         log::warn!("{id}: queued on disk; delivery starts at the next start-up");
     }
     DataOutcome::Queued(id)
-}
-
-fn write_body(
-    incoming: &mut Option<crate::spool::Incoming>,
-    error: &mut Option<io::Error>,
-    buf: &[u8],
-) {
-    if error.is_some() {
-        return;
-    }
-    if let Some(i) = incoming
-        && let Err(e) = i.write_all(buf)
-    {
-        *error = Some(e);
-    }
 }
 
 fn abandon(

@@ -106,6 +106,24 @@ impl Incoming {
         self.append(bytes)
     }
 
+    /// Lets `fill` append message bytes straight into the buffer (the DATA reader writes
+    /// there, with no buffer of its own); `write_if_full` then writes them out in chunks.
+    pub fn fill<R>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let start = self.pending.len();
+        let r = fill(&mut self.pending);
+        let added = &self.pending[start..];
+        self.crc.update(added);
+        self.msg_len += added.len() as u64;
+        r
+    }
+
+    pub fn write_if_full(&mut self) -> io::Result<()> {
+        if self.pending.len() >= BUFFERED {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc.update(bytes);
         if bytes.len() < DIRECT && self.pending.len() + bytes.len() <= BUFFERED {
@@ -747,8 +765,14 @@ mod tests {
             b"end\r\n".to_vec(),
         ];
         let mut inc = spool.create().unwrap();
-        for p in &pieces {
-            inc.write_all(p).unwrap();
+        for (i, p) in pieces.iter().enumerate() {
+            if i % 2 == 0 {
+                inc.write_all(p).unwrap();
+            } else {
+                // As the DATA reader writes: into the buffer, then out once it is full.
+                inc.fill(|out| out.extend_from_slice(p));
+                inc.write_if_full().unwrap();
+            }
         }
         let mut e = env(&inc.id.clone());
         let whole = pieces.concat();
