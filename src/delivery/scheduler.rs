@@ -65,6 +65,15 @@ struct Entry {
     in_flow: bool,
 }
 
+impl Entry {
+    /// The message's first attempt is over, or it will not have one (held, deleted).
+    fn leave_in_flow(&mut self, flow: &InFlow) {
+        if std::mem::take(&mut self.in_flow) {
+            flow.attempted();
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -177,16 +186,6 @@ impl Scheduler {
                 in_flow,
             },
         );
-    }
-
-    /// The message's first attempt is over, or it will not have one (held, deleted).
-    fn leave_in_flow(&mut self, id: &str) {
-        if let Some(entry) = self.entries.get_mut(id)
-            && entry.in_flow
-        {
-            entry.in_flow = false;
-            self.in_flow.attempted();
-        }
     }
 
     fn update_gauges(&mut self) {
@@ -365,10 +364,10 @@ impl Scheduler {
     /// All jobs of this attempt are back: bounce failures, then retry, expire or remove.
     fn finish_round(&mut self, id: &str) {
         let now = now_ms();
-        self.leave_in_flow(id);
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
+        entry.leave_in_flow(&self.in_flow);
         if entry.env.has_pending()
             && retry::expired(entry.env.received, now, self.cfg.max_queue_lifetime)
         {
@@ -611,9 +610,8 @@ impl Scheduler {
                 Command::Hold(_) => {
                     entry.env.held = true;
                     // Not in flight: no first attempt is coming.
-                    if entry.in_flight == 0 && entry.in_flow {
-                        entry.in_flow = false;
-                        self.in_flow.attempted();
+                    if entry.in_flight == 0 {
+                        entry.leave_in_flow(&self.in_flow);
                     }
                     log::info!("{id}: put on hold");
                 }
@@ -633,10 +631,7 @@ impl Scheduler {
                         &[("id", V::Str(id)), ("recipients", V::List(&pending))],
                     );
                     log::info!("{id}: deleted by the operator");
-                    if entry.in_flow {
-                        entry.in_flow = false;
-                        self.in_flow.attempted();
-                    }
+                    entry.leave_in_flow(&self.in_flow);
                     if entry.in_flight > 0 {
                         // A worker may be sending the body right now: delete, don't recycle.
                         if let Err(e) = self.spool.discard(id) {
