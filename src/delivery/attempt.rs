@@ -571,7 +571,7 @@ fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
     const CHUNK: usize = 64 * 1024;
     // Deleted from the queue while this delivery waited for the next hop: leave the
     // transaction unfinished, so the message never goes out.
-    if std::os::unix::fs::MetadataExt::nlink(&job.body.metadata()?) == 0 {
+    if job.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             "deleted from the queue",

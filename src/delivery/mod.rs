@@ -8,6 +8,7 @@ pub mod retry;
 pub mod route;
 pub mod scheduler;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -27,6 +28,9 @@ pub struct Job {
     pub dest: Destination,
     /// The message's slot file in the spool (see `spool::slot::MessageReader`).
     pub body: Arc<std::fs::File>,
+    /// Set when the operator deletes the message: a delivery that has not sent the body yet
+    /// leaves its transaction unfinished, so the message never goes out.
+    pub cancelled: Arc<AtomicBool>,
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, select};
@@ -63,6 +64,8 @@ struct Entry {
     newer_envelope: bool,
     /// Counted in the in-flow backlog: accepted by a session, first attempt not yet over.
     in_flow: bool,
+    /// Shared with this message's jobs in flight (see `Job::cancelled`).
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Entry {
@@ -184,6 +187,7 @@ impl Scheduler {
                 failed: Vec::new(),
                 newer_envelope,
                 in_flow,
+                cancelled: Arc::default(),
             },
         );
     }
@@ -277,6 +281,7 @@ impl Scheduler {
                 rcpts,
                 dest,
                 body: body.clone(),
+                cancelled: entry.cancelled.clone(),
                 size: env.size,
                 eight_bit: env.eight_bit,
                 smtputf8: env.smtputf8,
@@ -634,6 +639,7 @@ impl Scheduler {
                     entry.leave_in_flow(&self.in_flow);
                     if entry.in_flight > 0 {
                         // A worker may be sending the body right now: delete, don't recycle.
+                        entry.cancelled.store(true, Ordering::SeqCst);
                         if let Err(e) = self.spool.discard(id) {
                             log::error!("{id}: cannot remove from the spool: {e}");
                         }
