@@ -168,13 +168,9 @@ fn dsns(sink: &Sink) -> Vec<Message> {
 
 #[test]
 fn permanent_failure_sends_a_dsn_to_the_sender() {
-    let mx = Mx::new(Script::default().rcpt(|a| {
-        if a.starts_with("nobody") {
-            "550 5.1.1 <nobody@example.test>: user unknown".into()
-        } else {
-            "250 ok".into()
-        }
-    }));
+    let mx = Mx::new(
+        Script::default().refuse_rcpt("nobody", "550 5.1.1 <nobody@example.test>: user unknown"),
+    );
     mx.domain("example.test").domain("client.test");
     let spool = TempDir::new("bounce");
     let relay = mx.relay(&spool, &[]);
@@ -399,13 +395,7 @@ fn null_mx_and_nxdomain_bounce_at_once_servfail_defers() {
 
 #[test]
 fn expired_mail_bounces_with_4_4_7() {
-    let mx = Mx::new(Script::default().rcpt(|a| {
-        if a.starts_with("slow") {
-            "451 4.4.1 not now".into()
-        } else {
-            "250 ok".into()
-        }
-    }));
+    let mx = Mx::new(Script::default().refuse_rcpt("slow", "451 4.4.1 not now"));
     mx.domain("example.test").domain("client.test");
     let spool = TempDir::new("expire");
     let relay = mx.relay(&spool, &["--max-queue-lifetime", "2s"]);
@@ -430,13 +420,7 @@ fn expired_mail_bounces_with_4_4_7() {
 
 #[test]
 fn null_sender_is_never_bounced_but_copied_to_the_postmaster() {
-    let mx = Mx::new(Script::default().rcpt(|a| {
-        if a.starts_with("gone") {
-            "550 5.1.1 gone".into()
-        } else {
-            "250 ok".into()
-        }
-    }));
+    let mx = Mx::new(Script::default().refuse_rcpt("gone", "550 5.1.1 gone"));
     mx.domain("example.test").domain("admin.test");
     let spool = TempDir::new("nullsender");
     let relay = mx.relay(&spool, &["--postmaster", "pm@admin.test"]);

@@ -208,6 +208,17 @@ impl Script {
         self
     }
 
+    /// Answers `reply` to recipients whose address starts with `prefix`, 250 to the rest.
+    pub fn refuse_rcpt(self, prefix: &'static str, reply: &'static str) -> Self {
+        self.rcpt(move |a| {
+            if a.starts_with(prefix) {
+                reply.to_string()
+            } else {
+                "250 ok".to_string()
+            }
+        })
+    }
+
     pub fn data(mut self, f: impl Fn(&Message) -> String + Send + Sync + 'static) -> Self {
         self.data = Arc::new(f);
         self
