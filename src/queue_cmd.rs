@@ -89,7 +89,7 @@ fn usage(why: &str) -> ExitCode {
 }
 
 /// Every readable queued message (its slot and envelope), oldest first.
-fn load(spool: &Path) -> Result<Vec<(PathBuf, Envelope)>, String> {
+fn load(spool: &Path) -> Result<Vec<(spool::Location, Envelope)>, String> {
     let dir = spool.join("queue");
     spool::list(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))
 }
@@ -214,15 +214,15 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         println!("recipient: {state} <{}>", r.address);
     }
     // Read-only: opening the spool would create directories.
-    let headers = std::fs::File::open(slot).and_then(|f| {
+    let headers = std::fs::File::open(&slot.path).and_then(|f| {
         // The daemon may deliver the message and reuse its slot meanwhile: the slot must
         // hold this message before and after the read.
-        let holds_it = || spool::slot::holds(&f, id);
+        let holds_it = || spool::slot::holds(&f, slot.base, id);
         let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "no longer queued");
         if !holds_it()? {
             return Err(gone());
         }
-        let h = spool::slot::read_message_headers(&f, env.size, 65536)?;
+        let h = spool::slot::read_message_headers(&f, slot.base, env.size, 65536)?;
         if holds_it()? { Ok(h) } else { Err(gone()) }
     });
     match headers {

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::sink::{Message, Script, Sink};
-use support::{Relay, TempDir, WAIT, delivered, sink_on};
+use support::{Relay, TempDir, WAIT, delivered, sink_on, wait_until};
 
 /// A relay whose smarthost is a recording sink.
 struct Daemon {
@@ -267,7 +267,7 @@ fn refused_recipient_exits_67_and_queues_nothing() {
         err.contains("refused the recipient <a@example.test>: 554"),
         "{err}"
     );
-    assert_eq!(d.relay.queued(), 0);
+    assert!(wait_until(WAIT, || d.relay.queued() == 0));
 }
 
 #[test]
@@ -344,5 +344,5 @@ fn permanent_refusal_exits_69() {
         )) && err.contains(" 552 "),
         "{err}"
     );
-    assert_eq!(d.relay.queued(), 0);
+    assert!(wait_until(WAIT, || d.relay.queued() == 0));
 }

@@ -191,6 +191,36 @@ fn killed_right_after_250_still_delivers_exactly_once() {
 }
 
 #[test]
+fn small_and_large_messages_survive_a_kill() {
+    // A small message lives in a cell of the shared cells file, a large one in a slot file
+    // of its own: both come back after a SIGKILL and go out whole.
+    let spool = TempDir::new("kill-both");
+    let dead = ["--smarthost", "127.0.0.1:9", "--retry", "1s"];
+    let mut relay = Relay::start(spool.path(), &dead);
+    let small = b"Subject: small\r\n\r\ncell\r\n".to_vec();
+    let mut large = b"Subject: large\r\n\r\n".to_vec();
+    for i in 0..2000 {
+        large.extend_from_slice(format!("{i:06} {}\r\n", "l".repeat(90)).as_bytes());
+    }
+    for body in [&small, &large] {
+        assert!(submit(relay.addr, "a@client.test", &["b@example.test"], body).starts_with("250"));
+    }
+    relay.kill9();
+    let sink = sink_on("127.0.0.18", 0, Script::default());
+    let relay = Relay::via(&sink, spool.path(), &[]);
+    relay.wait_log("2 messages recovered");
+    let msgs = sink.wait_for(2, WAIT);
+    for body in [&small, &large] {
+        assert_eq!(
+            msgs.iter().filter(|m| m.data.ends_with(body)).count(),
+            1,
+            "{}",
+            relay.log()
+        );
+    }
+}
+
+#[test]
 fn unfinished_data_is_never_queued() {
     let spool = TempDir::new("halfdata");
     let mut relay = Relay::start(
@@ -585,7 +615,7 @@ fn a_spool_that_cannot_take_the_message_gives_451_and_the_session_goes_on() {
         spool.path(),
         &["--smarthost", "127.0.0.1:9", "--retry", "1h"],
     );
-    // No free slot and no directory to make one in: the message cannot be stored.
+    // No directory to make a slot file in: a message too large for a cell cannot be stored.
     std::fs::remove_dir_all(spool.path().join("queue")).unwrap();
     let mut c = greeted(&relay);
     assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
@@ -603,5 +633,15 @@ fn a_spool_that_cannot_take_the_message_gives_451_and_the_session_goes_on() {
         "451 4.3.0 Local error in processing, try again later"
     );
     assert_eq!(c.cmd("RSET"), "250 2.0.0 Ok", "the end of DATA was found");
-    relay.wait_log("cannot create a message file");
+    relay.wait_log("spool write failed");
+    // A small message, bound for a cell, cannot be committed either.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: small\r\n\r\nnowhere either\r\n.\r\n");
+    assert_eq!(
+        c.reply(),
+        "451 4.3.0 Local error in processing, try again later"
+    );
+    relay.wait_log("spool commit failed");
 }

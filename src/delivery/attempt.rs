@@ -577,7 +577,7 @@ fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
             "deleted from the queue",
         ));
     }
-    let mut file = crate::spool::slot::MessageReader::new(&job.body, job.size);
+    let mut file = crate::spool::slot::MessageReader::new(&job.body.file, job.body.base, job.size);
     BUFFERS.with_borrow_mut(|(chunk, wire)| {
         chunk.resize(CHUNK, 0);
         wire.clear();

@@ -26,8 +26,8 @@ pub struct Job {
     /// (index in the envelope, address)
     pub rcpts: Vec<(usize, String)>,
     pub dest: Destination,
-    /// The message's slot file in the spool (see `spool::slot::MessageReader`).
-    pub body: Arc<std::fs::File>,
+    /// The message's slot in the spool (see `spool::slot::MessageReader`).
+    pub body: crate::spool::Stored,
     /// Set when the operator deletes the message: a delivery that has not sent the body yet
     /// leaves its transaction unfinished, so the message never goes out.
     pub cancelled: Arc<AtomicBool>,

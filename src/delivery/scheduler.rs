@@ -119,6 +119,7 @@ impl Scheduler {
     /// Runs until `stop` fires or the intake closes.
     pub fn run(mut self, inputs: Inputs, jobs: Arc<JobQueue>) {
         self.serve(inputs, &jobs);
+        self.spool.mark_freed_cells(Duration::ZERO);
         jobs.close();
     }
 
@@ -132,14 +133,16 @@ impl Scheduler {
                 }
             }
             self.update_gauges();
-            // Sleep until the next timer (at most 1 s, for the gauges); a free worker always
-            // reports an outcome first.
+            let marks_due = self.spool.mark_freed_cells(crate::spool::MARK_FREED_AFTER);
+            // Sleep until the next timer or free mark (at most 1 s, for the gauges); a free
+            // worker always reports an outcome first.
             let wait = self
                 .timers
                 .first()
                 .map_or(Duration::from_secs(1), |(due, _)| {
                     Duration::from_millis(due.saturating_sub(now_ms()))
                 })
+                .min(marks_due.unwrap_or(Duration::MAX))
                 .min(Duration::from_secs(1));
             select! {
                 recv(inputs.intake) -> env => match env {

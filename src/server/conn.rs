@@ -352,41 +352,28 @@ fn authenticate(
 fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trace) -> DataOutcome {
     let peer_ip = trace.ip;
     let cfg = &shared.cfg;
-    let mut incoming = match shared.services.spool.create() {
-        Ok(i) => Some(i),
-        Err(e) => {
-            log::error!("spool: cannot create a message file: {e}");
-            None
-        }
-    };
-    let mut write_error: Option<io::Error> = None;
-    let id = incoming.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+    let mut incoming = shared.services.spool.create();
+    let id = incoming.id.clone();
     let received = received_header(&cfg.hostname, trace, tx, &id);
-    if let Some(i) = &mut incoming
-        && let Err(e) = i.write_all(received.as_bytes())
-    {
-        write_error = Some(e);
-    }
-    // Without a spool file to write to, the rest is still read to its end (into this
-    // scratch buffer), so the session stays in step with the client.
+    let mut write_error = incoming.write_all(received.as_bytes()).err();
+    // After a write error, the rest is still read to its end (into this scratch buffer), so
+    // the session stays in step with the client.
     let mut discard = Vec::new();
     let mut reader = DataReader::new(cfg.max_message_size);
     loop {
         let avail = conn.reader.buffered();
         if !avail.is_empty() {
             // The reader writes straight into the spool's buffer.
-            let end = match incoming.as_mut().filter(|_| write_error.is_none()) {
-                Some(i) => {
-                    let end = i.fill(|out| reader.feed(avail, out));
-                    if let Err(e) = i.write_if_full() {
-                        write_error = Some(e);
-                    }
-                    end
+            let end = if write_error.is_none() {
+                let end = incoming.fill(|out| reader.feed(avail, out));
+                if let Err(e) = incoming.write_if_full() {
+                    log::error!("{id}: spool write failed: {e}");
+                    write_error = Some(e);
                 }
-                None => {
-                    discard.clear();
-                    reader.feed(avail, &mut discard)
-                }
+                end
+            } else {
+                discard.clear();
+                reader.feed(avail, &mut discard)
             };
             match end {
                 Some(n) => {
@@ -415,10 +402,8 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
         }
     }
     let summary = reader.summary();
-    let refuse = |r: Reply, why: &str, incoming: Option<_>| {
-        if let Some(i) = incoming {
-            shared.services.spool.abort(i);
-        }
+    let refuse = |r: Reply, why: &str, incoming| {
+        shared.services.spool.abort(incoming);
         log::info!("rejected message from [{peer_ip}]: {why}");
         DataOutcome::Refused(r)
     };
@@ -436,17 +421,13 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             incoming,
         );
     }
-    let incoming = match (incoming, write_error) {
-        (Some(i), None) => i,
-        (i, e) => {
-            let e = e.unwrap_or_else(|| io::Error::other("no spool file"));
-            return refuse(
-                reply_map::spool_error(&e),
-                &format!("spool write failed: {e}"),
-                i,
-            );
-        }
-    };
+    if let Some(e) = write_error {
+        return refuse(
+            reply_map::spool_error(&e),
+            &format!("spool write failed: {e}"),
+            incoming,
+        );
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -531,13 +512,11 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
 
 fn abandon(
     shared: &Shared,
-    incoming: Option<crate::spool::Incoming>,
+    incoming: crate::spool::Incoming<'_>,
     why: &str,
     peer_ip: IpAddr,
 ) -> DataOutcome {
-    if let Some(i) = incoming {
-        shared.services.spool.abort(i);
-    }
+    shared.services.spool.abort(incoming);
     log::info!("message from [{peer_ip}] abandoned: {why}");
     DataOutcome::Gone
 }

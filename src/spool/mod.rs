@@ -1,10 +1,14 @@
 //! The durable queue on disk.
 //!
 //! Layout:
-//! - `queue/<n>`: slots, each holding one queued message or free for the next one (format
-//!   in `slot`). A slot is reused rather than deleted: creating and deleting a file per
-//!   message makes ext4 hunt for free inodes past every recently deleted one, and renames
-//!   and directory fsyncs cost as much again as the data itself.
+//! - `queue/cells`: one file of fixed-size cells, each a slot (format in `slot`) for a message
+//!   that fits one: most mail. Commits to cells all sync the same file, so the file's times
+//!   change, and its inode is written, at most once per clock tick rather than once per
+//!   message, and concurrent commits' data goes to the disk together.
+//! - `queue/<n>`: slot files, for messages too large for a cell (or when every cell is taken).
+//!   A slot file is reused rather than deleted: creating and deleting a file per message makes
+//!   ext4 hunt for free inodes past every recently deleted one, and renames and directory
+//!   fsyncs cost as much again as the data itself.
 //! - `queue/<id>.env`: a newer envelope (recipients crossed off, attempts, next try), when
 //!   there is one; it overrides the one inside the slot.
 //! - `tmp/`: newer envelopes being written; never trusted, emptied at start.
@@ -13,8 +17,9 @@
 //! Commit protocol (before the 250): header, message and envelope written into the slot, then
 //! fdatasync. A slot file created for this message (none was free) also has its directory
 //! entry fsynced (shared by concurrent commits). Freeing a slot after delivery rewrites one
-//! byte of its header, unsynced: if a crash undoes that, the message is delivered again (a
-//! duplicate, never a loss).
+//! byte of its header, unsynced (for a cell, only if the cell is not reused first: see
+//! `MARK_FREED_AFTER`): if a crash undoes that, the message is delivered again (a duplicate,
+//! never a loss).
 
 pub mod envelope;
 pub mod fsio;
@@ -27,36 +32,61 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use envelope::{Envelope, Kind, RcptState, Recipient};
 use slot::{HEADER_LEN, Header, State};
 
-/// Free slots kept for reuse; more are deleted. Making a slot costs an inode allocation and
-/// a directory fsync, so a burst that queued thousands should not pay that again next time.
+/// The shared file of cells, in `queue/`.
+const CELLS_FILE: &str = "cells";
+/// A cell's size: header, message and envelope of a message that fits. A multiple of the
+/// page size, so that no two cells share a block.
+pub const CELL: u64 = 64 * 1024;
+/// Cells at most (the cells file stays within 64 MiB); past that, messages get slot files.
+const MAX_CELLS: u64 = 1024;
+/// How long a freed cell waits for reuse before its free mark is written (`mark_freed_cells`).
+/// Reused sooner, as most are under load, the next message's commit overwrites the old
+/// header and no mark is written at all; written at once, the mark would ride along with
+/// the next commit's fdatasync of the cells file: one more disk write per message.
+pub const MARK_FREED_AFTER: Duration = Duration::from_millis(100);
+/// Descriptors of the cells file kept open for commits (see `Spool::cell_writers`).
+const MAX_CELL_WRITERS: usize = 64;
+/// Free slot files kept for reuse; more are deleted. Making a slot costs an inode allocation
+/// and a directory fsync, so a burst that queued thousands should not pay that again next time.
 const FREE_SLOTS: usize = 8192;
-/// Disk space the free slots may keep; past it, released slots are cut to nothing.
+/// Disk space the free slot files may keep; past it, released slots are cut to nothing.
 const FREE_BYTES: u64 = 64 << 20;
-/// Free slots that keep their file open (the ones reused first).
+/// Free slot files that stay open (the ones reused first).
 const OPEN_FREE_SLOTS: usize = 256;
 /// A slot file larger than this (it held a big message) is cut to nothing when freed.
 const MAX_KEPT_SIZE: u64 = 256 * 1024;
 /// A message this small is written in one go at commit, together with header and envelope.
-const BUFFERED: usize = 64 * 1024;
-/// Pieces at least this large are written as they come, not copied into the buffer.
+const BUFFERED: usize = CELL as usize;
+/// Pieces at least this large, once the buffer is full, are written as they come rather than
+/// copied into it.
 const DIRECT: usize = 16 * 1024;
 
 pub struct Spool {
     queue: PathBuf,
     tmp: PathBuf,
     corrupt: PathBuf,
+    /// The cells file, for reading and for free marks.
+    cells: Arc<File>,
+    /// Descriptors of the cells file for commits, one per commit at a time. Linux reports a
+    /// write-back error once per open file description: with one shared by all, a commit
+    /// could consume the error of a page that belongs to another, which then reports success
+    /// for data that never reached the disk. Each descriptor reports every error to its
+    /// own next commit.
+    cell_writers: Mutex<Vec<File>>,
     slots: Mutex<Slots>,
     queue_sync: fsio::DirSync,
     keep: Keep,
 }
 
-/// How many free slots are kept, and how much of them (`FREE_SLOTS` and friends; tests use
-/// smaller numbers).
+/// How many cells there may be, and how many free slot files are kept, and how much of them
+/// (`MAX_CELLS`, `FREE_SLOTS` and friends; tests use smaller numbers).
 struct Keep {
+    cells: u64,
     slots: usize,
     bytes: u64,
     open: usize,
@@ -64,19 +94,30 @@ struct Keep {
 
 #[derive(Default)]
 struct Slots {
-    /// Reused last-in first-out (from the back), so few slots stay in use; slots cut to
-    /// nothing wait at the front, to be reused last.
+    /// Free cells, reused last-in first-out (from the back).
+    free_cells: Vec<u64>,
+    /// Cells so far (the next new cell's number).
+    cells: u64,
+    /// Free cells whose header on disk still says live, and since when they are free.
+    unmarked: HashMap<u64, Instant>,
+    /// Free slot files, reused last-in first-out (from the back), so few stay in use; slots
+    /// cut to nothing wait at the front, to be reused last.
     free: std::collections::VecDeque<Slot>,
-    /// The sum of the free slots' sizes.
+    /// The sum of the free slot files' sizes.
     free_bytes: u64,
-    /// The next slot number to create.
+    /// The next slot file number to create.
     next: u64,
-    /// The slot of every queued message.
-    live: HashMap<String, Slot>,
+    /// Where every queued message is.
+    live: HashMap<String, Place>,
 }
 
-/// A slot number and, while the slot is in use (being written or delivered) or free, its
-/// file kept open: opening and closing it for each step cost as much as writing it.
+enum Place {
+    Cell(u64),
+    File(Slot),
+}
+
+/// A slot file's number and, while the slot is in use (being written or delivered) or free,
+/// the file kept open: opening and closing it for each step cost as much as writing it.
 struct Slot {
     n: u64,
     file: Option<Arc<File>>,
@@ -84,23 +125,45 @@ struct Slot {
     size: u64,
 }
 
-/// A message being received into a slot.
-pub struct Incoming {
-    pub id: String,
-    slot: u64,
+/// A queued message's slot, open: the cells file at its cell, or its slot file at 0 (the
+/// message is `Envelope::size` bytes after the slot's header: see `slot::MessageReader`).
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub file: Arc<File>,
+    pub base: u64,
+}
+
+/// Where a queued message's slot is, for readers without the daemon (`list`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub base: u64,
+}
+
+/// A slot file being written.
+struct Writing {
+    n: u64,
     file: Arc<File>,
     /// The file's length (as it was, or as far as this message has written).
     len: u64,
     /// Created for this message: its directory entry still needs an fsync.
     created: bool,
-    /// Bytes not yet written, starting at file offset `pending_at` (at 0: room for the header).
+}
+
+/// A message being received. It stays in the buffer until it outgrows a cell, and only then
+/// gets a slot file; one that fits goes into a cell at commit, in one write.
+pub struct Incoming<'a> {
+    pub id: String,
+    spool: &'a Spool,
+    slot: Option<Writing>,
+    /// Bytes not yet written, starting at slot offset `pending_at` (at 0: room for the header).
     pending: Vec<u8>,
     pending_at: u64,
     msg_len: u64,
     crc: crc32fast::Hasher,
 }
 
-impl Incoming {
+impl Incoming<'_> {
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.msg_len += bytes.len() as u64;
         self.append(bytes)
@@ -126,7 +189,7 @@ impl Incoming {
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc.update(bytes);
-        if bytes.len() < DIRECT && self.pending.len() + bytes.len() <= BUFFERED {
+        if self.pending.len() + bytes.len() <= BUFFERED {
             self.pending.extend_from_slice(bytes);
             return Ok(());
         }
@@ -141,6 +204,7 @@ impl Incoming {
         Ok(())
     }
 
+    /// Writes the buffer out to the slot file, which the message gets now if it has none yet.
     fn flush(&mut self) -> io::Result<()> {
         // Nothing but the room left for the header: the header gets its own write at the end.
         if self.pending_at == 0 && self.pending.len() == HEADER_LEN {
@@ -149,41 +213,56 @@ impl Incoming {
             return Ok(());
         }
         let (pending, at) = (std::mem::take(&mut self.pending), self.pending_at);
-        self.write_at(&pending, at)?;
-        self.pending_at += pending.len() as u64;
+        let written = self.write_at(&pending, at);
         self.pending = pending;
+        written?;
+        self.pending_at += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
     }
 
     fn write_at(&mut self, bytes: &[u8], at: u64) -> io::Result<()> {
-        self.file.write_all_at(bytes, at)?;
-        self.len = self.len.max(at + bytes.len() as u64);
+        let slot = match &mut self.slot {
+            Some(slot) => slot,
+            None => self.slot.insert(self.spool.take_slot()?),
+        };
+        slot.file.write_all_at(bytes, at)?;
+        slot.len = slot.len.max(at + bytes.len() as u64);
         Ok(())
     }
 
-    /// Writes envelope and header and syncs: the message is durable when this returns.
-    fn seal(&mut self, env: &Envelope) -> io::Result<()> {
+    /// Appends the envelope and fills in the header.
+    fn seal(&mut self, env: &Envelope) -> io::Result<[u8; HEADER_LEN]> {
         debug_assert_eq!(self.msg_len, env.size);
         let encoded = env.encode();
         self.append(&encoded)?;
-        let header = Header {
+        Ok(Header {
             state: State::Live,
             id: self.id.clone(),
             msg_len: self.msg_len,
             env_len: encoded.len() as u64,
             crc: self.crc.clone().finalize(),
         }
-        .encode();
+        .encode())
+    }
+
+    /// Whether the whole slot is still in the buffer and fits a cell.
+    fn fits_cell(&self) -> bool {
+        self.slot.is_none() && self.pending_at == 0 && self.pending.len() as u64 <= CELL
+    }
+
+    /// Writes the sealed slot into its slot file and syncs it.
+    fn sync_to_slot_file(&mut self, header: &[u8; HEADER_LEN]) -> io::Result<()> {
         if self.pending_at == 0 {
             // Header, message and envelope in one write.
-            self.pending[..HEADER_LEN].copy_from_slice(&header);
+            self.pending[..HEADER_LEN].copy_from_slice(header);
             self.flush()?;
         } else {
             self.flush()?;
-            self.file.write_all_at(&header, 0)?;
+            self.write_at(header, 0)?;
         }
-        self.file.sync_data()
+        let slot = self.slot.as_ref().expect("flushed into a slot file");
+        slot.file.sync_data()
     }
 }
 
@@ -197,13 +276,25 @@ impl Spool {
                 .mode(0o700)
                 .create(d)?;
         }
+        let cells = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(queue.join(CELLS_FILE))?;
+        // Its directory entry is durable before any commit relies on it.
+        fsio::sync_dir(&queue)?;
         Ok(Spool {
             queue_sync: fsio::DirSync::new(&queue),
             queue,
             tmp,
             corrupt,
+            cells: Arc::new(cells),
+            cell_writers: Mutex::default(),
             slots: Mutex::new(Slots::default()),
             keep: Keep {
+                cells: MAX_CELLS,
                 slots: FREE_SLOTS,
                 bytes: FREE_BYTES,
                 open: OPEN_FREE_SLOTS,
@@ -224,9 +315,30 @@ impl Spool {
             fs::remove_file(&path)?;
         }
         let mut envelopes = Vec::new();
+        let mut live = HashMap::new();
+        let mut free_cells = Vec::new();
+        let cells = self.cells.metadata()?.len().div_ceil(CELL);
+        for k in 0..cells {
+            match slot::read(&self.cells, k * CELL, Some(CELL), true)? {
+                slot::Content::Free => {}
+                slot::Content::Live(env) if !live.contains_key(&env.id) => {
+                    live.insert(env.id.clone(), Place::Cell(k));
+                    envelopes.push(env);
+                    continue;
+                }
+                slot::Content::Live(env) => self.quarantine_cell(
+                    k,
+                    &format!("{}.cell-{k}", env.id),
+                    "a second slot with this message",
+                )?,
+                slot::Content::Damaged(why) => {
+                    self.quarantine_cell(k, &format!("cell-{k}"), &why)?
+                }
+            }
+            free_cells.push(k);
+        }
         let mut newer = Vec::new();
         let mut free = Vec::new();
-        let mut live = HashMap::new();
         let mut next = 0;
         for entry in fs::read_dir(&self.queue)? {
             let path = entry?.path();
@@ -234,17 +346,21 @@ impl Spool {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if name == CELLS_FILE {
+                continue;
+            }
             if let Some(n) = slot::number(&name) {
                 next = next.max(n + 1);
+                let file = File::open(&path)?;
                 let slot = Slot {
                     n,
                     file: None,
-                    size: fs::metadata(&path)?.len(),
+                    size: file.metadata()?.len(),
                 };
-                match slot::read(&path, true)? {
+                match slot::read(&file, 0, None, true)? {
                     slot::Content::Free => free.push(slot),
                     slot::Content::Live(env) if !live.contains_key(&env.id) => {
-                        live.insert(env.id.clone(), slot);
+                        live.insert(env.id.clone(), Place::File(slot));
                         envelopes.push(env);
                     }
                     slot::Content::Live(env) => {
@@ -265,7 +381,11 @@ impl Spool {
                 _ => self.quarantine_file(&path, &name, "unexpected file in queue/")?,
             }
         }
+        // The lowest cells are reused first.
+        free_cells.reverse();
         *self.slots() = Slots {
+            free_cells,
+            cells,
             next,
             live,
             ..Slots::default()
@@ -297,32 +417,37 @@ impl Spool {
         self.queue.join(n.to_string())
     }
 
-    #[cfg(test)]
-    fn msg_path(&self, id: &str) -> Option<PathBuf> {
-        let n = self.slots().live.get(id)?.n;
-        Some(self.slot_path(n))
-    }
-
-    /// The slot file of a queued message, open (its message is `Envelope::size` bytes after
-    /// the header: see `slot::MessageReader`). Kept open until the message is removed or
-    /// waits for a retry.
-    pub fn message_file(&self, id: &str) -> io::Result<Arc<File>> {
+    /// A queued message's slot, open. A slot file is kept open until the message is removed
+    /// or waits for a retry.
+    pub fn message_file(&self, id: &str) -> io::Result<Stored> {
         let n = {
             let slots = self.slots();
-            let slot = slots
-                .live
-                .get(id)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the queue"))?;
-            if let Some(f) = &slot.file {
-                return Ok(f.clone());
+            match slots.live.get(id) {
+                None => return Err(io::Error::new(io::ErrorKind::NotFound, "not in the queue")),
+                Some(Place::Cell(k)) => return Ok(self.cell(*k)),
+                Some(Place::File(slot)) => match &slot.file {
+                    Some(f) => {
+                        return Ok(Stored {
+                            file: f.clone(),
+                            base: 0,
+                        });
+                    }
+                    None => slot.n,
+                },
             }
-            slot.n
         };
         let file = Arc::new(self.open_slot(n)?);
-        if let Some(slot) = self.slots().live.get_mut(id) {
+        if let Some(Place::File(slot)) = self.slots().live.get_mut(id) {
             slot.file = Some(file.clone());
         }
-        Ok(file)
+        Ok(Stored { file, base: 0 })
+    }
+
+    fn cell(&self, k: u64) -> Stored {
+        Stored {
+            file: self.cells.clone(),
+            base: k * CELL,
+        }
     }
 
     fn open_slot(&self, n: u64) -> io::Result<File> {
@@ -336,8 +461,51 @@ impl Spool {
         self.queue.join(format!("{id}.env"))
     }
 
-    /// Starts a new message in a free slot, or in a new one.
-    pub fn create(&self) -> io::Result<Incoming> {
+    /// Starts a new message. It gets its cell or slot file only when it is written out.
+    pub fn create(&self) -> Incoming<'_> {
+        let mut pending = Vec::with_capacity(BUFFERED);
+        pending.resize(HEADER_LEN, 0);
+        Incoming {
+            id: id::new_id(),
+            spool: self,
+            slot: None,
+            pending,
+            pending_at: 0,
+            msg_len: 0,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    /// A descriptor of the cells file of its own for one commit (see `cell_writers`).
+    fn cell_writer(&self) -> io::Result<File> {
+        let kept = self
+            .cell_writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        match kept {
+            Some(fd) => Ok(fd),
+            None => OpenOptions::new()
+                .write(true)
+                .open(self.queue.join(CELLS_FILE)),
+        }
+    }
+
+    /// A free cell, or a new one while there may be more; `None` when every cell is taken.
+    fn take_cell(&self) -> Option<u64> {
+        let mut slots = self.slots();
+        if let Some(k) = slots.free_cells.pop() {
+            slots.unmarked.remove(&k);
+            return Some(k);
+        }
+        (slots.cells < self.keep.cells).then(|| {
+            slots.cells += 1;
+            slots.cells - 1
+        })
+    }
+
+    /// A free slot file, or a new one.
+    fn take_slot(&self) -> io::Result<Writing> {
         let reused = {
             let mut slots = self.slots();
             let top = slots.free.pop_back();
@@ -346,41 +514,38 @@ impl Spool {
             }
             top
         };
-        let (slot, file, len, created) = match reused {
+        match reused {
             Some(Slot {
                 n,
-                file: Some(f),
+                file: Some(file),
                 size,
-            }) => (n, f, size, false),
+            }) => Ok(Writing {
+                n,
+                file,
+                len: size,
+                created: false,
+            }),
             Some(Slot {
                 n,
                 file: None,
                 size,
             }) => match self.open_slot(n) {
-                Ok(file) => (n, Arc::new(file), size, false),
+                Ok(file) => Ok(Writing {
+                    n,
+                    file: Arc::new(file),
+                    len: size,
+                    created: false,
+                }),
                 Err(e) => {
                     log::warn!("spool: slot {n} is gone ({e}); making a new one");
-                    self.new_slot()?
+                    self.new_slot()
                 }
             },
-            None => self.new_slot()?,
-        };
-        let mut pending = Vec::with_capacity(BUFFERED);
-        pending.resize(HEADER_LEN, 0);
-        Ok(Incoming {
-            id: id::new_id(),
-            slot,
-            file,
-            len,
-            created,
-            pending,
-            pending_at: 0,
-            msg_len: 0,
-            crc: crc32fast::Hasher::new(),
-        })
+            None => self.new_slot(),
+        }
     }
 
-    fn new_slot(&self) -> io::Result<(u64, Arc<File>, u64, bool)> {
+    fn new_slot(&self) -> io::Result<Writing> {
         loop {
             let n = {
                 let mut slots = self.slots();
@@ -394,7 +559,14 @@ impl Spool {
                 .mode(0o600)
                 .open(self.slot_path(n))
             {
-                Ok(file) => return Ok((n, Arc::new(file), 0, true)),
+                Ok(file) => {
+                    return Ok(Writing {
+                        n,
+                        file: Arc::new(file),
+                        len: 0,
+                        created: true,
+                    });
+                }
                 // Left by a crash after recovery counted: skip the number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -404,41 +576,76 @@ impl Spool {
 
     /// Makes the message durable; only after this returns may the client get its 250.
     /// `env.size` must be the number of message bytes written.
-    pub fn commit(&self, mut incoming: Incoming, env: &Envelope) -> io::Result<()> {
+    pub fn commit(&self, mut incoming: Incoming<'_>, env: &Envelope) -> io::Result<()> {
         debug_assert_eq!(incoming.id, env.id);
-        let mut result = incoming.seal(env);
-        if result.is_ok() && incoming.created {
-            result = self.queue_sync.sync();
+        let header = incoming.seal(env);
+        if let Ok(header) = &header
+            && incoming.fits_cell()
+            && let Some(k) = self.take_cell()
+        {
+            incoming.pending[..HEADER_LEN].copy_from_slice(header);
+            let written = self.cell_writer().and_then(|fd| {
+                let written = fd
+                    .write_all_at(&incoming.pending, k * CELL)
+                    .and_then(|()| fd.sync_data());
+                let mut writers = self.cell_writers.lock().unwrap_or_else(|e| e.into_inner());
+                if writers.len() < MAX_CELL_WRITERS {
+                    writers.push(fd);
+                }
+                written
+            });
+            let mut slots = self.slots();
+            match written {
+                Ok(()) => {
+                    slots.live.insert(incoming.id, Place::Cell(k));
+                }
+                Err(_) => {
+                    // The message may have reached the disk all the same: the cell gets its
+                    // free mark unless it is reused first.
+                    slots.free_cells.push(k);
+                    slots.unmarked.insert(k, Instant::now());
+                }
+            }
+            return written;
         }
-        match result {
+        let result = header.and_then(|header| incoming.sync_to_slot_file(&header));
+        let Some(slot) = incoming.slot.take() else {
+            return result;
+        };
+        match result.and_then(|()| match slot.created {
+            true => self.queue_sync.sync(),
+            false => Ok(()),
+        }) {
             Ok(()) => {
                 let slot = Slot {
-                    n: incoming.slot,
-                    file: Some(incoming.file),
-                    size: incoming.len,
+                    n: slot.n,
+                    file: Some(slot.file),
+                    size: slot.len,
                 };
-                self.slots().live.insert(incoming.id, slot);
+                self.slots().live.insert(incoming.id, Place::File(slot));
                 Ok(())
             }
             Err(e) => {
                 // Its header may have reached the disk: not a slot to reuse.
-                self.delete_slot(incoming.slot);
+                self.delete_slot(slot.n);
                 Err(e)
             }
         }
     }
 
-    /// Drops a message that will not be committed (client gone, message refused). Its slot
-    /// never got a live header, so it is free as it is.
-    pub fn abort(&self, incoming: Incoming) {
-        self.release(Slot {
-            n: incoming.slot,
-            file: Some(incoming.file),
-            size: incoming.len,
-        });
+    /// Drops a message that will not be committed (client gone, message refused). A slot
+    /// file it got never had a live header, so it is free as it is.
+    pub fn abort(&self, incoming: Incoming<'_>) {
+        if let Some(slot) = incoming.slot {
+            self.release(Slot {
+                n: slot.n,
+                file: Some(slot.file),
+                size: slot.len,
+            });
+        }
     }
 
-    /// Puts a slot back for reuse. One that is large, or over the byte budget, is cut to
+    /// Puts a slot file back for reuse. One that is large, or over the byte budget, is cut to
     /// nothing first: the file is kept (making one costs an inode allocation and a directory
     /// fsync), its blocks are not. Deleted past the number of free slots kept.
     fn release(&self, mut slot: Slot) {
@@ -479,9 +686,33 @@ impl Spool {
         }
     }
 
+    /// Marks cell `k` free on disk (unsynced).
+    fn mark_cell_free(&self, k: u64) -> io::Result<()> {
+        self.cells.write_all_at(b"F", k * CELL + slot::STATE_AT)
+    }
+
+    /// Writes the free mark of every cell freed at least `after` ago and not reused since;
+    /// returns how long until the next one is due. Until its mark is written, a crash brings
+    /// a freed cell's message back (delivered again: a duplicate, never a loss).
+    pub fn mark_freed_cells(&self, after: Duration) -> Option<Duration> {
+        let mut slots = self.slots();
+        let mut next: Option<Duration> = None;
+        slots.unmarked.retain(|&k, freed| {
+            let waited = freed.elapsed();
+            if waited < after {
+                next = Some(next.map_or(after - waited, |n| n.min(after - waited)));
+                return true;
+            }
+            if let Err(e) = self.mark_cell_free(k) {
+                log::warn!("spool: cannot mark cell {k} free: {e}");
+            }
+            false
+        });
+        next
+    }
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
-        let mut incoming = self.create()?;
+        let mut incoming = self.create();
         incoming.id = env.id.clone();
         incoming.write_all(body)?;
         self.commit(incoming, env)
@@ -501,24 +732,34 @@ impl Spool {
         file.sync_data()?;
         fs::rename(&tmp, self.env_path(&env.id))?;
         self.queue_sync.sync()?;
-        // The message now waits for a retry: do not hold its file open meanwhile.
-        if let Some(slot) = self.slots().live.get_mut(&env.id) {
+        // The message now waits for a retry: do not hold its slot file open meanwhile.
+        if let Some(Place::File(slot)) = self.slots().live.get_mut(&env.id) {
             slot.file = None;
         }
         Ok(())
     }
 
     /// Removes a finished message: its newer envelope first, then its slot is marked free
-    /// and reused. Not synced: if a crash undoes the removal, the message is delivered again
-    /// (a duplicate, never a loss).
+    /// (a cell's mark waits a moment: see `mark_freed_cells`) and reused. Not synced: if a
+    /// crash undoes the removal, the message is delivered again (a duplicate, never a loss).
     /// `newer_envelope`: whether an `<id>.env` may exist (skips a lookup when it cannot).
     pub fn remove(&self, env: &Envelope, newer_envelope: bool) -> io::Result<()> {
         if newer_envelope {
             remove_if_there(&self.env_path(&env.id))?;
         }
-        let Some(mut slot) = self.slots().live.remove(&env.id) else {
+        let Some(place) = self.slots().live.remove(&env.id) else {
             return Ok(());
         };
+        let mut slot = match place {
+            Place::Cell(k) => {
+                let mut slots = self.slots();
+                slots.free_cells.push(k);
+                slots.unmarked.insert(k, Instant::now());
+                return Ok(());
+            }
+            Place::File(slot) => slot,
+        };
+        // One that cannot be marked free is not reused: a crash would bring it back.
         let marked = match slot.file.take() {
             Some(f) => Ok(f),
             None => self.open_slot(slot.n).map(Arc::new),
@@ -531,41 +772,46 @@ impl Spool {
                 Ok(())
             }
             Err(e) => {
-                // Not marked free, so not reusable: a crash would bring it back.
                 self.delete_slot(slot.n);
                 Err(e)
             }
         }
     }
 
-    /// Removes a message that a delivery may still be reading: its slot is deleted, not
-    /// reused, so no other message can be written into a file still being sent.
+    /// Removes a message that a delivery may still be reading: its slot is not reused, so no
+    /// other message can be written where one is still being sent. A slot file is deleted; a
+    /// cell is marked free on disk and reused after the next start.
     pub fn discard(&self, id: &str) -> io::Result<()> {
         remove_if_there(&self.env_path(id))?;
-        let Some(slot) = self.slots().live.remove(id) else {
-            return Ok(());
-        };
-        fs::remove_file(self.slot_path(slot.n))
+        match self.slots().live.remove(id) {
+            None => Ok(()),
+            Some(Place::Cell(k)) => self.mark_cell_free(k),
+            Some(Place::File(slot)) => fs::remove_file(self.slot_path(slot.n)),
+        }
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
     pub fn read_headers(&self, env: &Envelope, max: usize) -> io::Result<Vec<u8>> {
-        slot::read_message_headers(&*self.message_file(&env.id)?, env.size, max)
+        let stored = self.message_file(&env.id)?;
+        slot::read_message_headers(&stored.file, stored.base, env.size, max)
     }
 
-    /// Moves a message's files to `corrupt/` (as `<id>.msg` and `<id>.env`) and records why.
+    /// Moves a message to `corrupt/` (as `<id>.msg` and `<id>.env`) and records why.
     pub fn quarantine(&self, id: &str, reason: &str) -> io::Result<()> {
         log::error!("spool: quarantining {id}: {reason}");
-        let slot = self.slots().live.remove(id);
+        let place = self.slots().live.remove(id);
         let env = self.env_path(id);
         if env.exists() {
             fs::rename(&env, self.corrupt.join(format!("{id}.env")))?;
         }
-        if let Some(slot) = slot {
-            fs::rename(
-                self.slot_path(slot.n),
-                self.corrupt.join(format!("{id}.msg")),
-            )?;
+        let msg = format!("{id}.msg");
+        match place {
+            None => {}
+            Some(Place::File(slot)) => fs::rename(self.slot_path(slot.n), self.corrupt.join(msg))?,
+            Some(Place::Cell(k)) => {
+                self.move_cell(k, &msg)?;
+                self.slots().free_cells.push(k);
+            }
         }
         self.record_reason(id, reason)
     }
@@ -574,6 +820,28 @@ impl Spool {
         log::error!("spool: quarantining {name}: {reason}");
         fs::rename(path, self.corrupt.join(name))?;
         self.record_reason(name, reason)
+    }
+
+    fn quarantine_cell(&self, k: u64, name: &str, reason: &str) -> io::Result<()> {
+        log::error!("spool: quarantining {name}: {reason}");
+        self.move_cell(k, name)?;
+        self.record_reason(name, reason)
+    }
+
+    /// Copies cell `k` to `corrupt/<name>` and, once the copy is durable, marks the cell free.
+    fn move_cell(&self, k: u64, name: &str) -> io::Result<()> {
+        let mut bytes = vec![0u8; CELL as usize];
+        let n = slot::read_full_at(&self.cells, &mut bytes, k * CELL)?;
+        let copy = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.corrupt.join(name))?;
+        copy.write_all_at(&bytes[..n], 0)?;
+        copy.sync_all()?;
+        self.mark_cell_free(k)?;
+        self.cells.sync_data()
     }
 
     fn record_reason(&self, name: &str, reason: &str) -> io::Result<()> {
@@ -608,9 +876,26 @@ fn read_newer_envelope(queue: &Path, id: &str) -> Result<Option<Envelope>, Strin
 }
 
 /// Every queued message in `queue/` with its slot, read-only (no checksum check): the queue
-/// commands use it without a daemon.
-pub fn list(queue: &Path) -> io::Result<Vec<(PathBuf, Envelope)>> {
-    let mut out = Vec::new();
+/// commands use it without a daemon. A slot freed or reused while we look is simply not listed.
+pub fn list(queue: &Path) -> io::Result<Vec<(Location, Envelope)>> {
+    let mut slots = Vec::new();
+    let cells = queue.join(CELLS_FILE);
+    match File::open(&cells) {
+        Ok(file) => {
+            for k in 0..file.metadata()?.len().div_ceil(CELL) {
+                if let Ok(slot::Content::Live(env)) = slot::read(&file, k * CELL, Some(CELL), false)
+                {
+                    let at = Location {
+                        path: cells.clone(),
+                        base: k * CELL,
+                    };
+                    slots.push((at, env));
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     for entry in fs::read_dir(queue)? {
         let path = entry?.path();
         if path
@@ -621,13 +906,18 @@ pub fn list(queue: &Path) -> io::Result<Vec<(PathBuf, Envelope)>> {
         {
             continue;
         }
-        // A slot freed or reused while we look is simply not listed.
-        let Ok(slot::Content::Live(env)) = slot::read(&path, false) else {
+        let Ok(file) = File::open(&path) else {
             continue;
         };
+        if let Ok(slot::Content::Live(env)) = slot::read(&file, 0, None, false) {
+            slots.push((Location { path, base: 0 }, env));
+        }
+    }
+    let mut out = Vec::new();
+    for (at, env) in slots {
         match read_newer_envelope(queue, &env.id) {
-            Ok(Some(newer)) => out.push((path, newer)),
-            Ok(None) => out.push((path, env)),
+            Ok(Some(newer)) => out.push((at, newer)),
+            Ok(None) => out.push((at, env)),
             Err(_) => {}
         }
     }
@@ -668,7 +958,7 @@ mod tests {
     }
 
     fn commit(spool: &Spool, body: &[u8]) -> Envelope {
-        let mut inc = spool.create().unwrap();
+        let mut inc = spool.create();
         inc.write_all(body).unwrap();
         let mut e = env(&inc.id.clone());
         e.size = body.len() as u64;
@@ -676,11 +966,56 @@ mod tests {
         e
     }
 
-    fn slot_files(root: &Path) -> Vec<String> {
+    /// A spool whose messages all get slot files.
+    fn without_cells(root: &Path) -> Spool {
+        let mut spool = Spool::open(root).unwrap();
+        spool.keep.cells = 0;
+        spool
+    }
+
+    /// Where a queued message's slot is.
+    fn at(spool: &Spool, id: &str) -> Location {
+        match spool.slots().live.get(id).expect("queued") {
+            Place::Cell(k) => Location {
+                path: spool.queue.join(CELLS_FILE),
+                base: k * CELL,
+            },
+            Place::File(slot) => Location {
+                path: spool.slot_path(slot.n),
+                base: 0,
+            },
+        }
+    }
+
+    fn read_slot(at: &Location, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        let n = slot::read_full_at(&File::open(&at.path).unwrap(), &mut bytes, at.base).unwrap();
+        bytes.truncate(n);
+        bytes
+    }
+
+    fn write_slot(at: &Location, bytes: &[u8]) {
+        let file = OpenOptions::new().write(true).open(&at.path).unwrap();
+        file.write_all_at(bytes, at.base).unwrap();
+    }
+
+    fn holds(at: &Location, id: &str) -> bool {
+        slot::holds(&File::open(&at.path).unwrap(), at.base, id).unwrap()
+    }
+
+    fn queue_files(root: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(root.join("queue"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| slot::number(n).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn corrupt_files(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root.join("corrupt"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
@@ -691,17 +1026,19 @@ mod tests {
         let root = temp_dir("spool");
         let spool = Spool::open(&root).unwrap();
         let e = commit(&spool, b"Subject: hi\r\n\r\nbody\r\n");
-        // One file: header, message, envelope.
-        let path = spool.msg_path(&e.id).unwrap();
-        let file = fs::read(&path).unwrap();
-        assert!(file.starts_with(format!("mxrelay-slot 1 L {} 21 ", e.id).as_bytes()));
+        // One cell: header, message, envelope.
+        let place = at(&spool, &e.id);
+        assert_eq!(place.path, root.join("queue/cells"));
+        let stored = read_slot(&place, CELL as usize);
+        assert!(stored.starts_with(format!("mxrelay-slot 1 L {} 21 ", e.id).as_bytes()));
         assert_eq!(
-            &file[HEADER_LEN..HEADER_LEN + 21],
+            &stored[HEADER_LEN..HEADER_LEN + 21],
             b"Subject: hi\r\n\r\nbody\r\n"
         );
-        assert_eq!(&file[HEADER_LEN + 21..], &e.encode()[..]);
+        let end = HEADER_LEN + 21 + e.encode().len();
+        assert_eq!(&stored[HEADER_LEN + 21..end], &e.encode()[..]);
         // An unfinished message is a free slot; stray and damaged files are quarantined.
-        let mut stray = spool.create().unwrap();
+        let mut stray = spool.create();
         stray.write_all(&[b'p'; 100_000]).unwrap();
         drop(stray);
         fs::write(root.join("queue/notes.txt"), b"?").unwrap();
@@ -711,23 +1048,21 @@ mod tests {
         )
         .unwrap();
         let other = commit(&spool, b"Subject: other\r\n\r\nx\r\n");
-        let other_path = spool.msg_path(&other.id).unwrap();
-        let mut bytes = fs::read(&other_path).unwrap();
+        let other_at = at(&spool, &other.id);
+        let mut bytes = read_slot(&other_at, HEADER_LEN + 4);
         bytes[HEADER_LEN + 3] ^= 1;
-        fs::write(&other_path, bytes).unwrap();
+        write_slot(&other_at, &bytes);
         let spool = Spool::open(&root).unwrap();
         let got = spool.recover().unwrap();
         assert_eq!(got, vec![e.clone()]);
         assert!(root.join("corrupt/notes.txt").exists());
         assert!(root.join("corrupt/0000000000000002-0000.env").exists());
-        let slot_name = other_path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let reason =
-            fs::read_to_string(root.join(format!("corrupt/slot-{slot_name}.reason"))).unwrap();
+        let cell = format!("cell-{}", other_at.base / CELL);
+        let reason = fs::read_to_string(root.join(format!("corrupt/{cell}.reason"))).unwrap();
         assert!(reason.contains("checksum"), "{reason}");
+        let kept = fs::read(root.join(format!("corrupt/{cell}"))).unwrap();
+        assert!(kept.starts_with(&bytes), "the damaged cell is kept");
+        assert!(!holds(&other_at, &other.id), "its cell is free");
         assert_eq!(spool.read_headers(&e, 1000).unwrap(), b"Subject: hi\r\n");
         // A newer envelope overrides the first one, for recovery and for the queue commands.
         let mut updated = e.clone();
@@ -737,19 +1072,114 @@ mod tests {
         assert_eq!(spool.recover().unwrap(), vec![updated.clone()]);
         assert_eq!(
             list(&root.join("queue")).unwrap(),
-            vec![(path.clone(), updated.clone())]
+            vec![(place.clone(), updated.clone())]
         );
-        // Removed: the slot is marked free and reused for the next message, no file created.
-        assert!(slot::holds(&File::open(&path).unwrap(), &e.id).unwrap());
+        // Removed: the cell is marked free and reused for the next message, no file created.
+        assert!(holds(&place, &e.id));
         spool.remove(&updated, true).unwrap();
-        assert!(!slot::holds(&File::open(&path).unwrap(), &e.id).unwrap());
+        spool.mark_freed_cells(Duration::ZERO);
+        assert!(!holds(&place, &e.id));
         assert!(!root.join(format!("queue/{}.env", e.id)).exists());
         assert!(list(&root.join("queue")).unwrap().is_empty());
-        let before = slot_files(&root);
+        let before = queue_files(&root);
         let e2 = commit(&spool, b"y");
-        assert_eq!(slot_files(&root), before);
+        assert_eq!(queue_files(&root), before);
+        assert_eq!(at(&spool, &e2.id), place, "the lowest free cell");
         assert_eq!(spool.read_headers(&e2, 1000).unwrap(), b"y");
         assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![e2]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_message_that_fits_a_cell_gets_one_and_a_larger_one_a_slot_file() {
+        let root = temp_dir("cells");
+        let mut spool = Spool::open(&root).unwrap();
+        spool.keep.cells = 2;
+        let mut probe = env(&id::new_id());
+        probe.size = 60_000; // as many digits as the sizes below
+        let room = CELL as usize - HEADER_LEN - probe.encode().len();
+        let fits = commit(&spool, &vec![b'f'; room]);
+        let larger = commit(&spool, &vec![b'l'; room + 1]);
+        assert_eq!(at(&spool, &fits.id).path, root.join("queue/cells"));
+        assert_eq!(at(&spool, &larger.id).base, 0);
+        assert_ne!(at(&spool, &larger.id).path, root.join("queue/cells"));
+        // Past the number of cells, small messages get slot files too.
+        let second = commit(&spool, b"second");
+        let third = commit(&spool, b"third");
+        assert_eq!(at(&spool, &second.id).base, CELL);
+        assert_ne!(at(&spool, &third.id).path, root.join("queue/cells"));
+        assert_eq!(queue_files(&root), ["0", "1", "cells"]);
+        let mut read = Vec::new();
+        let stored = spool.message_file(&fits.id).unwrap();
+        std::io::Read::read_to_end(
+            &mut slot::MessageReader::new(&stored.file, stored.base, fits.size),
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(read, vec![b'f'; room]);
+        let all = vec![fits, larger, second, third];
+        let mut sorted = all.clone();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), sorted);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_freed_cell_is_marked_after_a_moment_unless_reused_first() {
+        let root = temp_dir("marks");
+        let spool = Spool::open(&root).unwrap();
+        let (a, b) = (commit(&spool, b"a"), commit(&spool, b"b"));
+        let (a_at, b_at) = (at(&spool, &a.id), at(&spool, &b.id));
+        spool.remove(&a, false).unwrap();
+        spool.remove(&b, false).unwrap();
+        // Not yet: a crash now would bring both back.
+        let due = spool.mark_freed_cells(Duration::from_secs(60));
+        assert!(due.is_some_and(|d| d > Duration::from_secs(59)), "{due:?}");
+        assert!(holds(&a_at, &a.id) && holds(&b_at, &b.id));
+        // b's cell is reused first: its new message must never get the old one's mark.
+        let c = commit(&spool, b"c");
+        assert_eq!(at(&spool, &c.id), b_at);
+        assert_eq!(spool.mark_freed_cells(Duration::ZERO), None);
+        assert!(!holds(&a_at, &a.id), "marked free");
+        assert!(holds(&b_at, &c.id), "the reused cell keeps its new message");
+        assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![c]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_discarded_cell_is_reused_only_after_a_restart() {
+        let root = temp_dir("discard");
+        let spool = Spool::open(&root).unwrap();
+        let a = commit(&spool, b"a");
+        let a_at = at(&spool, &a.id);
+        spool.discard(&a.id).unwrap();
+        assert!(!holds(&a_at, &a.id), "marked free on disk");
+        // A delivery may still read it: the next message takes another cell.
+        let b = commit(&spool, b"b");
+        assert_ne!(at(&spool, &b.id), a_at);
+        let spool = Spool::open(&root).unwrap();
+        assert_eq!(spool.recover().unwrap(), vec![b]);
+        let c = commit(&spool, b"c");
+        assert_eq!(at(&spool, &c.id), a_at);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_message_in_a_cell_and_in_a_slot_file_is_recovered_once() {
+        let root = temp_dir("twice");
+        let spool = Spool::open(&root).unwrap();
+        let e = commit(&spool, b"twice");
+        let copy = read_slot(&at(&spool, &e.id), CELL as usize);
+        fs::write(root.join("queue/7"), &copy).unwrap();
+        let spool = Spool::open(&root).unwrap();
+        assert_eq!(spool.recover().unwrap(), vec![e.clone()]);
+        assert_eq!(
+            corrupt_files(&root),
+            [
+                format!("{}.slot-7", e.id),
+                format!("{}.slot-7.reason", e.id)
+            ]
+        );
         fs::remove_dir_all(root).unwrap();
     }
 
@@ -764,7 +1194,7 @@ mod tests {
             vec![b'M'; 70_000],
             b"end\r\n".to_vec(),
         ];
-        let mut inc = spool.create().unwrap();
+        let mut inc = spool.create();
         for (i, p) in pieces.iter().enumerate() {
             if i % 2 == 0 {
                 inc.write_all(p).unwrap();
@@ -785,58 +1215,60 @@ mod tests {
             "the checksum matches"
         );
         let mut stored = Vec::new();
-        let file = spool.message_file(&e.id).unwrap();
-        std::io::Read::read_to_end(&mut slot::MessageReader::new(&file, e.size), &mut stored)
-            .unwrap();
+        let s = spool.message_file(&e.id).unwrap();
+        std::io::Read::read_to_end(
+            &mut slot::MessageReader::new(&s.file, s.base, e.size),
+            &mut stored,
+        )
+        .unwrap();
         assert_eq!(stored, whole);
         fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn a_crash_while_a_slot_is_reused_is_caught_by_the_checksum() {
-        let root = temp_dir("torn");
-        let spool = Spool::open(&root).unwrap();
-        let x = commit(&spool, &[b'x'; 5000]);
-        let path = spool.msg_path(&x.id).unwrap();
-        let old = fs::read(&path).unwrap();
-        spool.remove(&x, false).unwrap();
-        // The freeing byte never reached the disk: the message comes back (a duplicate).
-        fs::write(&path, &old).unwrap();
-        assert_eq!(
-            Spool::open(&root).unwrap().recover().unwrap(),
-            vec![x.clone()]
-        );
-        // The slot is being reused when the crash comes: old header, part new content.
-        let spool = Spool::open(&root).unwrap();
-        spool.recover().unwrap();
-        spool.remove(&x, false).unwrap();
-        let mut y = spool.create().unwrap();
-        y.write_all(&[b'y'; 3000]).unwrap();
-        y.flush().unwrap();
-        let mut torn = fs::read(&path).unwrap();
-        torn[..HEADER_LEN].copy_from_slice(&old[..HEADER_LEN]);
-        fs::write(&path, &torn).unwrap();
-        drop(y);
-        let spool = Spool::open(&root).unwrap();
-        assert!(spool.recover().unwrap().is_empty());
-        assert_eq!(fs::read_dir(root.join("corrupt")).unwrap().count(), 2);
-        fs::remove_dir_all(root).unwrap();
+        for cells in [true, false] {
+            let root = temp_dir("torn");
+            let open = || match cells {
+                true => Spool::open(&root).unwrap(),
+                false => without_cells(&root),
+            };
+            let spool = open();
+            let x = commit(&spool, &[b'x'; 5000]);
+            let place = at(&spool, &x.id);
+            let old = read_slot(&place, HEADER_LEN + 6000);
+            spool.remove(&x, false).unwrap();
+            // The freeing byte never reached the disk: the message comes back (a duplicate).
+            write_slot(&place, &old);
+            assert_eq!(open().recover().unwrap(), vec![x.clone()]);
+            // The slot is being reused when the crash comes: old header, part new content.
+            let spool = open();
+            spool.recover().unwrap();
+            spool.remove(&x, false).unwrap();
+            let y = commit(&spool, &[b'y'; 3000]);
+            assert_eq!(at(&spool, &y.id), place);
+            let mut torn = read_slot(&place, HEADER_LEN + 3000);
+            torn[..HEADER_LEN].copy_from_slice(&old[..HEADER_LEN]);
+            write_slot(&place, &torn);
+            let spool = open();
+            assert!(spool.recover().unwrap().is_empty());
+            assert_eq!(corrupt_files(&root).len(), 2, "cells: {cells}");
+            fs::remove_dir_all(root).unwrap();
+        }
     }
 
     #[test]
     fn free_slots_are_kept_within_their_count_bytes_and_open_files() {
         let root = temp_dir("keep");
-        let mut spool = Spool::open(&root).unwrap();
+        let mut spool = without_cells(&root);
         spool.keep = Keep {
+            cells: 0,
             slots: 2,
             bytes: 8_000,
             open: 1,
         };
         let msgs: Vec<Envelope> = (0..3).map(|_| commit(&spool, &[b'k'; 5000])).collect();
-        let paths: Vec<PathBuf> = msgs
-            .iter()
-            .map(|e| spool.msg_path(&e.id).unwrap())
-            .collect();
+        let paths: Vec<PathBuf> = msgs.iter().map(|e| at(&spool, &e.id).path).collect();
         for e in &msgs {
             spool.remove(e, false).unwrap();
         }
@@ -857,49 +1289,50 @@ mod tests {
 
     #[test]
     fn a_slot_shorter_than_its_header_says_is_quarantined() {
-        let root = temp_dir("short");
-        let spool = Spool::open(&root).unwrap();
-        let e = commit(&spool, &[b's'; 3000]);
-        let path = spool.msg_path(&e.id).unwrap();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(1000)
-            .unwrap();
-        let spool = Spool::open(&root).unwrap();
-        assert!(spool.recover().unwrap().is_empty());
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let reason = fs::read_to_string(root.join(format!("corrupt/slot-{name}.reason"))).unwrap();
-        assert!(reason.contains("shorter than its header says"), "{reason}");
-        fs::remove_dir_all(root).unwrap();
+        for cells in [true, false] {
+            let root = temp_dir("short");
+            let spool = match cells {
+                true => Spool::open(&root).unwrap(),
+                false => without_cells(&root),
+            };
+            let e = commit(&spool, &[b's'; 3000]);
+            let place = at(&spool, &e.id);
+            OpenOptions::new()
+                .write(true)
+                .open(&place.path)
+                .unwrap()
+                .set_len(1000)
+                .unwrap();
+            let spool = Spool::open(&root).unwrap();
+            assert!(spool.recover().unwrap().is_empty());
+            let name = match cells {
+                true => "cell-0".to_string(),
+                false => format!("slot-{}", place.path.file_name().unwrap().to_string_lossy()),
+            };
+            let reason = fs::read_to_string(root.join(format!("corrupt/{name}.reason"))).unwrap();
+            assert!(reason.contains("shorter than its header says"), "{reason}");
+            fs::remove_dir_all(root).unwrap();
+        }
     }
 
     #[test]
     fn big_slots_are_kept_without_their_blocks_and_reused_last() {
         let root = temp_dir("big");
-        let spool = Spool::open(&root).unwrap();
+        let spool = without_cells(&root);
         let big = commit(&spool, &vec![b'b'; 300_000]);
         let small = commit(&spool, b"small");
-        let (big_path, small_path) = (
-            spool.msg_path(&big.id).unwrap(),
-            spool.msg_path(&small.id).unwrap(),
-        );
+        let (big_path, small_path) = (at(&spool, &big.id).path, at(&spool, &small.id).path);
         spool.remove(&big, false).unwrap();
         spool.remove(&small, false).unwrap();
         assert_eq!(fs::metadata(&big_path).unwrap().len(), 0);
         let next = commit(&spool, b"next");
         assert_eq!(
-            spool.msg_path(&next.id),
-            Some(small_path),
+            at(&spool, &next.id).path,
+            small_path,
             "a slot with blocks first"
         );
         let last = commit(&spool, b"last");
-        assert_eq!(
-            spool.msg_path(&last.id),
-            Some(big_path),
-            "then the emptied one"
-        );
+        assert_eq!(at(&spool, &last.id).path, big_path, "then the emptied one");
         assert_eq!(
             Spool::open(&root).unwrap().recover().unwrap(),
             vec![next, last]

@@ -1,8 +1,10 @@
-//! The slot file format. A slot (`queue/<n>`) holds one queued message at a time and is reused
-//! for message after message, so that committing one costs a write and an fdatasync, with no
-//! directory operation (no create, rename or directory fsync) once the slot exists.
+//! The slot format. A slot holds one queued message at a time and is reused for message after
+//! message, so that committing one costs a write and an fdatasync, with no directory operation
+//! (no create, rename or directory fsync) once the slot exists. A slot is either a cell of the
+//! shared cells file (`queue/cells`, fixed size, for messages that fit one) or a slot file of
+//! its own (`queue/<n>`, any size).
 //!
-//! Layout: a 256-byte header, the message, then its envelope as first written. The header is
+//! Layout, from the slot's start: a 256-byte header, the message, then its envelope as first written. The header is
 //! one line, `mxrelay-slot 1 <state> <id> <message length> <envelope length> <crc32>`, padded
 //! with spaces to 255 bytes plus a newline. State `L`: a queued message; `F`: free.
 //!
@@ -11,8 +13,8 @@
 //! committed slot from one a crash cut off while it was being reused.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 use super::Envelope;
 use super::id;
@@ -95,15 +97,13 @@ pub enum Content {
     Damaged(String),
 }
 
-/// Reads a slot. `verify`: check the CRC over the whole message (recovery does; listing the
-/// queue only reads header and envelope).
-pub fn read(path: &Path, verify: bool) -> io::Result<Content> {
-    let mut file = File::open(path)?;
-    let mut head = Vec::with_capacity(HEADER_LEN);
-    file.by_ref()
-        .take(HEADER_LEN as u64)
-        .read_to_end(&mut head)?;
-    let Some(header) = Header::parse(&head) else {
+/// Reads the slot at `base` in `file` (0 for a slot file, a cell's offset in the cells file).
+/// `room`: how long the slot may be (a cell's size). `verify`: check the CRC over the whole
+/// message (recovery does; listing the queue only reads header and envelope).
+pub fn read(file: &File, base: u64, room: Option<u64>, verify: bool) -> io::Result<Content> {
+    let mut head = [0u8; HEADER_LEN];
+    let n = read_full_at(file, &mut head, base)?;
+    let Some(header) = Header::parse(&head[..n]) else {
         return Ok(Content::Free);
     };
     if header.state == State::Free {
@@ -112,24 +112,26 @@ pub fn read(path: &Path, verify: bool) -> io::Result<Content> {
     if header.env_len > MAX_ENVELOPE {
         return Ok(Content::Damaged("envelope length out of range".into()));
     }
+    if room.is_some_and(|room| HEADER_LEN as u64 + header.msg_len + header.env_len > room) {
+        return Ok(Content::Damaged("longer than a cell".into()));
+    }
+    let shorter = || Ok(Content::Damaged("shorter than its header says".into()));
     let mut crc = crc32fast::Hasher::new();
     if verify {
-        let mut message = file.by_ref().take(header.msg_len);
+        let mut message = MessageReader::new(file, base, header.msg_len);
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            let n = message.read(&mut chunk)?;
-            if n == 0 {
-                break;
+            match message.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => crc.update(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return shorter(),
+                Err(e) => return Err(e),
             }
-            crc.update(&chunk[..n]);
         }
-    } else {
-        file.seek(SeekFrom::Start(HEADER_LEN as u64 + header.msg_len))?;
     }
-    let mut env = Vec::new();
-    file.take(header.env_len).read_to_end(&mut env)?;
-    if env.len() as u64 != header.env_len {
-        return Ok(Content::Damaged("shorter than its header says".into()));
+    let mut env = vec![0u8; header.env_len as usize];
+    if read_full_at(file, &mut env, base + HEADER_LEN as u64 + header.msg_len)? < env.len() {
+        return shorter();
     }
     if verify {
         crc.update(&env);
@@ -152,8 +154,22 @@ pub fn read(path: &Path, verify: bool) -> io::Result<Content> {
     Ok(Content::Live(env))
 }
 
-/// Reads the message in a slot: `size` bytes after the header (positioned reads, so one open
-/// file serves any number of readers).
+/// Reads into `buf` from `at` until it is full or the file ends; returns how much it read.
+pub fn read_full_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Reads the message in a slot: `size` bytes after the header of the slot at `base`
+/// (positioned reads, so one open file serves any number of readers).
 pub struct MessageReader<'a> {
     file: &'a File,
     pos: u64,
@@ -161,8 +177,8 @@ pub struct MessageReader<'a> {
 }
 
 impl<'a> MessageReader<'a> {
-    pub fn new(file: &'a File, size: u64) -> MessageReader<'a> {
-        let pos = HEADER_LEN as u64;
+    pub fn new(file: &'a File, base: u64, size: u64) -> MessageReader<'a> {
+        let pos = base + HEADER_LEN as u64;
         MessageReader {
             file,
             pos,
@@ -173,7 +189,6 @@ impl<'a> MessageReader<'a> {
 
 impl Read for MessageReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
         let want = buf.len().min((self.end - self.pos) as usize);
         if want == 0 {
             return Ok(0);
@@ -187,10 +202,11 @@ impl Read for MessageReader<'_> {
     }
 }
 
-/// The header section of the message in a slot (up to `max` bytes), for DSNs and `queue show`.
-pub fn read_message_headers(file: &File, size: u64, max: usize) -> io::Result<Vec<u8>> {
+/// The header section of the message in the slot at `base` (up to `max` bytes), for DSNs
+/// and `queue show`.
+pub fn read_message_headers(file: &File, base: u64, size: u64, max: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    MessageReader::new(file, size.min(max as u64)).read_to_end(&mut buf)?;
+    MessageReader::new(file, base, size.min(max as u64)).read_to_end(&mut buf)?;
     if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
         buf.truncate(end + 2);
     }
@@ -199,10 +215,9 @@ pub fn read_message_headers(file: &File, size: u64, max: usize) -> io::Result<Ve
 
 /// Whether the slot holds the queued message `id` right now (for readers without the
 /// daemon's knowledge, which may free and reuse a slot at any time).
-pub fn holds(file: &File, id: &str) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
+pub fn holds(file: &File, base: u64, id: &str) -> io::Result<bool> {
     let mut head = [0u8; HEADER_LEN];
-    let n = file.read_at(&mut head, 0)?;
+    let n = read_full_at(file, &mut head, base)?;
     Ok(Header::parse(&head[..n]).is_some_and(|h| h.state == State::Live && h.id == id))
 }
 

@@ -153,9 +153,17 @@ impl Relay {
         self.wait_log_n(needle, 1)
     }
 
-    /// Queued messages in the spool: slot files (`queue/<n>`) with a live header.
+    /// Queued messages in the spool: cells of `queue/cells` (64 KiB each) and slot files
+    /// (`queue/<n>`) with a live header.
     pub fn queued(&self) -> usize {
-        std::fs::read_dir(self.spool.join("queue"))
+        const CELL: usize = 64 * 1024;
+        const LIVE: &[u8] = b"mxrelay-slot 1 L";
+        let cells = std::fs::read(self.spool.join("queue/cells")).unwrap_or_default();
+        let in_cells = cells
+            .chunks(CELL)
+            .filter(|cell| cell.starts_with(LIVE))
+            .count();
+        let in_files = std::fs::read_dir(self.spool.join("queue"))
             .map(|d| {
                 d.filter_map(Result::ok)
                     .filter(|e| {
@@ -169,11 +177,12 @@ impl Relay {
                         std::fs::File::open(e.path())
                             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
                             .is_ok()
-                            && &head == b"mxrelay-slot 1 L"
+                            && head == LIVE
                     })
                     .count()
             })
-            .unwrap_or(0)
+            .unwrap_or(0);
+        in_cells + in_files
     }
 
     pub fn kill9(&mut self) {
