@@ -15,6 +15,7 @@ use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Config, Role};
 use crate::control::{self, Command, Request};
 use crate::delivery::flow::InFlow;
+use crate::delivery::intake::{self, Intake};
 use crate::delivery::route::RouteTable;
 use crate::delivery::scheduler::{Inputs, Scheduler, SchedulerConfig};
 use crate::delivery::{self, Context};
@@ -32,6 +33,7 @@ pub struct Relay {
     control: Sender<Request>,
     stop_scheduler: Sender<()>,
     scheduler: JoinHandle<()>,
+    spool: Arc<Spool>,
     /// The bound /metrics address and its stop flag.
     metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
 }
@@ -128,18 +130,28 @@ impl Relay {
             smarthost_auth,
             metrics: metrics.clone(),
         });
-        delivery::spawn_workers(cfg.workers, jobs.clone(), outcome_tx, ctx)?;
         let in_flow = Arc::new(InFlow::new(cfg.in_flow_backlog, cfg.in_flow_delay));
+        let routes = Arc::new(RouteTable {
+            smarthost: cfg.smarthost.clone(),
+            routes: cfg.routes.iter().cloned().collect::<HashMap<_, _>>(),
+        });
+        let intake = Arc::new(Intake::new(intake::Services {
+            routes: routes.clone(),
+            spool: spool.clone(),
+            jobs: jobs.clone(),
+            to_scheduler: intake_tx,
+            in_flow: in_flow.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
+        }));
+        delivery::spawn_workers(cfg.workers, jobs.clone(), outcome_tx, intake.clone(), ctx)?;
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 hostname: cfg.hostname.clone(),
                 postmaster: cfg.postmaster.to_string(),
                 retry: cfg.retry.clone(),
                 max_queue_lifetime: cfg.max_queue_lifetime,
-                routes: RouteTable {
-                    smarthost: cfg.smarthost.clone(),
-                    routes: cfg.routes.iter().cloned().collect::<HashMap<_, _>>(),
-                },
+                routes,
             },
             spool.clone(),
             events.clone(),
@@ -149,6 +161,7 @@ impl Relay {
         );
         let inputs = Inputs {
             intake: intake_rx,
+            direct: intake.clone(),
             outcomes: outcome_rx,
             control: control_rx,
             stop: stop_rx,
@@ -175,8 +188,8 @@ impl Relay {
                 auth_fail_delay: cfg.auth_fail_delay,
             },
             Services {
-                spool,
-                queued: intake_tx,
+                spool: spool.clone(),
+                intake,
                 tls: tls.clone(),
                 users: users.clone(),
                 auth_guard: FailureGuard::new(cfg.auth_max_failures, cfg.auth_lockout),
@@ -195,6 +208,7 @@ impl Relay {
             control: control_tx,
             stop_scheduler: stop_tx,
             scheduler,
+            spool,
             metrics_endpoint,
         })
     }
@@ -241,6 +255,8 @@ impl Relay {
         }
         let _ = self.stop_scheduler.send(());
         let _ = self.scheduler.join();
+        // Workers may still finish deliveries, with nothing left to mark their cells free.
+        self.spool.mark_freed_cells_at_once();
     }
 }
 

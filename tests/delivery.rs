@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use support::dns::FakeDns;
 use support::sink::{Message, Script, Sink};
-use support::{Relay, TempDir, WAIT, queue_id, sink_on, submit, wait_until};
+use support::{Relay, TempDir, WAIT, queue_id, sink_on, submit, submit_numbered, wait_until};
 
 const MSG: &[u8] =
     b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n";
@@ -773,17 +773,7 @@ fn more_messages_than_the_workers_take_at_once_all_arrive_once() {
     let sink = sink_on("127.0.0.3", 0, Script::default().slow_greeting(150));
     let spool = TempDir::new("job-queue-full");
     let relay = Relay::via(&sink, spool.path(), &["--workers", "1"]);
-    let ids: Vec<String> = (0..6)
-        .map(|i| {
-            let body = format!("Subject: n{i}\r\n\r\nbody {i}\r\n");
-            queue_id(&submit(
-                relay.addr,
-                "a@client.test",
-                &["b@example.test"],
-                body.as_bytes(),
-            ))
-        })
-        .collect();
+    let ids = submit_numbered(relay.addr, 6, "n");
     for id in &ids {
         relay.wait_log(&format!("{id}: removed"));
     }

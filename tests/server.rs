@@ -10,7 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::sink::Script;
-use support::{Client, Relay, TempDir, WAIT, queue_id, sink_on, submit, wait_until};
+use support::{
+    Client, Relay, TempDir, WAIT, queue_id, sink_on, submit, submit_numbered, wait_until,
+};
 
 fn greeted(relay: &Relay) -> Client {
     let mut c = Client::connect(relay.addr);
@@ -275,6 +277,22 @@ fn idle_client_gets_421_after_the_timeout() {
     assert!(c.reply().starts_with("421 4.4.2"));
     assert!(c.at_eof());
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn delivered_mail_does_not_come_back_after_a_graceful_stop() {
+    // Stopped right after the deliveries, before the freed cells' marks would be due.
+    let sink = sink_on("127.0.0.19", 0, Script::default());
+    let spool = TempDir::new("stop-after-delivery");
+    let mut relay = Relay::via(&sink, spool.path(), &[]);
+    for id in &submit_numbered(relay.addr, 3, "done ") {
+        relay.wait_log(&format!("{id}: removed"));
+    }
+    assert!(relay.terminate().success());
+    let relay = Relay::via(&sink, spool.path(), &[]);
+    assert_eq!(relay.queued(), 0);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.messages().len(), 3, "{}", relay.log());
 }
 
 #[test]

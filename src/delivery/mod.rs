@@ -1,9 +1,11 @@
-//! Delivery: the scheduler (the only writer of queued state) hands jobs, one per destination,
-//! over a bounded channel to a fixed pool of worker threads, which send back per-recipient
-//! outcomes.
+//! Delivery: a fixed pool of worker threads takes jobs (one destination's recipients of one
+//! message) from a bounded channel and sends back per-recipient outcomes. Sessions put a new
+//! message's job there themselves when they can (`intake`); the scheduler, the only writer
+//! of queued state, puts the rest, and every retry.
 
 pub mod attempt;
 pub mod flow;
+pub mod intake;
 pub mod retry;
 pub mod route;
 pub mod scheduler;
@@ -16,6 +18,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::dns::Resolver;
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::spool::{Envelope, Spool};
 use route::Destination;
 
 /// The recipients of one message that share a destination, delivered in one transaction.
@@ -36,6 +41,27 @@ pub struct Job {
     pub smtputf8: bool,
 }
 
+impl Job {
+    pub fn new(
+        env: &crate::spool::Envelope,
+        (dest, rcpts): route::Group,
+        body: crate::spool::Stored,
+        cancelled: Arc<AtomicBool>,
+    ) -> Job {
+        Job {
+            id: env.id.clone(),
+            sender: env.sender.clone(),
+            rcpts,
+            dest,
+            body,
+            cancelled,
+            size: env.size,
+            eight_bit: env.eight_bit,
+            smtputf8: env.smtputf8,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RcptResult {
     Delivered {
@@ -51,6 +77,48 @@ pub enum RcptResult {
         relay: Option<String>,
         reason: String,
     },
+}
+
+/// A recipient delivered: what the log, the metrics and the event stream say about it.
+pub struct Delivered<'a> {
+    pub relay: &'a str,
+    pub reply: &'a str,
+    pub tls: bool,
+}
+
+impl Delivered<'_> {
+    /// `received`: when the message was (unix ms).
+    pub fn report(&self, id: &str, received: u64, rcpt: &str, metrics: &Metrics, events: &Events) {
+        let (relay, reply, tls) = (self.relay, self.reply, self.tls);
+        let delay_s = scheduler::now_ms().saturating_sub(received) as f64 / 1000.0;
+        log::info!(
+            "{id}: delivered to=<{rcpt}> relay={relay}{} reply=\"{reply}\"",
+            if tls { " tls" } else { "" }
+        );
+        metrics.recipient_delivered();
+        metrics.observe_delivery_latency(delay_s);
+        use crate::events::V;
+        events.emit(
+            "delivered",
+            &[
+                ("id", V::Str(id)),
+                ("recipient", V::Str(rcpt)),
+                ("relay", V::Str(relay)),
+                ("reply", V::Str(reply)),
+                ("tls", V::Bool(tls)),
+                ("delay_s", V::Float(delay_s)),
+            ],
+        );
+    }
+}
+
+/// Removes a message every recipient of which is done.
+pub fn remove_done(spool: &Spool, env: &Envelope, newer_envelope: bool) {
+    let id = &env.id;
+    match spool.remove(env, newer_envelope) {
+        Ok(()) => log::info!("{id}: removed (all recipients done)"),
+        Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
+    }
 }
 
 #[derive(Debug)]
@@ -156,15 +224,20 @@ impl JobQueue {
     }
 }
 
+/// Workers send each job's outcome to the scheduler, except where the message went to them
+/// straight from its session and was delivered to every recipient: they finish that one
+/// themselves (`Intake::finish_direct`).
 pub fn spawn_workers(
     n: usize,
     jobs: Arc<JobQueue>,
     outcomes: Sender<Outcome>,
+    intake: Arc<intake::Intake>,
     ctx: Arc<Context>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..n)
         .map(|i| {
             let (jobs, outcomes, ctx) = (jobs.clone(), outcomes.clone(), ctx.clone());
+            let intake = intake.clone();
             thread::Builder::new()
                 .name(format!("deliver-{i}"))
                 .spawn(move || {
@@ -183,6 +256,9 @@ pub fn spawn_workers(
                         ctx.metrics.worker_busy();
                         let results = attempt::deliver(&job, &ctx, &mut cache);
                         ctx.metrics.worker_idle();
+                        let Some(results) = intake.finish_direct(&job, results) else {
+                            continue;
+                        };
                         if outcomes
                             .send(Outcome {
                                 id: job.id,

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::config::HostPort;
 use crate::dns::{DnsError, MxLookup, Resolver};
 use crate::smtp::address::domain_key;
+use crate::spool::Envelope;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
@@ -26,7 +27,32 @@ pub struct RouteTable {
     pub routes: HashMap<String, HostPort>,
 }
 
+/// Most servers take at least 100 recipients per transaction (RFC 5321 4.5.3.1.8).
+const MAX_RCPTS_PER_JOB: usize = 100;
+
+/// One transaction's worth of a message: a destination and its recipients (each with its
+/// index in the envelope).
+pub type Group = (Destination, Vec<(usize, String)>);
+
 impl RouteTable {
+    /// A message's pending recipients, grouped by destination, at most `MAX_RCPTS_PER_JOB`
+    /// to a group.
+    pub fn group(&self, env: &Envelope) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, r) in env.pending() {
+            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+            let dest = self.destination(domain);
+            match groups
+                .iter_mut()
+                .find(|(d, rcpts)| *d == dest && rcpts.len() < MAX_RCPTS_PER_JOB)
+            {
+                Some((_, rcpts)) => rcpts.push((i, r.address.clone())),
+                None => groups.push((dest, vec![(i, r.address.clone())])),
+            }
+        }
+        groups
+    }
+
     pub fn destination(&self, domain: &str) -> Destination {
         if let Some(h) = &self.smarthost {
             return Destination::Smarthost(h.clone());

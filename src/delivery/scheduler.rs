@@ -1,8 +1,10 @@
-//! The scheduler: the only writer of queued state after commit. It keeps an in-memory index
-//! of queued messages (rebuilt from the spool at start), turns due messages into one job per
-//! destination, applies outcomes (crossing recipients off on disk as they are delivered or
-//! fail), schedules retries, expires old mail, spools the DSNs, and carries out the
-//! operator's queue commands (flush, delete, hold, release).
+//! The scheduler: the only writer of queued state after commit, but for one case: a message
+//! that a worker got straight from its session and delivered to every recipient, which the
+//! worker removes (see `intake`). It keeps an in-memory index of queued messages (rebuilt
+//! from the spool at start), turns due messages into one job per destination, applies
+//! outcomes (crossing recipients off on disk as they are delivered or fail), schedules
+//! retries, expires old mail, spools the DSNs, and carries out the operator's queue commands
+//! (flush, delete, hold, release).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -12,16 +14,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, select};
 
 use super::flow::InFlow;
-use super::route::{Destination, RouteTable};
-use super::{Job, JobQueue, Outcome, RcptResult, retry};
+use super::intake::Intake;
+use super::route::RouteTable;
+use super::{Delivered, Job, JobQueue, Outcome, RcptResult, retry};
 use crate::bounce::{self, FailedRecipient};
 use crate::control::{Command, Request};
 use crate::events::{Events, V, rfc3339};
 use crate::metrics::Metrics;
 use crate::spool::{Envelope, Kind, RcptState, Recipient, Spool, id};
 
-/// Most servers take at least 100 recipients per transaction (RFC 5321 4.5.3.1.8).
-const MAX_RCPTS_PER_JOB: usize = 100;
 /// How much of the original message a DSN quotes (its header section).
 const DSN_HEADER_LIMIT: usize = 64 * 1024;
 
@@ -30,12 +31,15 @@ pub struct SchedulerConfig {
     pub postmaster: String,
     pub retry: Vec<Duration>,
     pub max_queue_lifetime: Duration,
-    pub routes: RouteTable,
+    pub routes: Arc<RouteTable>,
 }
 
 /// Where the scheduler's work comes from.
 pub struct Inputs {
+    /// New messages the sessions could not hand to a worker themselves.
     pub intake: Receiver<Envelope>,
+    /// And those they could.
+    pub direct: Arc<Intake>,
     pub outcomes: Receiver<Outcome>,
     pub control: Receiver<Request>,
     pub stop: Receiver<()>,
@@ -119,12 +123,12 @@ impl Scheduler {
     /// Runs until `stop` fires or the intake closes.
     pub fn run(mut self, inputs: Inputs, jobs: Arc<JobQueue>) {
         self.serve(inputs, &jobs);
-        self.spool.mark_freed_cells(Duration::ZERO);
         jobs.close();
     }
 
     fn serve(&mut self, inputs: Inputs, jobs: &JobQueue) {
         loop {
+            self.take_direct(&inputs.direct);
             self.fire_due_timers();
             while let Some(job) = self.ready.pop_front() {
                 if let Some(job) = jobs.try_send(job) {
@@ -132,6 +136,7 @@ impl Scheduler {
                     break;
                 }
             }
+            inputs.direct.set_scheduler_backlog(!self.ready.is_empty());
             self.update_gauges();
             let marks_due = self.spool.mark_freed_cells(crate::spool::MARK_FREED_AFTER);
             // Sleep until the next timer or free mark (at most 1 s, for the gauges); a free
@@ -149,8 +154,12 @@ impl Scheduler {
                     Ok(env) => self.add(env, false, true),
                     Err(_) => return,
                 },
-                recv(inputs.outcomes) -> o => if let Ok(o) = o { self.apply(o) },
+                recv(inputs.outcomes) -> o => if let Ok(o) = o {
+                    self.take_direct(&inputs.direct);
+                    self.apply(o);
+                },
                 recv(inputs.control) -> r => if let Ok(r) = r {
+                    self.take_direct(&inputs.direct);
                     let answer = self.control(r.command);
                     let _ = r.reply.send(answer);
                 },
@@ -166,6 +175,7 @@ impl Scheduler {
                     idle = false;
                 }
                 if let Ok(o) = inputs.outcomes.try_recv() {
+                    self.take_direct(&inputs.direct);
                     self.apply(o);
                     idle = false;
                 }
@@ -173,6 +183,25 @@ impl Scheduler {
                     break;
                 }
             }
+        }
+    }
+
+    /// Takes up the messages sessions handed straight to workers: each is in flight, on its
+    /// first attempt, as one job.
+    fn take_direct(&mut self, intake: &Intake) {
+        for direct in intake.take_direct() {
+            let id = direct.env.id.clone();
+            self.entries.insert(
+                id,
+                Entry {
+                    env: direct.env,
+                    in_flight: 1,
+                    failed: Vec::new(),
+                    newer_envelope: false,
+                    in_flow: true,
+                    cancelled: direct.cancelled,
+                },
+            );
         }
     }
 
@@ -237,18 +266,7 @@ impl Scheduler {
         };
         let env = &mut entry.env;
         env.attempts += 1;
-        let mut groups: Vec<(Destination, Vec<(usize, String)>)> = Vec::new();
-        for (i, r) in env.pending() {
-            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-            let dest = self.cfg.routes.destination(domain);
-            match groups
-                .iter_mut()
-                .find(|(d, rcpts)| *d == dest && rcpts.len() < MAX_RCPTS_PER_JOB)
-            {
-                Some((_, rcpts)) => rcpts.push((i, r.address.clone())),
-                None => groups.push((dest, vec![(i, r.address.clone())])),
-            }
-        }
+        let groups = self.cfg.routes.group(env);
         log::debug!("{id}: attempt {} in {} jobs", env.attempts, groups.len());
         entry.in_flight = groups.len();
         if groups.is_empty() {
@@ -277,18 +295,9 @@ impl Scheduler {
                 return;
             }
         };
-        for (dest, rcpts) in groups {
-            self.ready.push_back(Job {
-                id: id.to_string(),
-                sender: env.sender.clone(),
-                rcpts,
-                dest,
-                body: body.clone(),
-                cancelled: entry.cancelled.clone(),
-                size: env.size,
-                eight_bit: env.eight_bit,
-                smtputf8: env.smtputf8,
-            });
+        for group in groups {
+            let job = Job::new(env, group, body.clone(), entry.cancelled.clone());
+            self.ready.push_back(job);
         }
     }
 
@@ -304,33 +313,21 @@ impl Scheduler {
             .results
             .iter()
             .any(|(_, r)| matches!(r, RcptResult::Delivered { .. }));
-        let delay_s = now_ms().saturating_sub(entry.env.received) as f64 / 1000.0;
         for (i, result) in outcome.results {
             let Some(rcpt) = entry.env.recipients.get_mut(i) else {
                 continue;
             };
             match result {
                 RcptResult::Delivered { relay, reply, tls } => {
-                    log::info!(
-                        "{id}: delivered to=<{}> relay={relay}{} reply=\"{reply}\"",
-                        rcpt.address,
-                        if tls { " tls" } else { "" }
-                    );
+                    let delivery = Delivered {
+                        relay: &relay,
+                        reply: &reply,
+                        tls,
+                    };
+                    let (metrics, events) = (&self.metrics, &self.events);
+                    delivery.report(&id, entry.env.received, &rcpt.address, metrics, events);
                     rcpt.state = RcptState::Delivered;
                     changed = true;
-                    self.metrics.recipient_delivered();
-                    self.metrics.observe_delivery_latency(delay_s);
-                    self.events.emit(
-                        "delivered",
-                        &[
-                            ("id", V::Str(&id)),
-                            ("recipient", V::Str(&rcpt.address)),
-                            ("relay", V::Str(&relay)),
-                            ("reply", V::Str(&reply)),
-                            ("tls", V::Bool(tls)),
-                            ("delay_s", V::Float(delay_s)),
-                        ],
-                    );
                 }
                 RcptResult::Deferred { reason } => {
                     log::info!("{id}: deferred to=<{}> reason=\"{reason}\"", rcpt.address);
@@ -468,10 +465,7 @@ impl Scheduler {
         let Some(entry) = self.entries.remove(id) else {
             return;
         };
-        match self.spool.remove(&entry.env, entry.newer_envelope) {
-            Ok(()) => log::info!("{id}: removed (all recipients done)"),
-            Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
-        }
+        super::remove_done(&self.spool, &entry.env, entry.newer_envelope);
     }
 
     fn persist(&mut self, id: &str) {

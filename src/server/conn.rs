@@ -503,7 +503,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             ],
         );
     }
-    if shared.services.queued.send(env).is_err() {
+    if shared.services.intake.submit(env).is_err() {
         // The scheduler is gone (shutting down): the message is safe on disk for the next start.
         log::warn!("{id}: queued on disk; delivery starts at the next start-up");
     }

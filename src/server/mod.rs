@@ -18,15 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Cidr, Listener, Role};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply;
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 use crate::tls::ServerTls;
 
 #[derive(Clone, Debug)]
@@ -50,7 +48,7 @@ pub struct ServerConfig {
 pub struct Services {
     pub spool: Arc<Spool>,
     /// Committed messages go to the scheduler.
-    pub queued: Sender<Envelope>,
+    pub intake: Arc<crate::delivery::intake::Intake>,
     pub tls: Option<Arc<ServerTls>>,
     pub users: Option<Arc<UsersFile>>,
     pub auth_guard: FailureGuard,

@@ -31,6 +31,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,8 @@ pub struct Spool {
     /// for data that never reached the disk. Each descriptor reports every error to its
     /// own next commit.
     cell_writers: Mutex<Vec<File>>,
+    /// Set at shutdown: freed cells are marked at once (see `mark_freed_cells_at_once`).
+    marks_at_once: AtomicBool,
     slots: Mutex<Slots>,
     queue_sync: fsio::DirSync,
     keep: Keep,
@@ -292,6 +295,7 @@ impl Spool {
             corrupt,
             cells: Arc::new(cells),
             cell_writers: Mutex::default(),
+            marks_at_once: AtomicBool::new(false),
             slots: Mutex::new(Slots::default()),
             keep: Keep {
                 cells: MAX_CELLS,
@@ -710,6 +714,13 @@ impl Spool {
         });
         next
     }
+
+    /// For shutdown, when nothing will call `mark_freed_cells` any more: marks the freed
+    /// cells now, and any freed from now on at once.
+    pub fn mark_freed_cells_at_once(&self) {
+        self.marks_at_once.store(true, Ordering::SeqCst);
+        self.mark_freed_cells(Duration::ZERO);
+    }
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
         let mut incoming = self.create();
@@ -753,8 +764,12 @@ impl Spool {
         let mut slot = match place {
             Place::Cell(k) => {
                 let mut slots = self.slots();
+                if self.marks_at_once.load(Ordering::SeqCst) {
+                    self.mark_cell_free(k)?;
+                } else {
+                    slots.unmarked.insert(k, Instant::now());
+                }
                 slots.free_cells.push(k);
-                slots.unmarked.insert(k, Instant::now());
                 return Ok(());
             }
             Place::File(slot) => slot,

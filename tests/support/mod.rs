@@ -311,6 +311,21 @@ pub fn submit(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> Stri
     r
 }
 
+/// Submits `n` messages, each `Subject: <subject><i>` and one per connection; their queue ids.
+pub fn submit_numbered(addr: SocketAddr, n: usize, subject: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let body = format!("Subject: {subject}{i}\r\n\r\nbody {i}\r\n");
+            queue_id(&submit(
+                addr,
+                "a@client.test",
+                &["b@example.test"],
+                body.as_bytes(),
+            ))
+        })
+        .collect()
+}
+
 /// The queue id from "250 2.0.0 Ok: queued as ID".
 pub fn queue_id(reply: &str) -> String {
     reply.rsplit(' ').next().unwrap().to_string()
