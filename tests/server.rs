@@ -201,7 +201,7 @@ fn small_and_large_messages_survive_a_kill() {
     let mut relay = Relay::start(spool.path(), &dead);
     let small = b"Subject: small\r\n\r\ncell\r\n".to_vec();
     let mut large = b"Subject: large\r\n\r\n".to_vec();
-    for i in 0..2000 {
+    for i in 0..3000 {
         large.extend_from_slice(format!("{i:06} {}\r\n", "l".repeat(90)).as_bytes());
     }
     for body in [&small, &large] {
@@ -641,7 +641,7 @@ fn a_spool_that_cannot_take_the_message_gives_451_and_the_session_goes_on() {
     assert!(c.cmd("DATA").starts_with("354"));
     // A body larger than any buffer, so that it is read on to the end without a file.
     c.send(b"Subject: nowhere\r\n\r\n");
-    for _ in 0..2000 {
+    for _ in 0..3000 {
         c.send(&[b'n'; 98]);
         c.send(b"\r\n");
     }

@@ -41,10 +41,15 @@ use slot::{HEADER_LEN, Header, State};
 /// The shared file of cells, in `queue/`.
 const CELLS_FILE: &str = "cells";
 /// A cell's size: header, message and envelope of a message that fits. A multiple of the
-/// page size, so that no two cells share a block.
-pub const CELL: u64 = 64 * 1024;
-/// Cells at most (the cells file stays within 64 MiB); past that, messages get slot files.
+/// page size, so that no two cells share a block. Only what a cell's messages wrote takes
+/// disk space.
+pub const CELL: u64 = 256 * 1024;
+/// Cells at most; past that, messages get slot files.
 const MAX_CELLS: u64 = 1024;
+/// Disk space the cells may keep beyond `CELL_KEPT` each: past it, a cell that stays free is
+/// cut back to that (a hole punched in the rest; see `Spool::mark_freed_cells`).
+const CELL_BYTES: u64 = 64 << 20;
+const CELL_KEPT: u64 = 64 * 1024;
 /// How long a freed cell waits for reuse before its free mark is written (`mark_freed_cells`).
 /// Reused sooner, as most are under load, the next message's commit overwrites the old
 /// header and no mark is written at all; written at once, the mark would ride along with
@@ -61,8 +66,12 @@ const FREE_BYTES: u64 = 64 << 20;
 const OPEN_FREE_SLOTS: usize = 256;
 /// A slot file larger than this (it held a big message) is cut to nothing when freed.
 const MAX_KEPT_SIZE: u64 = 256 * 1024;
-/// A message this small is written in one go at commit, together with header and envelope.
+/// A message that fits a cell stays in memory until commit, and is then written together with
+/// header and envelope, in one go, just before its fdatasync. Written out earlier, its pages
+/// would be written by whichever commit syncs the cells file first, and its first page again
+/// with the header. The buffer grows as the message does: most mail takes a fraction of it.
 const BUFFERED: usize = CELL as usize;
+const BUFFER_START: usize = 64 * 1024;
 /// Pieces at least this large, once the buffer is full, are written as they come rather than
 /// copied into it.
 const DIRECT: usize = 16 * 1024;
@@ -90,6 +99,7 @@ pub struct Spool {
 /// (`MAX_CELLS`, `FREE_SLOTS` and friends; tests use smaller numbers).
 struct Keep {
     cells: u64,
+    cell_bytes: u64,
     slots: usize,
     bytes: u64,
     open: usize,
@@ -103,6 +113,10 @@ struct Slots {
     cells: u64,
     /// Free cells whose header on disk still says live, and since when they are free.
     unmarked: HashMap<u64, Instant>,
+    /// How far into each cell something was written (what its blocks may cover), and the
+    /// sum: see `CELL_BYTES`.
+    extents: Vec<u64>,
+    extent_total: u64,
     /// Free slot files, reused last-in first-out (from the back), so few stay in use; slots
     /// cut to nothing wait at the front, to be reused last.
     free: std::collections::VecDeque<Slot>,
@@ -183,8 +197,11 @@ impl Incoming<'_> {
         r
     }
 
+    /// Writes the buffer out once it is nearly full, leaving room for the next `fill` (the
+    /// DATA reader adds at most its read buffer, 16 KiB unless lines may be longer), so that
+    /// the buffer does not outgrow a cell.
     pub fn write_if_full(&mut self) -> io::Result<()> {
-        if self.pending.len() >= BUFFERED {
+        if self.pending.len() + DIRECT > BUFFERED {
             self.flush()?;
         }
         Ok(())
@@ -299,6 +316,7 @@ impl Spool {
             slots: Mutex::new(Slots::default()),
             keep: Keep {
                 cells: MAX_CELLS,
+                cell_bytes: CELL_BYTES,
                 slots: FREE_SLOTS,
                 bytes: FREE_BYTES,
                 open: OPEN_FREE_SLOTS,
@@ -390,6 +408,9 @@ impl Spool {
         *self.slots() = Slots {
             free_cells,
             cells,
+            // Not known: assume the worst.
+            extents: vec![CELL; cells as usize],
+            extent_total: cells * CELL,
             next,
             live,
             ..Slots::default()
@@ -467,7 +488,7 @@ impl Spool {
 
     /// Starts a new message. It gets its cell or slot file only when it is written out.
     pub fn create(&self) -> Incoming<'_> {
-        let mut pending = Vec::with_capacity(BUFFERED);
+        let mut pending = Vec::with_capacity(BUFFER_START);
         pending.resize(HEADER_LEN, 0);
         Incoming {
             id: id::new_id(),
@@ -504,6 +525,7 @@ impl Spool {
         }
         (slots.cells < self.keep.cells).then(|| {
             slots.cells += 1;
+            slots.extents.push(0);
             slots.cells - 1
         })
     }
@@ -599,6 +621,11 @@ impl Spool {
                 written
             });
             let mut slots = self.slots();
+            let (extent, old) = (incoming.pending.len() as u64, slots.extents[k as usize]);
+            if extent > old {
+                slots.extents[k as usize] = extent;
+                slots.extent_total += extent - old;
+            }
             match written {
                 Ok(()) => {
                     slots.live.insert(incoming.id, Place::Cell(k));
@@ -690,6 +717,30 @@ impl Spool {
         }
     }
 
+    /// Cuts a free cell back to `CELL_KEPT` while the cells keep more than `CELL_BYTES`.
+    fn trim_cell(&self, slots: &mut Slots, k: u64) {
+        let extent = slots.extents[k as usize];
+        if extent <= CELL_KEPT || slots.extent_total <= self.keep.cell_bytes {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate on an open file, within the cell.
+        let rc = unsafe {
+            libc::fallocate(
+                self.cells.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (k * CELL + CELL_KEPT) as libc::off_t,
+                (CELL - CELL_KEPT) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            log::debug!("spool: cannot cut cell {k}: {}", io::Error::last_os_error());
+            return;
+        }
+        slots.extents[k as usize] = CELL_KEPT;
+        slots.extent_total -= extent - CELL_KEPT;
+    }
+
     /// Marks cell `k` free on disk (unsynced).
     fn mark_cell_free(&self, k: u64) -> io::Result<()> {
         self.cells.write_all_at(b"F", k * CELL + slot::STATE_AT)
@@ -698,20 +749,27 @@ impl Spool {
     /// Writes the free mark of every cell freed at least `after` ago and not reused since;
     /// returns how long until the next one is due. Until its mark is written, a crash brings
     /// a freed cell's message back (delivered again: a duplicate, never a loss).
+    /// A cell marked free is also cut back, if the cells keep more than `CELL_BYTES`: the
+    /// cells reused at once, as they are under load, keep their blocks.
     pub fn mark_freed_cells(&self, after: Duration) -> Option<Duration> {
         let mut slots = self.slots();
         let mut next: Option<Duration> = None;
+        let mut due = Vec::new();
         slots.unmarked.retain(|&k, freed| {
             let waited = freed.elapsed();
             if waited < after {
                 next = Some(next.map_or(after - waited, |n| n.min(after - waited)));
                 return true;
             }
+            due.push(k);
+            false
+        });
+        for k in due {
             if let Err(e) = self.mark_cell_free(k) {
                 log::warn!("spool: cannot mark cell {k} free: {e}");
             }
-            false
-        });
+            self.trim_cell(&mut slots, k);
+        }
         next
     }
 
@@ -721,6 +779,7 @@ impl Spool {
         self.marks_at_once.store(true, Ordering::SeqCst);
         self.mark_freed_cells(Duration::ZERO);
     }
+
     /// Spools a message we generate ourselves (a DSN) in one go.
     pub fn store(&self, env: &Envelope, body: &[u8]) -> io::Result<()> {
         let mut incoming = self.create();
@@ -1111,7 +1170,7 @@ mod tests {
         let mut spool = Spool::open(&root).unwrap();
         spool.keep.cells = 2;
         let mut probe = env(&id::new_id());
-        probe.size = 60_000; // as many digits as the sizes below
+        probe.size = 200_000; // as many digits as the sizes below
         let room = CELL as usize - HEADER_LEN - probe.encode().len();
         let fits = commit(&spool, &vec![b'f'; room]);
         let larger = commit(&spool, &vec![b'l'; room + 1]);
@@ -1162,6 +1221,36 @@ mod tests {
     }
 
     #[test]
+    fn freed_cells_are_cut_back_while_the_cells_keep_more_than_their_budget() {
+        use std::os::unix::fs::MetadataExt;
+        let root = temp_dir("cut");
+        let mut spool = Spool::open(&root).unwrap();
+        spool.keep.cell_bytes = 250_000;
+        let msgs: Vec<Envelope> = (0..3).map(|_| commit(&spool, &[b'c'; 100_000])).collect();
+        let allocated = || fs::metadata(root.join("queue/cells")).unwrap().blocks() * 512;
+        assert!(allocated() >= 300_000, "{}", allocated());
+        for e in &msgs {
+            spool.remove(e, false).unwrap();
+        }
+        // Reused at once, a freed cell keeps its blocks; one that stays free is cut back to
+        // 64 KiB while the cells keep more than their budget: two of the three here.
+        let each = (HEADER_LEN + 100_000 + msgs[0].encode().len()) as u64;
+        assert_eq!(spool.slots().extent_total, 3 * each);
+        spool.mark_freed_cells(Duration::ZERO);
+        let extents = spool.slots().extents.clone();
+        assert_eq!(extents.iter().filter(|&&e| e == CELL_KEPT).count(), 2);
+        assert!(extents.iter().any(|&e| e > 100_000));
+        let total = spool.slots().extent_total;
+        assert_eq!(total, spool.slots().extents.iter().sum::<u64>());
+        assert!(total <= 250_000, "{total}");
+        assert!(allocated() <= total + 8192, "{} > {total}", allocated());
+        // A cut cell still takes a message of any size that fits.
+        let again = commit(&spool, &[b'd'; 150_000]);
+        assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![again]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn a_discarded_cell_is_reused_only_after_a_restart() {
         let root = temp_dir("discard");
         let spool = Spool::open(&root).unwrap();
@@ -1206,7 +1295,7 @@ mod tests {
             b"Subject: pieces\r\n\r\n".to_vec(),
             vec![b'L'; 20_000],
             b"small\r\n".to_vec(),
-            vec![b'M'; 70_000],
+            vec![b'M'; 270_000],
             b"end\r\n".to_vec(),
         ];
         let mut inc = spool.create();
@@ -1278,6 +1367,7 @@ mod tests {
         let mut spool = without_cells(&root);
         spool.keep = Keep {
             cells: 0,
+            cell_bytes: 0,
             slots: 2,
             bytes: 8_000,
             open: 1,

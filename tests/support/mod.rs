@@ -153,10 +153,10 @@ impl Relay {
         self.wait_log_n(needle, 1)
     }
 
-    /// Queued messages in the spool: cells of `queue/cells` (64 KiB each) and slot files
+    /// Queued messages in the spool: cells of `queue/cells` (256 KiB each) and slot files
     /// (`queue/<n>`) with a live header.
     pub fn queued(&self) -> usize {
-        const CELL: usize = 64 * 1024;
+        const CELL: usize = 256 * 1024;
         const LIVE: &[u8] = b"mxrelay-slot 1 L";
         let cells = std::fs::read(self.spool.join("queue/cells")).unwrap_or_default();
         let in_cells = cells
