@@ -100,10 +100,11 @@ impl Intake {
         job: &Job,
         results: Vec<(usize, RcptResult)>,
     ) -> Option<Vec<(usize, RcptResult)>> {
-        let all_delivered = results
-            .iter()
-            .all(|(_, r)| matches!(r, RcptResult::Delivered { .. }));
-        if !all_delivered || results.is_empty() {
+        let all_delivered = results.len() == job.rcpts.len()
+            && results
+                .iter()
+                .all(|(_, r)| matches!(r, RcptResult::Delivered { .. }));
+        if !all_delivered {
             return Some(results);
         }
         let Some(Direct { env, .. }) = self.lock().remove(&job.id) else {
