@@ -501,19 +501,25 @@ impl Spool {
         }
     }
 
-    /// A descriptor of the cells file of its own for one commit (see `cell_writers`).
-    fn cell_writer(&self) -> io::Result<File> {
-        let kept = self
-            .cell_writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        match kept {
-            Some(fd) => Ok(fd),
+    /// Writes a whole slot into cell `k` and syncs it, through a descriptor of the cells file
+    /// of this commit's own (see `cell_writers`).
+    fn write_cell(&self, k: u64, slot: &[u8]) -> io::Result<()> {
+        let writers = || self.cell_writers.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = writers().pop();
+        let fd = match kept {
+            Some(fd) => fd,
             None => OpenOptions::new()
                 .write(true)
-                .open(self.queue.join(CELLS_FILE)),
+                .open(self.queue.join(CELLS_FILE))?,
+        };
+        let written = fd
+            .write_all_at(slot, k * CELL)
+            .and_then(|()| fd.sync_data());
+        let mut kept = writers();
+        if kept.len() < MAX_CELL_WRITERS {
+            kept.push(fd);
         }
+        written
     }
 
     /// A free cell, or a new one while there may be more; `None` when every cell is taken.
@@ -610,16 +616,7 @@ impl Spool {
             && let Some(k) = self.take_cell()
         {
             incoming.pending[..HEADER_LEN].copy_from_slice(header);
-            let written = self.cell_writer().and_then(|fd| {
-                let written = fd
-                    .write_all_at(&incoming.pending, k * CELL)
-                    .and_then(|()| fd.sync_data());
-                let mut writers = self.cell_writers.lock().unwrap_or_else(|e| e.into_inner());
-                if writers.len() < MAX_CELL_WRITERS {
-                    writers.push(fd);
-                }
-                written
-            });
+            let written = self.write_cell(k, &incoming.pending);
             let mut slots = self.slots();
             let (extent, old) = (incoming.pending.len() as u64, slots.extents[k as usize]);
             if extent > old {
@@ -630,12 +627,8 @@ impl Spool {
                 Ok(()) => {
                     slots.live.insert(incoming.id, Place::Cell(k));
                 }
-                Err(_) => {
-                    // The message may have reached the disk all the same: the cell gets its
-                    // free mark unless it is reused first.
-                    slots.free_cells.push(k);
-                    slots.unmarked.insert(k, Instant::now());
-                }
+                // The message may have reached the disk all the same: freed like a delivered one.
+                Err(_) => self.free_cell(&mut slots, k),
             }
             return written;
         }
@@ -741,6 +734,20 @@ impl Spool {
         slots.extent_total -= extent - CELL_KEPT;
     }
 
+    /// Puts back a cell that holds no queued message. Its header on disk may still say live:
+    /// the free mark follows unless the cell is reused first (`mark_freed_cells`), or at once
+    /// after `mark_freed_cells_at_once`. Reused unmarked, the next commit overwrites it.
+    fn free_cell(&self, slots: &mut Slots, k: u64) {
+        if self.marks_at_once.load(Ordering::SeqCst) {
+            if let Err(e) = self.mark_cell_free(k) {
+                log::warn!("spool: cannot mark cell {k} free: {e}");
+            }
+        } else {
+            slots.unmarked.insert(k, Instant::now());
+        }
+        slots.free_cells.push(k);
+    }
+
     /// Marks cell `k` free on disk (unsynced).
     fn mark_cell_free(&self, k: u64) -> io::Result<()> {
         self.cells.write_all_at(b"F", k * CELL + slot::STATE_AT)
@@ -822,13 +829,7 @@ impl Spool {
         };
         let mut slot = match place {
             Place::Cell(k) => {
-                let mut slots = self.slots();
-                if self.marks_at_once.load(Ordering::SeqCst) {
-                    self.mark_cell_free(k)?;
-                } else {
-                    slots.unmarked.insert(k, Instant::now());
-                }
-                slots.free_cells.push(k);
+                self.free_cell(&mut self.slots(), k);
                 return Ok(());
             }
             Place::File(slot) => slot,
@@ -1216,7 +1217,33 @@ mod tests {
         assert_eq!(spool.mark_freed_cells(Duration::ZERO), None);
         assert!(!holds(&a_at, &a.id), "marked free");
         assert!(holds(&b_at, &c.id), "the reused cell keeps its new message");
+        // At shutdown nothing will mark them later: from then on a freed cell is marked at once.
+        spool.mark_freed_cells_at_once();
+        let d = commit(&spool, b"d");
+        let d_at = at(&spool, &d.id);
+        spool.remove(&d, false).unwrap();
+        assert!(!holds(&d_at, &d.id));
         assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![c]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_cell_whose_commit_failed_is_reused() {
+        let root = temp_dir("cell-fails");
+        let spool = Spool::open(&root).unwrap();
+        // No queue/ to open the cells file in: the commit fails, and its cell goes back.
+        fs::rename(root.join("queue"), root.join("away")).unwrap();
+        let mut inc = spool.create();
+        inc.write_all(b"lost").unwrap();
+        let mut e = env(&inc.id.clone());
+        e.size = 4;
+        assert!(spool.commit(inc, &e).is_err());
+        assert_eq!(spool.slots().free_cells, [0]);
+        assert!(spool.slots().unmarked.contains_key(&0));
+        fs::rename(root.join("away"), root.join("queue")).unwrap();
+        let next = commit(&spool, b"next");
+        assert_eq!(at(&spool, &next.id).base, 0);
+        assert_eq!(Spool::open(&root).unwrap().recover().unwrap(), vec![next]);
         fs::remove_dir_all(root).unwrap();
     }
 
