@@ -157,11 +157,11 @@ impl Relay {
             events.clone(),
             metrics.clone(),
             in_flow.clone(),
+            intake.clone(),
             recovered,
         );
         let inputs = Inputs {
             intake: intake_rx,
-            direct: intake.clone(),
             outcomes: outcome_rx,
             control: control_rx,
             stop: stop_rx,

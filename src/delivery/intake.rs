@@ -71,17 +71,16 @@ impl Intake {
             {
                 let group = groups.pop().expect("one group");
                 let cancelled = Arc::<AtomicBool>::default();
-                env.attempts += 1;
                 let job = Job::new(&env, group, body, cancelled.clone());
                 // Held across the hand-off, so the scheduler, which takes this lock before
                 // it applies an outcome, never sees the job's outcome before the message.
                 let mut direct = self.lock();
                 if s.jobs.try_send(job).is_none() {
+                    env.attempts += 1;
                     log::debug!("{}: attempt 1 in 1 jobs, straight to a worker", env.id);
                     direct.insert(env.id.clone(), Direct { env, cancelled });
                     return Ok(());
                 }
-                env.attempts -= 1;
             }
         }
         s.to_scheduler.send(env).map_err(|_| Stopped)

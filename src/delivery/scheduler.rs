@@ -36,10 +36,9 @@ pub struct SchedulerConfig {
 
 /// Where the scheduler's work comes from.
 pub struct Inputs {
-    /// New messages the sessions could not hand to a worker themselves.
+    /// New messages the sessions could not hand to a worker themselves (for those they
+    /// could, see `Scheduler::take_direct`).
     pub intake: Receiver<Envelope>,
-    /// And those they could.
-    pub direct: Arc<Intake>,
     pub outcomes: Receiver<Outcome>,
     pub control: Receiver<Request>,
     pub stop: Receiver<()>,
@@ -51,6 +50,7 @@ pub struct Scheduler {
     events: Arc<Events>,
     metrics: Arc<Metrics>,
     in_flow: Arc<InFlow>,
+    intake: Arc<Intake>,
     entries: HashMap<String, Entry>,
     /// (due time in unix ms, id). An entry is stale unless it matches the message's
     /// `next_attempt`; stale ones are skipped when they come due.
@@ -95,6 +95,7 @@ impl Scheduler {
         events: Arc<Events>,
         metrics: Arc<Metrics>,
         in_flow: Arc<InFlow>,
+        intake: Arc<Intake>,
         recovered: Vec<Envelope>,
     ) -> Scheduler {
         let mut s = Scheduler {
@@ -103,6 +104,7 @@ impl Scheduler {
             events,
             metrics,
             in_flow,
+            intake,
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
@@ -120,7 +122,7 @@ impl Scheduler {
         s
     }
 
-    /// Runs until `stop` fires or the intake closes.
+    /// Runs until `stop` fires.
     pub fn run(mut self, inputs: Inputs, jobs: Arc<JobQueue>) {
         self.serve(inputs, &jobs);
         jobs.close();
@@ -128,7 +130,7 @@ impl Scheduler {
 
     fn serve(&mut self, inputs: Inputs, jobs: &JobQueue) {
         loop {
-            self.take_direct(&inputs.direct);
+            self.take_direct();
             self.fire_due_timers();
             while let Some(job) = self.ready.pop_front() {
                 if let Some(job) = jobs.try_send(job) {
@@ -136,7 +138,7 @@ impl Scheduler {
                     break;
                 }
             }
-            inputs.direct.set_scheduler_backlog(!self.ready.is_empty());
+            self.intake.set_scheduler_backlog(!self.ready.is_empty());
             self.update_gauges();
             let marks_due = self.spool.mark_freed_cells(crate::spool::MARK_FREED_AFTER);
             // Sleep until the next timer or free mark (at most 1 s, for the gauges); a free
@@ -150,16 +152,10 @@ impl Scheduler {
                 .min(marks_due.unwrap_or(Duration::MAX))
                 .min(Duration::from_secs(1));
             select! {
-                recv(inputs.intake) -> env => match env {
-                    Ok(env) => self.add(env, false, true),
-                    Err(_) => return,
-                },
-                recv(inputs.outcomes) -> o => if let Ok(o) = o {
-                    self.take_direct(&inputs.direct);
-                    self.apply(o);
-                },
+                // Never closed: the scheduler holds the `Intake` that sends here.
+                recv(inputs.intake) -> env => if let Ok(env) = env { self.add(env, false, true) },
+                recv(inputs.outcomes) -> o => if let Ok(o) = o { self.apply(o) },
                 recv(inputs.control) -> r => if let Ok(r) = r {
-                    self.take_direct(&inputs.direct);
                     let answer = self.control(r.command);
                     let _ = r.reply.send(answer);
                 },
@@ -175,7 +171,6 @@ impl Scheduler {
                     idle = false;
                 }
                 if let Ok(o) = inputs.outcomes.try_recv() {
-                    self.take_direct(&inputs.direct);
                     self.apply(o);
                     idle = false;
                 }
@@ -187,9 +182,10 @@ impl Scheduler {
     }
 
     /// Takes up the messages sessions handed straight to workers: each is in flight, on its
-    /// first attempt, as one job.
-    fn take_direct(&mut self, intake: &Intake) {
-        for direct in intake.take_direct() {
+    /// first attempt, as one job. Called before anything that may refer to them (an outcome,
+    /// a queue command), so no such message is missing from the index.
+    fn take_direct(&mut self) {
+        for direct in self.intake.take_direct() {
             let id = direct.env.id.clone();
             self.entries.insert(
                 id,
@@ -302,6 +298,7 @@ impl Scheduler {
     }
 
     fn apply(&mut self, outcome: Outcome) {
+        self.take_direct();
         let id = outcome.id;
         // A message deleted by the operator while in flight is simply gone.
         let Some(entry) = self.entries.get_mut(&id) else {
@@ -592,6 +589,7 @@ impl Scheduler {
 
     /// The operator's queue commands; the answer is one line for the `queue` command.
     fn control(&mut self, command: Command) -> Result<String, String> {
+        self.take_direct();
         let now = now_ms();
         let ids: Vec<String> = match command.target() {
             Some(id) if self.entries.contains_key(id) => vec![id.to_string()],
