@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::dns::Resolver;
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::spool::{Envelope, Spool};
+use crate::spool::{Envelope, Spool, Stored};
 use route::Destination;
 
 /// The recipients of one message that share a destination, delivered in one transaction.
@@ -32,7 +32,7 @@ pub struct Job {
     pub rcpts: Vec<(usize, String)>,
     pub dest: Destination,
     /// The message's slot in the spool (see `spool::slot::MessageReader`).
-    pub body: crate::spool::Stored,
+    pub body: Stored,
     /// Set when the operator deletes the message: a delivery that has not sent the body yet
     /// leaves its transaction unfinished, so the message never goes out.
     pub cancelled: Arc<AtomicBool>,
@@ -43,9 +43,9 @@ pub struct Job {
 
 impl Job {
     pub fn new(
-        env: &crate::spool::Envelope,
+        env: &Envelope,
         (dest, rcpts): route::Group,
-        body: crate::spool::Stored,
+        body: Stored,
         cancelled: Arc<AtomicBool>,
     ) -> Job {
         Job {

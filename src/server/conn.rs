@@ -367,7 +367,6 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             let end = if write_error.is_none() {
                 let end = incoming.fill(|out| reader.feed(avail, out));
                 if let Err(e) = incoming.write_if_full() {
-                    log::error!("{id}: spool write failed: {e}");
                     write_error = Some(e);
                 }
                 end
@@ -422,6 +421,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
         );
     }
     if let Some(e) = write_error {
+        log::error!("{id}: spool write failed: {e}");
         return refuse(
             reply_map::spool_error(&e),
             &format!("spool write failed: {e}"),

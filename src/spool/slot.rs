@@ -4,9 +4,10 @@
 //! shared cells file (`queue/cells`, fixed size, for messages that fit one) or a slot file of
 //! its own (`queue/<n>`, any size).
 //!
-//! Layout, from the slot's start: a 256-byte header, the message, then its envelope as first written. The header is
-//! one line, `mxrelay-slot 1 <state> <id> <message length> <envelope length> <crc32>`, padded
-//! with spaces to 255 bytes plus a newline. State `L`: a queued message; `F`: free.
+//! Layout, from the slot's start: a 256-byte header, the message, then its envelope as first
+//! written. The header is one line,
+//! `mxrelay-slot 1 <state> <id> <message length> <envelope length> <crc32>`, padded with
+//! spaces to 255 bytes plus a newline. State `L`: a queued message; `F`: free.
 //!
 //! The header, message and envelope reach the disk in no particular order within the one
 //! fdatasync that commits them, so the CRC (over message and envelope) is what tells a

@@ -153,36 +153,9 @@ impl Relay {
         self.wait_log_n(needle, 1)
     }
 
-    /// Queued messages in the spool: cells of `queue/cells` (256 KiB each) and slot files
-    /// (`queue/<n>`) with a live header.
+    /// Queued messages in the spool, as `mxrelay queue list` reads them.
     pub fn queued(&self) -> usize {
-        const CELL: usize = 256 * 1024;
-        const LIVE: &[u8] = b"mxrelay-slot 1 L";
-        let cells = std::fs::read(self.spool.join("queue/cells")).unwrap_or_default();
-        let in_cells = cells
-            .chunks(CELL)
-            .filter(|cell| cell.starts_with(LIVE))
-            .count();
-        let in_files = std::fs::read_dir(self.spool.join("queue"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .bytes()
-                            .all(|b| b.is_ascii_digit())
-                    })
-                    .filter(|e| {
-                        let mut head = [0u8; 16];
-                        std::fs::File::open(e.path())
-                            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-                            .is_ok()
-                            && head == LIVE
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        in_cells + in_files
+        mxrelay::spool::list(&self.spool.join("queue")).map_or(0, |q| q.len())
     }
 
     pub fn kill9(&mut self) {
