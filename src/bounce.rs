@@ -1,12 +1,14 @@
 //! Delivery status notifications: an RFC 6522 multipart/report carrying an RFC 3464
 //! message/delivery-status, sent from the null sender to the envelope sender when
-//! recipients fail permanently or expire.
+//! recipients fail permanently or expire. When a recipient, a reason or the sender is not
+//! ASCII, the report is RFC 6533's message/global-delivery-status instead.
 //!
 //! Pure: no I/O and no clock. Everything taken from clients and remote servers is
 //! treated as hostile: control characters never reach a header field, every line ends
 //! in CRLF and stays within 998 bytes, and the MIME boundary never occurs in the content.
 
 use crate::date::rfc5322;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 pub struct FailedRecipient {
@@ -14,10 +16,52 @@ pub struct FailedRecipient {
     pub address: String,
     /// RFC 3463 code, e.g. "5.1.1", or "4.4.7" for expiry; anything malformed becomes "5.0.0".
     pub status: String,
-    /// Host name or IP of the server that refused it.
+    /// The server that refused it, as delivery names it: `mx.example.net[192.0.2.1]:25`.
     pub remote_mta: Option<String>,
-    /// The remote reply verbatim (lines joined with "\n") or our own reason.
-    pub diagnostic: Option<String>,
+    pub diagnostic: Option<Diagnostic>,
+}
+
+impl FailedRecipient {
+    /// A failure as delivery reports it: with a relay, the reason is that server's reply;
+    /// without one, no server answered and the reason is our own (DNS, routing).
+    pub fn failure(address: String, status: String, relay: Option<String>, reason: String) -> Self {
+        let diagnostic = if relay.is_some() {
+            Diagnostic::Smtp(reason)
+        } else {
+            Diagnostic::Local(reason)
+        };
+        FailedRecipient {
+            address,
+            status,
+            remote_mta: relay,
+            diagnostic: Some(diagnostic),
+        }
+    }
+}
+
+/// Why a recipient failed. RFC 3464 2.3.6 types the `Diagnostic-Code:` field, and "smtp"
+/// promises an SMTP reply, so our own reasons carry a private type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A remote server's reply verbatim (lines joined with "\n").
+    Smtp(String),
+    /// A reason mxrelay gives itself: expiry, DNS, a next hop's missing extension...
+    Local(String),
+}
+
+impl Diagnostic {
+    pub fn text(&self) -> &str {
+        match self {
+            Diagnostic::Smtp(t) | Diagnostic::Local(t) => t,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Diagnostic::Smtp(_) => "smtp",
+            Diagnostic::Local(_) => "X-mxrelay",
+        }
+    }
 }
 
 pub struct Original<'a> {
@@ -52,18 +96,30 @@ pub fn build(
     } else {
         "utf-8"
     };
+    // message/delivery-status is ASCII only. A UTF-8 address (RFC 6533 3: "utf-8;" with raw
+    // UTF-8) or reason needs message/global-delivery-status, and so does a DSN to a UTF-8
+    // sender, which travels as SMTPUTF8 mail anyway.
+    let global = !report.is_ascii() || !original.sender.is_ascii();
+    let report_type = if global {
+        "global-delivery-status"
+    } else {
+        "delivery-status"
+    };
+    // In a global report, UTF-8 header fields (RFC 6532) go back as they are; otherwise, and
+    // for bytes that are not UTF-8 at all, as text that quoted-printable keeps 7-bit.
+    let headers_type = if global && !headers.is_ascii() && std::str::from_utf8(&headers).is_ok() {
+        "message/global-headers"
+    } else {
+        "text/rfc822-headers"
+    };
     let mut parts = [
         (
             format!("text/plain; charset={charset}"),
             "Notification",
             notice,
         ),
-        ("message/delivery-status".into(), "Delivery report", report),
-        (
-            "text/rfc822-headers".into(),
-            "Undelivered message headers",
-            headers,
-        ),
+        (format!("message/{report_type}"), "Delivery report", report),
+        (headers_type.into(), "Undelivered message headers", headers),
     ];
     let boundary = pick_boundary(unique, &parts.each_ref().map(|p| p.2.as_slice()));
 
@@ -75,15 +131,15 @@ pub fn build(
         format!("Message-ID: <{}@{mta}>", clean(unique)),
         "Auto-Submitted: auto-replied".into(),
         "MIME-Version: 1.0".into(),
-        "Content-Type: multipart/report; report-type=delivery-status;".into(),
+        format!("Content-Type: multipart/report; report-type={report_type};"),
         format!(" boundary=\"{boundary}\""),
         String::new(),
         "This is a MIME-formatted delivery status notification.".into(),
     ]);
     for (content_type, description, body) in &mut parts {
         // A DSN must get through 7-bit hops: text parts with 8-bit bytes (an original
-        // Subject in UTF-8, a remote reply) go quoted-printable. The delivery-status part
-        // keeps 8-bit only for SMTPUTF8 addresses, which need an SMTPUTF8 hop anyway.
+        // Subject in UTF-8, a remote reply) go quoted-printable. Only the message/global-*
+        // parts of a global report stay 8-bit, and their bytes make the DSN need 8BITMIME.
         let encoding = if body.is_ascii() {
             "7bit"
         } else if content_type.starts_with("text/") {
@@ -142,7 +198,11 @@ fn quoted_printable(body: &[u8]) -> Vec<u8> {
 struct Rcpt {
     address: String,
     status: String,
+    /// The relay as delivery named it, for people to read.
     remote_mta: Option<String>,
+    /// Its host name alone, for `Remote-MTA:`.
+    mta_name: Option<String>,
+    diagnostic_type: &'static str,
     diagnostic: Vec<String>,
 }
 
@@ -153,7 +213,8 @@ impl Rcpt {
         } else {
             "5.0.0".into()
         };
-        let diagnostic = f.diagnostic.as_deref().map_or_else(Vec::new, |d| {
+        let diagnostic = f.diagnostic.as_ref().map_or_else(Vec::new, |d| {
+            let d = d.text();
             let mut end = d.len().min(MAX_DIAGNOSTIC);
             while !d.is_char_boundary(end) {
                 end -= 1;
@@ -165,13 +226,36 @@ impl Rcpt {
                 .filter(|l| !l.trim().is_empty())
                 .collect()
         });
+        let remote_mta = f.remote_mta.as_deref().map(clean).filter(|h| !h.is_empty());
         Rcpt {
             address: clean(&f.address),
             status,
-            remote_mta: f.remote_mta.as_deref().map(clean).filter(|h| !h.is_empty()),
+            mta_name: remote_mta.as_deref().and_then(mta_name),
+            remote_mta,
+            diagnostic_type: f.diagnostic.as_ref().map_or("smtp", Diagnostic::kind),
             diagnostic,
         }
     }
+}
+
+/// The host name in a relay such as `mx.example.net[192.0.2.1]:25`, for `Remote-MTA: dns;`.
+/// RFC 3464 2.3.5 types that value "dns": a domain name, which an address literal is not.
+/// The field is optional, so a relay known only by its address gets none rather than a
+/// value a DSN parser would misread; the notification text still names it.
+fn mta_name(relay: &str) -> Option<String> {
+    let host = relay.split_once('[').map_or(relay, |(name, _)| name);
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let name_bytes = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
+    (!host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(name_bytes)
+        && host.parse::<IpAddr>().is_err())
+    .then(|| host.to_string())
 }
 
 fn notification(mta: &str, postmaster: &str, original: &Original, rcpts: &[Rcpt]) -> Vec<String> {
@@ -219,7 +303,8 @@ fn delivery_status(mta: &str, original: &Original, rcpts: &[Rcpt], now: SystemTi
     ];
     let now = rfc5322(now);
     for r in rcpts {
-        // RFC 6533: SMTPUTF8 addresses are typed "utf-8".
+        // RFC 6533 3: SMTPUTF8 addresses are typed "utf-8"; raw UTF-8 is its form for
+        // message/global-delivery-status, which `build` picks for any non-ASCII report.
         let kind = if r.address.is_ascii() {
             "rfc822"
         } else {
@@ -229,12 +314,12 @@ fn delivery_status(mta: &str, original: &Original, rcpts: &[Rcpt], now: SystemTi
         l.push(format!("Final-Recipient: {kind}; {}", r.address));
         l.push("Action: failed".into());
         l.push(format!("Status: {}", r.status));
-        if let Some(host) = &r.remote_mta {
+        if let Some(host) = &r.mta_name {
             l.push(format!("Remote-MTA: dns; {host}"));
         }
         for (i, d) in r.diagnostic.iter().enumerate() {
             l.push(if i == 0 {
-                format!("Diagnostic-Code: smtp; {d}")
+                format!("Diagnostic-Code: {}; {d}", r.diagnostic_type)
             } else {
                 format!(" {d}")
             });
@@ -380,13 +465,26 @@ mod tests {
     const HEADERS: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\n\
         Subject: hello\r\n  world\r\nMessage-ID: <m1@example.org>\r\n";
 
-    fn rcpt(address: &str, status: &str, mta: Option<&str>, diag: Option<&str>) -> FailedRecipient {
+    fn rcpt(
+        address: &str,
+        status: &str,
+        mta: Option<&str>,
+        diag: Option<Diagnostic>,
+    ) -> FailedRecipient {
         FailedRecipient {
             address: address.into(),
             status: status.into(),
             remote_mta: mta.map(Into::into),
-            diagnostic: diag.map(Into::into),
+            diagnostic: diag,
         }
+    }
+
+    fn smtp(reply: &str) -> Option<Diagnostic> {
+        Some(Diagnostic::Smtp(reply.into()))
+    }
+
+    fn local(reason: &str) -> Option<Diagnostic> {
+        Some(Diagnostic::Local(reason.into()))
     }
 
     fn two() -> Vec<FailedRecipient> {
@@ -394,8 +492,8 @@ mod tests {
             rcpt(
                 "bob@example.net",
                 "5.1.1",
-                Some("mx.example.net"),
-                Some(
+                Some("mx.example.net[192.0.2.1]:25"),
+                smtp(
                     "550-5.1.1 <bob@example.net>: user unknown\n550 5.1.1 see https://example.net/",
                 ),
             ),
@@ -403,15 +501,19 @@ mod tests {
                 "carol@example.com",
                 "4.4.7",
                 None,
-                Some("message expired after 5d"),
+                local("message expired after 5d"),
             ),
         ]
     }
 
     fn bounce(headers: &[u8], failed: &[FailedRecipient], unique: &str) -> String {
+        bounce_to("alice@example.org", headers, failed, unique)
+    }
+
+    fn bounce_to(sender: &str, headers: &[u8], failed: &[FailedRecipient], unique: &str) -> String {
         let original = Original {
             queue_id: "Q1234",
-            sender: "alice@example.org",
+            sender,
             arrival: UNIX_EPOCH + Duration::from_secs(NOW - 5 * 86_400),
             headers,
         };
@@ -535,6 +637,7 @@ mod tests {
             "Q1234",
             "<bob@example.net>",
             "550 5.1.1 see",
+            "Remote server: mx.example.net[192.0.2.1]:25",
             "<carol@example.com>",
             "message expired after 5d",
             "postmaster@example.org",
@@ -566,7 +669,7 @@ mod tests {
              Final-Recipient: rfc822; carol@example.com\r\n\
              Action: failed\r\n\
              Status: 4.4.7\r\n\
-             Diagnostic-Code: smtp; message expired after 5d\r\n\
+             Diagnostic-Code: X-mxrelay; message expired after 5d\r\n\
              Last-Attempt-Date: Thu, 26 Nov 2026 15:34:57 +0000\r\n"
         );
     }
@@ -577,7 +680,7 @@ mod tests {
             "eve@example.com\r\nBcc: a@evil",
             "5.1.1\r\nBcc: b@evil",
             Some("mx\nBcc: c@evil"),
-            Some("550 no\r\nBcc: x@y\r\n\r\nInjected body\n\rBcc: z@evil"),
+            smtp("550 no\r\nBcc: x@y\r\n\r\nInjected body\n\rBcc: z@evil"),
         )];
         let msg = bounce(HEADERS, &failed, "u\r\nBcc: d@evil");
         assert_wire_safe(msg.as_bytes());
@@ -606,7 +709,7 @@ mod tests {
             &"r".repeat(1200),
             "5.1.1",
             Some(&"h".repeat(1100)),
-            Some(&diag),
+            smtp(&diag),
         )];
         let msg = bounce(headers.as_bytes(), &failed, "u1");
         assert_wire_safe(msg.as_bytes());
@@ -639,7 +742,7 @@ mod tests {
     #[test]
     fn boundary_avoids_content() {
         let headers = b"X-A: --=_abc\r\nX-B: =_abc.2\r\n";
-        let failed = [rcpt("a@b", "5.1.1", None, Some("550 =_abc.1"))];
+        let failed = [rcpt("a@b", "5.1.1", None, smtp("550 =_abc.1"))];
         let msg = bounce(headers, &failed, "abc");
         let (_, boundary, parts) = split(&msg);
         assert_eq!(boundary, "=_abc.3");
@@ -653,27 +756,228 @@ mod tests {
         assert_eq!(split(&odd).1, "=_xy");
     }
 
+    /// The `Diagnostic-Code:` line of the only recipient.
+    fn diagnostic_code(failed: FailedRecipient) -> String {
+        let msg = bounce(HEADERS, &[failed], "u1");
+        let report = split(&msg).2.swap_remove(1).1;
+        let line = report.lines().find(|l| l.starts_with("Diagnostic-Code:"));
+        line.expect("a Diagnostic-Code field").to_string()
+    }
+
     #[test]
-    fn utf8_address_keeps_bytes() {
-        let failed = [rcpt("j\u{f6}rg@b\u{fc}cher.example", "5.1.1", None, None)];
-        let msg = bounce(HEADERS, &failed, "u1");
-        let (_, _, parts) = split(&msg);
-        assert!(
-            parts[0]
-                .0
-                .starts_with("Content-Type: text/plain; charset=utf-8\r\n")
+    fn diagnostic_type_says_who_wrote_the_reason() {
+        let relay = Some("mx.example.net[192.0.2.1]:25".to_string());
+        let cases = [
+            (
+                FailedRecipient::failure(
+                    "a@x".into(),
+                    "5.1.1".into(),
+                    relay.clone(),
+                    "550 5.1.1 unknown".into(),
+                ),
+                "Diagnostic-Code: smtp; 550 5.1.1 unknown",
+            ),
+            (
+                FailedRecipient::failure(
+                    "a@x".into(),
+                    "5.1.2".into(),
+                    None,
+                    "x has no MX and no address records".into(),
+                ),
+                "Diagnostic-Code: X-mxrelay; x has no MX and no address records",
+            ),
+            (
+                rcpt(
+                    "a@x",
+                    "4.4.7",
+                    None,
+                    local("message expired after 5d in the queue"),
+                ),
+                "Diagnostic-Code: X-mxrelay; message expired after 5d in the queue",
+            ),
+            (
+                rcpt(
+                    "a@x",
+                    "5.6.3",
+                    relay.as_deref(),
+                    local("the next hop does not support 8BITMIME"),
+                ),
+                "Diagnostic-Code: X-mxrelay; the next hop does not support 8BITMIME",
+            ),
+            (
+                rcpt("a@x", "5.7.1", None, smtp("554 5.7.1 relay denied")),
+                "Diagnostic-Code: smtp; 554 5.7.1 relay denied",
+            ),
+        ];
+        for (failed, want) in cases {
+            assert_eq!(diagnostic_code(failed), want);
+        }
+    }
+
+    #[test]
+    fn remote_mta_is_a_host_name() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("mx.example.net[192.0.2.1]:25", Some("mx.example.net")),
+            ("mx.example.net[2001:db8::1]:587", Some("mx.example.net")),
+            ("mx.example.net", Some("mx.example.net")),
+            ("mx.example.net:2525", Some("mx.example.net")),
+            ("192.0.2.1[192.0.2.1]:25", None),
+            ("[192.0.2.1]:25", None),
+            ("192.0.2.1", None),
+            ("2001:db8::1[2001:db8::1]:25", None),
+            ("2001:db8::1", None),
+            ("", None),
+            ("mxBcc: c@evil", None),
+        ];
+        for (relay, want) in cases {
+            assert_eq!(mta_name(relay).as_deref(), *want, "{relay}");
+        }
+        let remote_mta = |relay: &str| {
+            let msg = bounce(HEADERS, &[rcpt("a@x", "5.1.1", Some(relay), None)], "u1");
+            let (_, _, parts) = split(&msg);
+            assert!(parts[0].1.contains(&format!("Remote server: {relay}\r\n")));
+            let report = &parts[1].1;
+            report
+                .lines()
+                .find(|l| l.starts_with("Remote-MTA:"))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            remote_mta("mx.example.net[192.0.2.1]:25").as_deref(),
+            Some("Remote-MTA: dns; mx.example.net")
         );
+        assert_eq!(remote_mta("192.0.2.1[192.0.2.1]:25"), None);
+    }
+
+    /// A part's Content-Type and Content-Transfer-Encoding.
+    type PartType<'a> = (&'a str, &'a str);
+
+    fn part_types(parts: &[(String, String)]) -> Vec<PartType<'_>> {
+        parts
+            .iter()
+            .map(|(h, _)| {
+                let field = |name: &str| {
+                    h.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .expect("part field")
+                };
+                (
+                    field("Content-Type: "),
+                    field("Content-Transfer-Encoding: "),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ascii_report_is_delivery_status() {
+        let headers = b"Subject: caf\xc3\xa9\r\n";
+        let msg = bounce(headers, &two(), "u1");
         assert!(
-            parts[0]
-                .0
-                .contains("Content-Transfer-Encoding: quoted-printable")
+            msg.contains("\r\nContent-Type: multipart/report; report-type=delivery-status;\r\n")
+        );
+        assert!(!msg.contains("global"), "{msg}");
+        let (_, _, parts) = split(&msg);
+        assert_eq!(
+            part_types(&parts),
+            [
+                ("text/plain; charset=us-ascii", "7bit"),
+                ("message/delivery-status", "7bit"),
+                ("text/rfc822-headers", "quoted-printable"),
+            ]
         );
         assert!(
             parts[1]
                 .1
-                .contains("Final-Recipient: utf-8; j\u{f6}rg@b\u{fc}cher.example\r\n")
+                .contains("Final-Recipient: rfc822; bob@example.net\r\n")
         );
-        assert!(parts[2].0.contains("Content-Transfer-Encoding: 7bit"));
+        assert_eq!(parts[2].1, "Subject: caf=C3=A9\r\n");
+    }
+
+    #[test]
+    fn utf8_recipient_makes_a_global_report() {
+        let headers = "Subject: gr\u{fc}\u{df}e\r\nTo: j\u{f6}rg@b\u{fc}cher.example\r\n";
+        let failed = [
+            rcpt(
+                "j\u{f6}rg@b\u{fc}cher.example",
+                "5.1.1",
+                Some("mx.b\u{fc}cher.example[192.0.2.7]:25"),
+                smtp("550 5.1.1 unknown"),
+            ),
+            rcpt("bob@example.net", "5.1.1", None, local("no MX")),
+        ];
+        let msg = bounce(headers.as_bytes(), &failed, "u1");
+        assert_wire_safe(msg.as_bytes());
+        let (head, _, parts) = split(&msg);
+        assert!(head.contains(
+            "\r\nContent-Type: multipart/report; report-type=global-delivery-status;\r\n"
+        ));
+        assert_eq!(
+            part_types(&parts),
+            [
+                ("text/plain; charset=utf-8", "quoted-printable"),
+                ("message/global-delivery-status", "8bit"),
+                ("message/global-headers", "8bit"),
+            ]
+        );
+        let report = &parts[1].1;
+        assert!(report.contains("\r\nFinal-Recipient: utf-8; j\u{f6}rg@b\u{fc}cher.example\r\n"));
+        assert!(report.contains("\r\nFinal-Recipient: rfc822; bob@example.net\r\n"));
+        // A U-label is no "dns" name of RFC 3464; the text still names the server.
+        assert!(!report.contains("Remote-MTA"), "{report}");
+        assert!(
+            parts[0]
+                .1
+                .contains("Remote server: mx.b=C3=BCcher.example[192.0.2.7]:25")
+        );
+        assert_eq!(parts[2].1, headers);
+        for block in report.split("\r\n\r\n") {
+            assert_only_fields(block, DSN_FIELDS);
+        }
+    }
+
+    #[test]
+    fn global_report_keeps_7bit_parts_where_it_can() {
+        let cases: &[(&str, &[u8], &str, PartType)] = &[
+            // A UTF-8 sender alone: the report is ASCII but global, headers stay text.
+            (
+                "j\u{f6}rg@b\u{fc}cher.example",
+                HEADERS,
+                "550 5.1.1 unknown",
+                ("text/rfc822-headers", "7bit"),
+            ),
+            // A UTF-8 remote reply is no ASCII report either.
+            (
+                "alice@example.org",
+                HEADERS,
+                "550 5.1.1 Empf\u{e4}nger unbekannt",
+                ("text/rfc822-headers", "7bit"),
+            ),
+            // Header bytes that are not UTF-8 cannot be message/global-headers.
+            (
+                "j\u{f6}rg@b\u{fc}cher.example",
+                b"Subject: caf\xe9\r\n",
+                "550 5.1.1 unknown",
+                ("text/rfc822-headers", "quoted-printable"),
+            ),
+        ];
+        for (sender, headers, reply, headers_part) in cases {
+            let failed = [rcpt("bob@example.net", "5.1.1", None, smtp(reply))];
+            let out = bounce_to(sender, headers, &failed, "u1");
+            let (head, _, parts) = split(&out);
+            assert!(
+                head.contains("report-type=global-delivery-status;"),
+                "{sender} {reply}"
+            );
+            let types = part_types(&parts);
+            assert_eq!(types[1].0, "message/global-delivery-status");
+            assert_eq!(types[2], *headers_part, "{sender} {reply}");
+            assert!(
+                parts[1]
+                    .1
+                    .contains(&format!("Diagnostic-Code: smtp; {reply}\r\n"))
+            );
+        }
     }
 
     fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -701,8 +1005,9 @@ mod tests {
             host in prop::option::of(hostile_text()),
             unique in "[ -~]{0,80}",
         ) {
-            let failed: Vec<FailedRecipient> = diags.into_iter().map(|d| FailedRecipient {
-                address: address.clone(), status: "5.7.1".into(), remote_mta: host.clone(), diagnostic: d,
+            let failed: Vec<FailedRecipient> = diags.into_iter().enumerate().map(|(i, d)| FailedRecipient {
+                address: address.clone(), status: "5.7.1".into(), remote_mta: host.clone(),
+                diagnostic: d.map(if i % 2 == 0 { Diagnostic::Smtp } else { Diagnostic::Local }),
             }).collect();
             let original = Original { queue_id: "Q", sender: &address, arrival: UNIX_EPOCH, headers: &headers };
             let out = build("relay.example", "postmaster@relay.example", &original, &failed, UNIX_EPOCH, &unique);
@@ -717,6 +1022,9 @@ mod tests {
             for block in parts[1].1.split("\r\n\r\n") {
                 assert_only_fields(block, DSN_FIELDS);
             }
+            // message/delivery-status is ASCII only; anything else goes global.
+            let ascii = parts[1].0.starts_with("Content-Type: message/delivery-status\r\n");
+            prop_assert_eq!(ascii, parts[1].1.is_ascii() && address.is_ascii(), "{}", parts[1].0);
         }
     }
 }

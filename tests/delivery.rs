@@ -194,7 +194,7 @@ fn permanent_failure_sends_a_dsn_to_the_sender() {
         "Action: failed",
         "Status: 5.1.1",
         "Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.test>: user unknown",
-        "Remote-MTA: dns; mx.example.test[127.0.0.2]",
+        "Remote-MTA: dns; mx.example.test\r\n",
         "text/rfc822-headers",
         "Subject: hello",
         &id,
@@ -415,7 +415,9 @@ fn expired_mail_bounces_with_4_4_7() {
     );
     let dsn = String::from_utf8_lossy(&dsns(&mx.sink)[0].data).into_owned();
     assert!(
-        dsn.contains("Status: 4.4.7") && dsn.contains("451 4.4.1 not now"),
+        dsn.contains("Status: 4.4.7")
+            && dsn.contains("Diagnostic-Code: X-mxrelay; message expired after")
+            && dsn.contains("451 4.4.1 not now"),
         "{dsn}"
     );
     relay.wait_log(&format!("{id}: expired"));

@@ -17,7 +17,7 @@ use super::flow::InFlow;
 use super::intake::Intake;
 use super::route::RouteTable;
 use super::{Delivered, Job, JobQueue, Outcome, RcptResult, retry};
-use crate::bounce::{self, FailedRecipient};
+use crate::bounce::{self, Diagnostic, FailedRecipient};
 use crate::control::{Command, Request};
 use crate::events::{Events, V, rfc3339};
 use crate::metrics::Metrics;
@@ -341,12 +341,12 @@ impl Scheduler {
                         rcpt.address
                     );
                     rcpt.state = RcptState::Failed;
-                    entry.failed.push(FailedRecipient {
-                        address: rcpt.address.clone(),
+                    entry.failed.push(FailedRecipient::failure(
+                        rcpt.address.clone(),
                         status,
-                        remote_mta: relay,
-                        diagnostic: Some(reason),
-                    });
+                        relay,
+                        reason,
+                    ));
                     changed = true;
                 }
             }
@@ -395,7 +395,7 @@ impl Scheduler {
                     address: r.address.clone(),
                     status: "4.4.7".into(),
                     remote_mta: None,
-                    diagnostic: Some(reason.clone()),
+                    diagnostic: Some(Diagnostic::Local(reason.clone())),
                 });
             }
             log::info!("{id}: expired: {reason}");
@@ -579,7 +579,10 @@ impl Scheduler {
                     ("id", V::Str(&env.id)),
                     ("recipient", V::Str(&f.address)),
                     ("status", V::Str(&f.status)),
-                    ("reason", V::OptStr(f.diagnostic.as_deref())),
+                    (
+                        "reason",
+                        V::OptStr(f.diagnostic.as_ref().map(Diagnostic::text)),
+                    ),
                     ("relay", V::OptStr(f.remote_mta.as_deref())),
                     ("dsn_id", V::OptStr(dsn_id)),
                 ],
