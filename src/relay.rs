@@ -19,7 +19,7 @@ use crate::delivery::intake::{self, Intake};
 use crate::delivery::route::RouteTable;
 use crate::delivery::scheduler::{Inputs, Scheduler, SchedulerConfig};
 use crate::delivery::{self, Context};
-use crate::dns::{DnsClient, Resolver};
+use crate::dns::{CACHE_ENTRIES, CachingResolver, DnsClient, Resolver};
 use crate::events::Events;
 use crate::metrics::{self, Metrics};
 use crate::server::{self, Server, ServerConfig, Services};
@@ -103,15 +103,12 @@ impl Relay {
             Events::open(cfg.events.as_deref(), metrics.clone())
                 .map_err(|e| err("--events")(e.to_string()))?,
         );
-        let resolver: Arc<dyn Resolver> = if cfg.dns_servers.is_empty() {
-            Arc::new(DnsClient::from_system())
+        let dns = if cfg.dns_servers.is_empty() {
+            DnsClient::from_system()
         } else {
-            Arc::new(DnsClient::new(
-                cfg.dns_servers.clone(),
-                Duration::from_secs(5),
-                2,
-            ))
+            DnsClient::new(cfg.dns_servers.clone(), Duration::from_secs(5), 2)
         };
+        let resolver: Arc<dyn Resolver> = Arc::new(CachingResolver::new(dns, CACHE_ENTRIES));
         let (intake_tx, intake_rx) = bounded(INTAKE_CAPACITY);
         let jobs = delivery::JobQueue::new(cfg.workers * 2);
         let (outcome_tx, outcome_rx) = unbounded();

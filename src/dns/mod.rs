@@ -12,13 +12,24 @@
 //!
 //! Replies must carry our random id, the QR bit and our question; anything else on the
 //! (connected) UDP socket is ignored until the timeout runs out.
+//!
+//! Answers carry how long they may be cached ([`Answer::ttl`]): the smallest TTL of the records
+//! of the asked type and of the CNAMEs leading to them; for NXDOMAIN and NODATA the negative TTL
+//! of RFC 2308 (the smaller of the authority SOA's TTL and its MINIMUM, else
+//! [`DEFAULT_NEGATIVE_TTL`]). [`CachingResolver`] keeps them that long.
+
+mod cache;
+
+pub use cache::{CACHE_ENTRIES, CachingResolver};
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use simple_dns::rdata::{OPT, RData};
-use simple_dns::{CLASS, Name, Packet, PacketFlag, QCLASS, QTYPE, Question, RCODE, TYPE};
+use simple_dns::{
+    CLASS, Name, Packet, PacketFlag, QCLASS, QTYPE, Question, RCODE, ResourceRecord, TYPE,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MxLookup {
@@ -61,6 +72,42 @@ pub trait Resolver: Send + Sync {
     fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError>;
 }
 
+/// A lookup result and how long it may be cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<T> {
+    pub result: Result<T, DnsError>,
+    /// The TTL of the answer (see the module docs); `None` when it must not be cached: temporary
+    /// failures, invalid names, and addresses returned although the A or AAAA query failed.
+    pub ttl: Option<Duration>,
+}
+
+impl<T> Answer<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        Answer {
+            result: self.result.map(f),
+            ttl: self.ttl,
+        }
+    }
+
+    fn uncached(e: DnsError) -> Answer<T> {
+        Answer {
+            result: Err(e),
+            ttl: None,
+        }
+    }
+}
+
+/// A [`Resolver`] that also says how long each answer stays valid, for [`CachingResolver`].
+pub trait TtlResolver: Send + Sync {
+    /// As [`Resolver::mx`], with the answer's TTL.
+    fn mx_ttl(&self, domain: &str) -> Answer<MxLookup>;
+    /// As [`Resolver::addrs`], with the answer's TTL: the smaller of the AAAA and A TTLs.
+    fn addrs_ttl(&self, host: &str) -> Answer<Vec<IpAddr>>;
+}
+
+/// Negative TTL of an NXDOMAIN or NODATA reply without a SOA in its authority section.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
 /// Stub resolver asking recursive servers in turn; cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct DnsClient {
@@ -76,10 +123,11 @@ enum Rec {
     Ip(IpAddr),
 }
 
+/// `Records` and `NxDomain` carry their TTL in seconds (see the module docs).
 #[derive(Debug, PartialEq)]
 enum Reply {
-    Records(Vec<Rec>),
-    NxDomain,
+    Records(Vec<Rec>, u32),
+    NxDomain(u32),
     Truncated,
     Fail(String),
     /// Not an answer to our query (spoofed, stale or garbage): keep waiting.
@@ -127,21 +175,28 @@ impl DnsClient {
         DnsClient::new(servers, timeout, cfg.attempts.clamp(1, 5))
     }
 
-    fn query(&self, name: &str, qtype: TYPE) -> Result<Vec<Rec>, DnsError> {
-        let name = check_name(name)?;
+    fn query(&self, name: &str, qtype: TYPE) -> Answer<Vec<Rec>> {
+        let name = match check_name(name) {
+            Ok(name) => name,
+            Err(e) => return Answer::uncached(e),
+        };
+        let answer = |result, ttl| Answer {
+            result,
+            ttl: Some(Duration::from_secs(ttl)),
+        };
         let mut last = String::from("no dns servers configured");
         for _ in 0..self.attempts {
             for &server in &self.servers {
                 match self.exchange(server, name, qtype) {
-                    Reply::Records(recs) => return Ok(recs),
-                    Reply::NxDomain => return Err(DnsError::NoSuchDomain),
+                    Reply::Records(recs, ttl) => return answer(Ok(recs), ttl.into()),
+                    Reply::NxDomain(ttl) => return answer(Err(DnsError::NoSuchDomain), ttl.into()),
                     Reply::Fail(why) => last = format!("{why} from {server}"),
                     Reply::Truncated | Reply::Ignore => last = format!("bad reply from {server}"),
                 }
                 log::debug!("dns {name} {qtype:?}: {last}");
             }
         }
-        Err(DnsError::Temporary(last))
+        Answer::uncached(DnsError::Temporary(last))
     }
 
     fn exchange(&self, server: SocketAddr, name: &str, qtype: TYPE) -> Reply {
@@ -228,29 +283,46 @@ fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<(
 
 impl Resolver for DnsClient {
     fn mx(&self, domain: &str) -> Result<MxLookup, DnsError> {
-        Ok(mx_lookup(self.query(domain, TYPE::MX)?))
+        self.mx_ttl(domain).result
     }
 
     fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let v6 = self.query(host, TYPE::AAAA);
-        if let Err(e @ (DnsError::NoSuchDomain | DnsError::BadName(_))) = v6 {
-            return Err(e); // NXDOMAIN holds for every type: skip the A query
+        self.addrs_ttl(host).result
+    }
+}
+
+impl TtlResolver for DnsClient {
+    fn mx_ttl(&self, domain: &str) -> Answer<MxLookup> {
+        self.query(domain, TYPE::MX).map(mx_lookup)
+    }
+
+    fn addrs_ttl(&self, host: &str) -> Answer<Vec<IpAddr>> {
+        let ips = |recs: Vec<Rec>| -> Vec<IpAddr> {
+            let ip = |r| match r {
+                Rec::Ip(ip) => Some(ip),
+                Rec::Mx(..) => None,
+            };
+            recs.into_iter().filter_map(ip).collect()
+        };
+        let v6 = self.query(host, TYPE::AAAA).map(ips);
+        if let Err(DnsError::NoSuchDomain | DnsError::BadName(_)) = v6.result {
+            return v6; // NXDOMAIN holds for every type: skip the A query
         }
-        let v4 = self.query(host, TYPE::A);
+        let v4 = self.query(host, TYPE::A).map(ips);
+        // Half an answer (one query failed) is returned but not cached.
+        let ttl = v6.ttl.zip(v4.ttl).map(|(a, b)| a.min(b));
         let (mut out, mut err) = (Vec::new(), None);
-        for r in [v6, v4] {
+        for r in [v6.result, v4.result] {
             match r {
-                Ok(recs) => out.extend(recs.into_iter().filter_map(|r| match r {
-                    Rec::Ip(ip) => Some(ip),
-                    Rec::Mx(..) => None,
-                })),
+                Ok(ips) => out.extend(ips),
                 Err(e) => err = Some(e),
             }
         }
-        match err {
+        let result = match err {
             Some(e) if out.is_empty() => Err(e),
             _ => Ok(out),
-        }
+        };
+        Answer { result, ttl }
     }
 }
 
@@ -335,8 +407,8 @@ impl<'a> Query<'a> {
         }
         let rcode = match p.rcode() {
             _ if truncated => return Reply::Truncated,
-            RCODE::NoError => return Reply::Records(self.records(&p)),
-            RCODE::NameError => return Reply::NxDomain,
+            RCODE::NoError => return self.records(&p),
+            RCODE::NameError => return Reply::NxDomain(negative_ttl(&p)),
             RCODE::ServerFailure => "SERVFAIL".into(),
             RCODE::Refused => "REFUSED".into(),
             RCODE::FormatError => "FORMERR".into(),
@@ -345,31 +417,73 @@ impl<'a> Query<'a> {
         Reply::Fail(rcode)
     }
 
-    /// Answers of the asked type, whatever their owner (a recursive server may add a CNAME chain).
-    fn records(&self, p: &Packet) -> Vec<Rec> {
-        let of_class_in = p.answers.iter().filter(|rr| rr.class == CLASS::IN);
-        of_class_in
-            .filter_map(|rr| match (&rr.rdata, self.qtype) {
+    /// Answers of the asked type, whatever their owner (a recursive server may add a CNAME chain),
+    /// with the smallest TTL among them and the CNAMEs; the negative TTL caps that of NODATA.
+    fn records(&self, p: &Packet) -> Reply {
+        let (mut recs, mut ttl) = (Vec::new(), u32::MAX);
+        for rr in p.answers.iter().filter(|rr| rr.class == CLASS::IN) {
+            let rec = match (&rr.rdata, self.qtype) {
                 (RData::MX(mx), TYPE::MX) => Some(Rec::Mx(mx.preference, mx.exchange.to_string())),
                 (RData::A(a), TYPE::A) => Some(Rec::Ip(Ipv4Addr::from(a.address).into())),
                 (RData::AAAA(a), TYPE::AAAA) => Some(Rec::Ip(Ipv6Addr::from(a.address).into())),
-                _ => None,
-            })
-            .collect()
+                (RData::CNAME(_), _) => None,
+                _ => continue,
+            };
+            ttl = ttl.min(ttl_of(rr));
+            recs.extend(rec);
+        }
+        if recs.is_empty() {
+            ttl = ttl.min(negative_ttl(p));
+        }
+        Reply::Records(recs, ttl)
     }
+}
+
+/// A record's TTL; RFC 2181 8: one with the top bit set counts as zero.
+fn ttl_of(rr: &ResourceRecord) -> u32 {
+    if rr.ttl > i32::MAX as u32 { 0 } else { rr.ttl }
+}
+
+/// RFC 2308 5: the smaller of the authority SOA's TTL and its MINIMUM field.
+fn negative_ttl(p: &Packet) -> u32 {
+    let soa = |rr: &ResourceRecord| match &rr.rdata {
+        RData::SOA(soa) => Some(ttl_of(rr).min(soa.minimum)),
+        _ => None,
+    };
+    let default = DEFAULT_NEGATIVE_TTL.as_secs() as u32;
+    p.name_servers.iter().find_map(soa).unwrap_or(default)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use simple_dns::RCODE::{FormatError, NameError, NoError, Refused, ServerFailure};
-    use simple_dns::ResourceRecord;
-    use simple_dns::rdata::{A, AAAA, MX};
+    use simple_dns::rdata::{A, AAAA, CNAME, MX, SOA};
     use std::net::TcpListener;
 
     const NAME: &str = "example.com";
 
-    /// A reply to `qname`/`qtype` whose answers are owned by a CNAME target, as recursors send.
+    /// A reply to `qname`/`qtype` whose answers are owned by a CNAME target, as recursors send,
+    /// all with TTL 60.
+    fn build(
+        id: u16,
+        qname: &str,
+        qtype: TYPE,
+        rcode: RCODE,
+        answers: &[RData<'static>],
+    ) -> Packet<'static> {
+        let mut p = Packet::new_reply(id);
+        *p.rcode_mut() = rcode;
+        let qname = Name::new_unchecked(qname).into_owned();
+        p.questions
+            .push(Question::new(qname, qtype.into(), CLASS::IN.into(), false));
+        let owner = Name::new_unchecked("alias.example");
+        let rr =
+            |rd: &RData<'static>| ResourceRecord::new(owner.clone(), CLASS::IN, 60, rd.clone());
+        p.answers = answers.iter().map(rr).collect();
+        p
+    }
+
     fn packet(
         id: u16,
         qname: &str,
@@ -377,16 +491,9 @@ mod tests {
         rcode: RCODE,
         answers: &[RData<'static>],
     ) -> Vec<u8> {
-        let mut p = Packet::new_reply(id);
-        *p.rcode_mut() = rcode;
-        let qname = Name::new_unchecked(qname);
-        p.questions
-            .push(Question::new(qname, qtype.into(), CLASS::IN.into(), false));
-        let owner = Name::new_unchecked("alias.example");
-        let rr =
-            |rd: &RData<'static>| ResourceRecord::new(owner.clone(), CLASS::IN, 60, rd.clone());
-        p.answers = answers.iter().map(rr).collect();
-        p.build_bytes_vec().unwrap()
+        build(id, qname, qtype, rcode, answers)
+            .build_bytes_vec()
+            .unwrap()
     }
 
     /// A reply to "example.com MX".
@@ -486,7 +593,7 @@ mod tests {
         ];
         for (i, (wire, want)) in table.into_iter().enumerate() {
             match query(NAME, TYPE::MX).parse_reply(&wire) {
-                Reply::Records(recs) => assert_eq!(mx_lookup(recs), want, "case {i}"),
+                Reply::Records(recs, _) => assert_eq!(mx_lookup(recs), want, "case {i}"),
                 other => panic!("case {i}: {other:?}"),
             }
         }
@@ -502,7 +609,7 @@ mod tests {
         let mut not_qr = reply(7, NoError, &[]);
         not_qr[2] &= 0x7f;
         let table: Vec<(Vec<u8>, Reply)> = vec![
-            (reply(7, NameError, &[]), Reply::NxDomain),
+            (reply(7, NameError, &[]), Reply::NxDomain(60)),
             (reply(7, ServerFailure, &[]), fail("SERVFAIL")),
             (reply(7, Refused, &[]), fail("REFUSED")),
             (no_question, fail("FORMERR")),
@@ -528,8 +635,109 @@ mod tests {
         let (v6, v4) = (Ipv6Addr::LOCALHOST, Ipv4Addr::LOCALHOST);
         let ips = [RData::AAAA(AAAA::from(v6)), RData::A(A::from(v4))];
         let wire = packet(7, "h.example", TYPE::A, NoError, &ips);
-        let want = Reply::Records(vec![Rec::Ip(v4.into())]);
+        let want = Reply::Records(vec![Rec::Ip(v4.into())], 60);
         assert_eq!(query("h.example", TYPE::A).parse_reply(&wire), want);
+    }
+
+    /// The TTL of a reply: the smallest of the asked-for records and CNAMEs; RFC 2308 for the
+    /// negative ones (the authority SOA's TTL capped by its MINIMUM, else the default).
+    #[test]
+    fn ttls() {
+        fn soa(ttl: u32, minimum: u32) -> ResourceRecord<'static> {
+            let name = Name::new_unchecked("example.com");
+            let soa = RData::SOA(SOA {
+                mname: name.clone(),
+                rname: name.clone(),
+                serial: 1,
+                refresh: 3600,
+                retry: 600,
+                expire: 86400,
+                minimum,
+            });
+            ResourceRecord::new(name, CLASS::IN, ttl, soa)
+        }
+        let cname = || RData::CNAME(CNAME(Name::new_unchecked("alias.example")));
+        type Edit = fn(&mut Packet<'static>);
+        let (a, b) = (mx(10, "a.x"), mx(20, "b.x"));
+        let table: Vec<(RCODE, Vec<RData<'static>>, Edit, Reply)> = vec![
+            (
+                NoError,
+                vec![a.clone(), b.clone()],
+                |_| {},
+                Reply::Records(vec![], 60),
+            ),
+            (
+                NoError,
+                vec![a.clone(), b.clone()],
+                |p| p.answers[1].ttl = 30,
+                Reply::Records(vec![], 30),
+            ),
+            // An SOA next to records does not matter; another type's TTL neither.
+            (
+                NoError,
+                vec![a.clone(), RData::A(A { address: 1 })],
+                |p| {
+                    p.answers[1].ttl = 5;
+                    p.name_servers.push(soa(10, 10));
+                },
+                Reply::Records(vec![], 60),
+            ),
+            (
+                NoError,
+                vec![cname(), a.clone()],
+                |p| p.answers[0].ttl = 20,
+                Reply::Records(vec![], 20),
+            ),
+            (
+                NoError,
+                vec![mx(0, ".")],
+                |p| p.answers[0].ttl = 900,
+                Reply::Records(vec![], 900),
+            ),
+            // RFC 2181: a TTL with the top bit set is zero.
+            (
+                NoError,
+                vec![a.clone()],
+                |p| p.answers[0].ttl = 1 << 31,
+                Reply::Records(vec![], 0),
+            ),
+            // NODATA and NXDOMAIN.
+            (NoError, vec![], |_| {}, Reply::Records(vec![], 60)),
+            (
+                NoError,
+                vec![],
+                |p| p.name_servers.push(soa(3600, 300)),
+                Reply::Records(vec![], 300),
+            ),
+            (
+                NoError,
+                vec![cname()],
+                |p| p.name_servers.push(soa(3600, 300)),
+                Reply::Records(vec![], 60),
+            ),
+            (NameError, vec![], |_| {}, Reply::NxDomain(60)),
+            (
+                NameError,
+                vec![],
+                |p| p.name_servers.push(soa(120, 900)),
+                Reply::NxDomain(120),
+            ),
+            (
+                NameError,
+                vec![],
+                |p| p.name_servers.push(soa(3600, 900)),
+                Reply::NxDomain(900),
+            ),
+        ];
+        for (i, (rcode, answers, edit, want)) in table.into_iter().enumerate() {
+            let mut p = build(7, NAME, TYPE::MX, rcode, &answers);
+            edit(&mut p);
+            let got = match query(NAME, TYPE::MX).parse_reply(&p.build_bytes_vec().unwrap()) {
+                Reply::Records(_, ttl) => Reply::Records(vec![], ttl),
+                other => other,
+            };
+            assert_eq!(got, want, "case {i}");
+        }
     }
 
     type Handler = fn(&Packet) -> Vec<Vec<u8>>;
@@ -579,6 +787,44 @@ mod tests {
             client.mx("example.com."),
             Ok(hosts(&[(10, "mx.example.com")]))
         );
+    }
+
+    /// Address answers: the smaller TTL of AAAA and A; none when one of them failed.
+    #[test]
+    fn addrs_ttl() {
+        let addr = responder(
+            |q| {
+                let (name, v6) = (q.questions[0].qname.to_string(), Ipv6Addr::LOCALHOST);
+                let QTYPE::TYPE(qtype) = q.questions[0].qtype else {
+                    unreachable!()
+                };
+                let (rcode, answer) = match (name.as_str(), qtype) {
+                    (_, TYPE::AAAA) => (NoError, vec![RData::AAAA(v6.into())]),
+                    ("half.example", _) => (ServerFailure, vec![]),
+                    _ => (NoError, vec![RData::A(Ipv4Addr::LOCALHOST.into())]),
+                };
+                let mut p = build(q.id(), &name, qtype, rcode, &answer);
+                if qtype == TYPE::AAAA {
+                    p.answers[0].ttl = 30;
+                }
+                vec![p.build_bytes_vec().unwrap()]
+            },
+            |_| vec![],
+        );
+        let client = DnsClient::new(vec![addr], Duration::from_secs(2), 1);
+        let both = client.addrs_ttl("both.example");
+        let ips = vec![
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+            Ipv4Addr::LOCALHOST.into(),
+        ];
+        assert_eq!(both.result, Ok(ips));
+        assert_eq!(both.ttl, Some(Duration::from_secs(30)));
+        let half = client.addrs_ttl("half.example");
+        assert_eq!(half.result, Ok(vec![Ipv6Addr::LOCALHOST.into()]));
+        assert_eq!(half.ttl, None);
+        let mx = client.mx_ttl("both.example");
+        assert_eq!(mx.result, Ok(MxLookup::None));
+        assert_eq!(mx.ttl, Some(DEFAULT_NEGATIVE_TTL));
     }
 
     #[test]
