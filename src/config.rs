@@ -119,6 +119,30 @@ pub static FLAGS: &[FlagDef] = &[
         Some("1s"),
     ),
     opt(
+        "active-limit",
+        "N",
+        "Queued messages held in memory for delivery at once; the rest wait on disk",
+        Some("10000"),
+    ),
+    opt(
+        "dest-concurrency",
+        "N",
+        "Deliveries in flight to one destination at most (it starts lower and grows on success)",
+        Some("20"),
+    ),
+    opt(
+        "dest-rate",
+        "N/PERIOD",
+        "Deliveries to one destination at most per period, e.g. 600/h, 10/s",
+        Some("no limit"),
+    ),
+    opt(
+        "dest-messages-per-connection",
+        "N",
+        "Messages sent over one connection before it is closed",
+        Some("100"),
+    ),
+    opt(
         "max-connections",
         "N",
         "Concurrent SMTP clients; more get 421",
@@ -425,6 +449,10 @@ pub struct Config {
     pub workers: usize,
     pub in_flow_backlog: usize,
     pub in_flow_delay: Duration,
+    pub active_limit: usize,
+    pub dest_concurrency: usize,
+    pub dest_rate: Option<(u32, Duration)>,
+    pub dest_messages_per_connection: usize,
     pub max_connections: usize,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -636,6 +664,12 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         workers: num("workers", 4, 1)? as usize,
         in_flow_backlog: num("in-flow-backlog", 1000, 1)? as usize,
         in_flow_delay: dur("in-flow-delay", "1s")?,
+        active_limit: num("active-limit", 10_000, 1)? as usize,
+        dest_concurrency: num("dest-concurrency", 20, 1)? as usize,
+        dest_rate: get("dest-rate")
+            .map(|v| parse_rate(&v).map_err(|e| bad("dest-rate", e)))
+            .transpose()?,
+        dest_messages_per_connection: num("dest-messages-per-connection", 100, 1)? as usize,
         max_connections: num("max-connections", 100, 1)? as usize,
         max_message_size,
         max_recipients: num("max-recipients", 1000, 1)? as usize,
@@ -763,6 +797,26 @@ pub fn parse_listener(s: &str) -> Result<Listener, String> {
         .parse::<SocketAddr>()
         .map_err(|_| format!("{s:?} is not ADDR:PORT[/ROLE]"))?;
     Ok(Listener { addr, role })
+}
+
+/// `N/PERIOD`: a count per `s`, `m`, `h`, `d` or any duration (`600/h`, `5/10s`).
+pub fn parse_rate(v: &str) -> Result<(u32, Duration), String> {
+    let (n, period) = v
+        .split_once('/')
+        .ok_or_else(|| format!("{v:?} is not N/PERIOD"))?;
+    let n: u32 = n
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{n:?} is not a positive count"))?;
+    let period = match period {
+        "s" | "m" | "h" | "d" => parse_duration(&format!("1{period}"))?,
+        p => parse_duration(p)?,
+    };
+    if period.is_zero() {
+        return Err("the period must be longer than zero".into());
+    }
+    Ok((n, period))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

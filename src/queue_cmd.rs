@@ -88,10 +88,10 @@ fn usage(why: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Every readable queued message (its slot and envelope), oldest first.
-fn load(spool: &Path) -> Result<Vec<(spool::Location, Envelope)>, String> {
+/// Calls `each` with every readable queued message (its slot and envelope) as it is read.
+fn each(spool: &Path, each: impl FnMut(spool::Location, Envelope)) -> Result<(), String> {
     let dir = spool.join("queue");
-    spool::list(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))
+    spool::list_each(&dir, each).map_err(|e| format!("cannot read {}: {e}", dir.display()))
 }
 
 /// One queued message as a JSON object (the `--json` form).
@@ -127,61 +127,80 @@ pub fn to_json(env: &Envelope, now: u64) -> String {
     s
 }
 
+/// Streams the queue: each message is printed as it is read, so a queue of a million
+/// messages lists in constant memory (in spool order, not sorted).
 fn list(spool: &Path, json: bool) -> ExitCode {
-    let envs: Vec<Envelope> = match load(spool) {
-        Ok(queued) => queued.into_iter().map(|(_, env)| env).collect(),
-        Err(e) => {
-            eprintln!("mxrelay queue: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    use std::io::Write as _;
     let now = now_ms();
-    if json {
-        let items: Vec<String> = envs.iter().map(|e| to_json(e, now)).collect();
-        println!("[{}]", items.join(",\n "));
-        return ExitCode::SUCCESS;
-    }
-    if envs.is_empty() {
-        println!("Mail queue is empty");
-        return ExitCode::SUCCESS;
-    }
-    println!(
-        "{:<22} {:>6} {:>8} {:>4} {:<10} SENDER -> PENDING RECIPIENTS",
-        "ID", "AGE", "SIZE", "TRY", "NEXT"
-    );
-    for env in &envs {
-        let next = if env.held {
-            "held".to_string()
-        } else if env.next_attempt <= now {
-            "now".to_string()
-        } else {
-            format!(
-                "in {}",
-                human(Duration::from_secs((env.next_attempt - now).div_ceil(1000)))
-            )
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0u64;
+    let listed = each(spool, |_, env| {
+        let line = match (json, n) {
+            (true, 0) => format!("[{}", to_json(&env, now)),
+            (true, _) => format!(",\n {}", to_json(&env, now)),
+            (false, 0) => format!("{}\n{}", LIST_HEADING, list_line(&env, now)),
+            (false, _) => list_line(&env, now),
         };
-        let age = human(Duration::from_secs(now.saturating_sub(env.received) / 1000));
-        let rcpts = env.pending_addresses();
-        let shown = if rcpts.len() > 3 {
-            format!("{} (+{} more)", rcpts[..3].join(", "), rcpts.len() - 3)
-        } else {
-            rcpts.join(", ")
-        };
-        println!(
-            "{:<22} {:>6} {:>8} {:>4} {:<10} <{}> -> {shown}",
-            env.id, age, env.size, env.attempts, next, env.sender
-        );
-        if !env.last_error.is_empty() {
-            println!("{:<22} last error: {}", "", env.last_error);
-        }
+        n += 1;
+        // A closed pipe (`| head`) ends the listing; nothing else to do about it.
+        let _ = out.write_all(line.as_bytes());
+    });
+    if let Err(e) = listed {
+        let _ = out.flush();
+        eprintln!("mxrelay queue: {e}");
+        return ExitCode::FAILURE;
     }
-    println!("-- {} message(s)", envs.len());
+    let end = match (json, n) {
+        (true, 0) => "[]\n".to_string(),
+        (true, _) => "]\n".to_string(),
+        (false, 0) => "Mail queue is empty\n".to_string(),
+        (false, n) => format!("-- {n} message(s)\n"),
+    };
+    let _ = out.write_all(end.as_bytes());
+    let _ = out.flush();
     ExitCode::SUCCESS
 }
 
+const LIST_HEADING: &str =
+    "ID                        AGE     SIZE  TRY NEXT       SENDER -> PENDING RECIPIENTS";
+
+/// One message of `queue list`, with its last error on a second line.
+fn list_line(env: &Envelope, now: u64) -> String {
+    let next = if env.held {
+        "held".to_string()
+    } else if env.next_attempt <= now {
+        "now".to_string()
+    } else {
+        format!(
+            "in {}",
+            human(Duration::from_secs((env.next_attempt - now).div_ceil(1000)))
+        )
+    };
+    let age = human(Duration::from_secs(now.saturating_sub(env.received) / 1000));
+    let rcpts = env.pending_addresses();
+    let shown = if rcpts.len() > 3 {
+        format!("{} (+{} more)", rcpts[..3].join(", "), rcpts.len() - 3)
+    } else {
+        rcpts.join(", ")
+    };
+    let mut line = format!(
+        "{:<22} {:>6} {:>8} {:>4} {:<10} <{}> -> {shown}\n",
+        env.id, age, env.size, env.attempts, next, env.sender
+    );
+    if !env.last_error.is_empty() {
+        let _ = writeln!(line, "{:<22} last error: {}", "", env.last_error);
+    }
+    line
+}
+
 fn show(spool_dir: &Path, id: &str) -> ExitCode {
-    let queued = load(spool_dir).unwrap_or_default();
-    let Some((slot, env)) = queued.iter().find(|(_, e)| e.id == id) else {
+    let mut found = None;
+    let _ = each(spool_dir, |at, env| {
+        if env.id == id {
+            found = Some((at, env));
+        }
+    });
+    let Some((slot, env)) = &found else {
         eprintln!("mxrelay queue: {id}: not in the queue");
         return ExitCode::FAILURE;
     };

@@ -14,16 +14,20 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use crate::auth::{FailureGuard, UsersFile};
 use crate::config::{Config, Role};
 use crate::control::{self, Command, Request};
+use crate::delivery::clock::{Clock, SystemClock};
 use crate::delivery::flow::InFlow;
 use crate::delivery::intake::{self, Intake};
+use crate::delivery::ledger::{Holder, Ledger, Record};
 use crate::delivery::route::RouteTable;
-use crate::delivery::scheduler::{Inputs, Scheduler, SchedulerConfig};
+use crate::delivery::scheduler::{self, Inputs, Scheduler, SchedulerConfig};
+use crate::delivery::sites::{SiteConfig, Sites};
 use crate::delivery::{self, Context};
 use crate::dns::{CACHE_ENTRIES, CachingResolver, DnsClient, Resolver};
 use crate::events::Events;
 use crate::metrics::{self, Metrics};
 use crate::server::{self, Server, ServerConfig, Services};
-use crate::spool::Spool;
+use crate::spool::id::MsgId;
+use crate::spool::{Recovery, Spool};
 use crate::tls::{Outbound, ServerTls};
 
 pub struct Relay {
@@ -33,6 +37,7 @@ pub struct Relay {
     control: Sender<Request>,
     stop_scheduler: Sender<()>,
     scheduler: JoinHandle<()>,
+    recovery: JoinHandle<()>,
     spool: Arc<Spool>,
     /// The bound /metrics address and its stop flag.
     metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
@@ -91,7 +96,7 @@ impl Relay {
             Spool::open(&cfg.spool)
                 .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?,
         );
-        let recovered = spool.recover()?;
+        let recovery = spool.begin_recovery()?;
         let tls = match configured_tls {
             Some(t) => Some(t),
             None if cfg.listen.iter().any(|l| l.role != Role::Smtp) => Some(Arc::new(
@@ -110,7 +115,8 @@ impl Relay {
         };
         let resolver: Arc<dyn Resolver> = Arc::new(CachingResolver::new(dns, CACHE_ENTRIES));
         let (intake_tx, intake_rx) = bounded(INTAKE_CAPACITY);
-        let jobs = delivery::JobQueue::new(cfg.workers * 2);
+        let (recovered_tx, recovered_rx) = bounded(16);
+        let jobs = delivery::JobQueue::new(cfg.workers);
         let (outcome_tx, outcome_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(1);
         let (control_tx, control_rx) = bounded(16);
@@ -125,6 +131,7 @@ impl Relay {
             smarthost_tls: cfg.smarthost_tls,
             smarthost_insecure: cfg.smarthost_insecure,
             smarthost_auth,
+            messages_per_connection: cfg.dest_messages_per_connection,
             metrics: metrics.clone(),
         });
         let in_flow = Arc::new(InFlow::new(cfg.in_flow_backlog, cfg.in_flow_delay));
@@ -132,16 +139,39 @@ impl Relay {
             smarthost: cfg.smarthost.clone(),
             routes: cfg.routes.iter().cloned().collect::<HashMap<_, _>>(),
         });
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ledger = Arc::new(Ledger::default());
+        let sites = Arc::new(Sites::new(
+            SiteConfig {
+                workers: cfg.workers,
+                concurrency: cfg.dest_concurrency,
+                rate: cfg.dest_rate,
+                dead_time: Duration::from_secs(60),
+                max_dead_time: Duration::from_secs(600),
+            },
+            clock.clone(),
+            jobs.clone(),
+            outcome_tx.clone(),
+            in_flow.clone(),
+        ));
         let intake = Arc::new(Intake::new(intake::Services {
             routes: routes.clone(),
             spool: spool.clone(),
-            jobs: jobs.clone(),
+            ledger: ledger.clone(),
+            sites: sites.clone(),
             to_scheduler: intake_tx,
-            in_flow: in_flow.clone(),
             metrics: metrics.clone(),
             events: events.clone(),
         }));
-        delivery::spawn_workers(cfg.workers, jobs.clone(), outcome_tx, intake.clone(), ctx)?;
+        let pool = delivery::Pool {
+            jobs: jobs.clone(),
+            sites: sites.clone(),
+            intake: intake.clone(),
+            spool: spool.clone(),
+            outcomes: outcome_tx,
+            ctx,
+        };
+        delivery::spawn_workers(cfg.workers, Arc::new(pool))?;
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 hostname: cfg.hostname.clone(),
@@ -149,16 +179,21 @@ impl Relay {
                 retry: cfg.retry.clone(),
                 max_queue_lifetime: cfg.max_queue_lifetime,
                 routes,
+                active_limit: cfg.active_limit,
             },
-            spool.clone(),
-            events.clone(),
-            metrics.clone(),
-            in_flow.clone(),
-            intake.clone(),
-            recovered,
+            scheduler::Shared {
+                clock,
+                spool: spool.clone(),
+                ledger: ledger.clone(),
+                sites,
+                events: events.clone(),
+                metrics: metrics.clone(),
+            },
         );
+        let recovery = recover_in_background(recovery, spool.clone(), ledger, recovered_tx)?;
         let inputs = Inputs {
-            intake: intake_rx,
+            arrivals: intake_rx,
+            recovered: recovered_rx,
             outcomes: outcome_rx,
             control: control_rx,
             stop: stop_rx,
@@ -205,6 +240,7 @@ impl Relay {
             control: control_tx,
             stop_scheduler: stop_tx,
             scheduler,
+            recovery,
             spool,
             metrics_endpoint,
         })
@@ -252,9 +288,53 @@ impl Relay {
         }
         let _ = self.stop_scheduler.send(());
         let _ = self.scheduler.join();
+        let _ = self.recovery.join();
         // Workers may still finish deliveries, with nothing left to mark their cells free.
         self.spool.mark_freed_cells_at_once();
     }
+}
+
+/// Scans the spool while the relay runs: every message found goes into the ledger, and the
+/// ones not on hold to the scheduler, in batches, with their due times.
+fn recover_in_background(
+    recovery: Recovery,
+    spool: Arc<Spool>,
+    ledger: Arc<Ledger>,
+    to_scheduler: Sender<Vec<(MsgId, u64)>>,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("recovery".into())
+        .spawn(move || {
+            let mut batch = Vec::new();
+            let scanned = recovery.run(&spool, |found| {
+                let Some(id) = MsgId::parse(&found.env.id) else {
+                    return true;
+                };
+                let (due, held) = (found.env.next_attempt, found.env.held);
+                let holder = if held { Holder::Held } else { Holder::Waiting };
+                let record = Record {
+                    place: found.place,
+                    due,
+                    holder,
+                };
+                if !ledger.insert(id, record) {
+                    return false;
+                }
+                if !held {
+                    batch.push((id, due));
+                }
+                if batch.len() >= 1024 {
+                    let _ = to_scheduler.send(std::mem::take(&mut batch));
+                }
+                true
+            });
+            let _ = to_scheduler.send(batch);
+            match scanned {
+                Ok(0) => {}
+                Ok(n) => log::info!("queue: {n} messages recovered from the spool"),
+                Err(e) => log::error!("spool: recovery stopped: {e}"),
+            }
+        })
 }
 
 /// Picks up renewed certificate files (e.g. from an ACME client) without a signal.

@@ -824,6 +824,9 @@ fn in_flow_control_holds_mail_back_until_delivery_catches_up() {
             body.as_bytes(),
         );
     }
+    // The second waits at its destination for the one worker (the scheduler queues it
+    // there): two messages at a quick destination, one more than the backlog.
+    relay.wait_log("attempt 1 in 1 jobs\n");
     assert!(!relay.log().contains("in-flow delay"), "{}", relay.log());
     let mut c = support::Client::connect(relay.addr);
     assert!(c.reply().starts_with("220"));

@@ -351,7 +351,7 @@ fn corrupt_envelope_is_quarantined_at_start() {
         spool.path(),
         &["--smarthost", "127.0.0.1:9", "--retry", "1h"],
     );
-    assert!(relay.log().contains(&format!("quarantining {id}")));
+    relay.wait_log(&format!("quarantining {id}"));
     assert_eq!(relay.queued(), 0);
     let reason =
         std::fs::read_to_string(spool.path().join(format!("corrupt/{id}.reason"))).unwrap();

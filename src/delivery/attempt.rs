@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::route::{self, Candidate, Destination, RouteError};
+use super::sites::Feedback;
 use super::{Context, Job, RcptResult};
 use crate::config::{SmarthostTls, TlsOutbound};
 use crate::net::{Line, LineReader, Stream};
@@ -16,6 +17,7 @@ use crate::smtp::data::DotStuffer;
 use crate::smtp::ehlo::Extensions;
 use crate::smtp::reply::{Reply, ReplyParser};
 use crate::smtp::sasl;
+use crate::spool::Stored;
 
 /// RFC 5321 4.5.3.2 timeouts (minimums): 5 minutes for the greeting, MAIL and RCPT, 3 per
 /// data block, 10 for the reply to the end of data. DATA initiation may be as short as 2
@@ -29,6 +31,45 @@ const DATA_BLOCK: Duration = Duration::from_secs(180);
 const DATA_END: Duration = Duration::from_secs(600);
 
 pub type Results = Vec<(usize, RcptResult)>;
+
+/// What one delivery attempt of a job came to.
+pub struct Attempt {
+    pub results: Results,
+    /// What it says about the destination site.
+    pub feedback: Feedback,
+    /// The last host error, when no host took the mail.
+    pub error: String,
+    /// For MX delivery: the site the domain's MX hosts make (`Sites`).
+    pub mx_site: Option<String>,
+}
+
+impl Attempt {
+    fn new(results: Results, feedback: Feedback) -> Attempt {
+        Attempt {
+            results,
+            feedback,
+            error: String::new(),
+            mx_site: None,
+        }
+    }
+
+    /// Every recipient deferred for `reason`, with nothing learnt about the site.
+    pub fn deferred(job: &Job, reason: String) -> Attempt {
+        let results = job
+            .rcpts
+            .iter()
+            .map(|(i, _)| {
+                (
+                    *i,
+                    RcptResult::Deferred {
+                        reason: reason.clone(),
+                    },
+                )
+            })
+            .collect();
+        Attempt::new(results, Feedback::Neutral)
+    }
+}
 
 /// How this destination wants TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,26 +111,27 @@ fn tls_mode(dest: &Destination, ctx: &Context) -> TlsMode {
 struct HostError {
     reason: String,
     tls: bool,
+    /// The TCP connection itself failed.
+    connect: bool,
 }
 
 impl From<String> for HostError {
     fn from(reason: String) -> Self {
-        HostError { reason, tls: false }
+        HostError {
+            reason,
+            tls: false,
+            connect: false,
+        }
     }
 }
 
-pub fn deliver(job: &Job, ctx: &Context, cache: &mut Cache) -> Results {
+pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> Attempt {
     cache.expire(false);
     if let Some(mut conn) = cache.0.take_if(|c| c.dest == job.dest) {
-        match transaction(&mut conn, job) {
+        match transaction(&mut conn, job, body) {
             Ok((results, reusable)) => {
-                if reusable {
-                    conn.idle_since = Instant::now();
-                    cache.0 = Some(conn);
-                } else {
-                    conn.client.quit();
-                }
-                return results;
+                keep_or_close(conn, reusable, ctx, cache);
+                return Attempt::new(results, Feedback::Reached);
             }
             // The kept connection went stale (closed by the server): start afresh.
             Err(e) => log::debug!("{}: kept connection unusable: {}", job.id, e.reason),
@@ -101,6 +143,7 @@ pub fn deliver(job: &Job, ctx: &Context, cache: &mut Cache) -> Results {
             .map(|(i, _)| (*i, r.clone()))
             .collect::<Results>()
     };
+    let neutral = |r: RcptResult| Attempt::new(all(r), Feedback::Neutral);
     let hosts = match route::candidates(
         &job.dest,
         ctx.resolver.as_ref(),
@@ -109,22 +152,32 @@ pub fn deliver(job: &Job, ctx: &Context, cache: &mut Cache) -> Results {
     ) {
         Ok(h) => h,
         Err(RouteError::Permanent { status, reason }) => {
-            return all(RcptResult::Failed {
+            return neutral(RcptResult::Failed {
                 status: status.into(),
                 relay: None,
                 reason,
             });
         }
-        Err(RouteError::Temporary(reason)) => return all(RcptResult::Deferred { reason }),
+        Err(RouteError::Temporary(reason)) => return neutral(RcptResult::Deferred { reason }),
+    };
+    let mx_site = match &job.dest {
+        Destination::Mx(_) => {
+            let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            names.sort_unstable();
+            Some(format!("mx {}", names.join(",")))
+        }
+        _ => None,
     };
     let implicit_mx =
         matches!(&job.dest, Destination::Mx(d) if hosts.len() == 1 && &hosts[0].name == d);
     let mode = tls_mode(&job.dest, ctx);
     let mut last_error = String::from("no usable host");
+    // What the hosts tried said about the site: none answered, or some pushed back.
+    let mut feedback = Feedback::Neutral;
     for host in &hosts {
         let addrs = match route::addresses(host, ctx.resolver.as_ref()) {
             Ok(a) if a.is_empty() && implicit_mx => {
-                return all(RcptResult::Failed {
+                return neutral(RcptResult::Failed {
                     status: "5.1.2".into(),
                     relay: None,
                     reason: format!("{} has no MX and no address records", host.name),
@@ -141,23 +194,53 @@ pub fn deliver(job: &Job, ctx: &Context, cache: &mut Cache) -> Results {
             }
         };
         for addr in addrs {
-            let mut result = try_host(job, ctx, host, addr, mode, cache);
-            if let Err(HostError { tls: true, reason }) = &result
+            let mut result = try_host(job, body, ctx, host, addr, mode, cache);
+            if let Err(HostError {
+                tls: true, reason, ..
+            }) = &result
                 && mode == TlsMode::Opportunistic
             {
                 log::info!("{}: {reason}; retrying {} without TLS", job.id, host.name);
-                result = try_host(job, ctx, host, addr, TlsMode::Off, cache);
+                result = try_host(job, body, ctx, host, addr, TlsMode::Off, cache);
             }
             match result {
-                Ok(results) => return results,
+                Ok(results) => {
+                    let mut attempt = Attempt::new(results, Feedback::Reached);
+                    attempt.mx_site = mx_site;
+                    return attempt;
+                }
                 Err(e) => {
                     log::debug!("{}: {}[{}]: {}", job.id, host.name, addr, e.reason);
+                    feedback = match (feedback, e.connect) {
+                        (Feedback::Throttled, _) | (_, false) => Feedback::Throttled,
+                        _ => Feedback::Unreachable,
+                    };
                     last_error = e.reason;
                 }
             }
         }
     }
-    all(RcptResult::Deferred { reason: last_error })
+    let mut attempt = Attempt::new(
+        all(RcptResult::Deferred {
+            reason: last_error.clone(),
+        }),
+        feedback,
+    );
+    attempt.error = last_error;
+    attempt.mx_site = mx_site;
+    attempt
+}
+
+/// Keeps a connection for the next job, unless it is not clean or carried its share.
+fn keep_or_close(mut conn: Connection, reusable: bool, ctx: &Context, cache: &mut Cache) {
+    conn.sent += 1;
+    if reusable && conn.sent < ctx.messages_per_connection {
+        conn.idle_since = Instant::now();
+        cache.expire(true);
+        cache.0 = Some(conn);
+    } else {
+        conn.client.quit();
+    }
 }
 
 struct Client {
@@ -262,10 +345,12 @@ impl Client {
         let connector = ctx.tls.connector(verify).map_err(|e| HostError {
             reason: e,
             tls: true,
+            connect: false,
         })?;
         let tls = connector.connect(name, tcp).map_err(|e| HostError {
             reason: format!("TLS handshake with {} failed: {e}", self.relay),
             tls: true,
+            connect: false,
         })?;
         self.reader = LineReader::new(Stream::Client(Box::new(tls)), 8192);
         Ok(())
@@ -286,6 +371,8 @@ pub struct Connection {
     tls: bool,
     dest: Destination,
     idle_since: Instant,
+    /// Transactions carried so far (see `--dest-messages-per-connection`).
+    sent: usize,
 }
 
 /// One kept connection per worker: the next job for the same destination skips the
@@ -318,6 +405,7 @@ impl Cache {
 /// `Ok` when the transaction reached a verdict per recipient; `Err` to try the next host.
 fn try_host(
     job: &Job,
+    body: &Stored,
     ctx: &Context,
     host: &Candidate,
     addr: SocketAddr,
@@ -325,14 +413,8 @@ fn try_host(
     cache: &mut Cache,
 ) -> Result<Results, HostError> {
     let mut conn = open(job, ctx, host, addr, mode)?;
-    let (results, reusable) = transaction(&mut conn, job)?;
-    if reusable {
-        conn.idle_since = Instant::now();
-        cache.expire(true);
-        cache.0 = Some(conn);
-    } else {
-        conn.client.quit();
-    }
+    let (results, reusable) = transaction(&mut conn, job, body)?;
+    keep_or_close(conn, reusable, ctx, cache);
     Ok(results)
 }
 
@@ -344,8 +426,11 @@ fn open(
     mode: TlsMode,
 ) -> Result<Connection, HostError> {
     let relay = format!("{}[{}]:{}", host.name, addr.ip(), addr.port());
-    let tcp = TcpStream::connect_timeout(&addr, ctx.connect_timeout)
-        .map_err(|e| format!("connect to {relay} failed: {e}"))?;
+    let tcp = TcpStream::connect_timeout(&addr, ctx.connect_timeout).map_err(|e| HostError {
+        reason: format!("connect to {relay} failed: {e}"),
+        tls: false,
+        connect: true,
+    })?;
     let _ = tcp.set_nodelay(true);
     let write_timeout = ctx
         .delivery_timeout
@@ -376,6 +461,7 @@ fn open(
                 return Err(HostError {
                     reason: format!("{relay} refused STARTTLS: {}", r.summary()),
                     tls: true,
+                    connect: false,
                 });
             }
             let verify = matches!(mode, TlsMode::Required { verify: true });
@@ -402,12 +488,17 @@ fn open(
         tls,
         dest: job.dest.clone(),
         idle_since: Instant::now(),
+        sent: 0,
     })
 }
 
 /// One mail transaction on an open connection. Returns the results and whether the
 /// connection is back in a clean state for another transaction.
-fn transaction(conn: &mut Connection, job: &Job) -> Result<(Results, bool), HostError> {
+fn transaction(
+    conn: &mut Connection,
+    job: &Job,
+    body: &Stored,
+) -> Result<(Results, bool), HostError> {
     let (c, ext, tls) = (&mut conn.client, &conn.ext, conn.tls);
     let relay = c.relay.clone();
     let needs = Needs {
@@ -500,7 +591,7 @@ fn transaction(conn: &mut Connection, job: &Job) -> Result<(Results, bool), Host
         results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
         return Ok((results, false));
     }
-    send_body(c, job).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
+    send_body(c, job, body).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
     let end = c.read_reply(DATA_END)?;
     let verdict = verdict(&end, &relay, tls);
     results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
@@ -562,7 +653,7 @@ fn verdict(r: &Reply, relay: &str, tls: bool) -> RcptResult {
 }
 
 /// Streams the spooled body with dot-stuffing; the end marker goes out with the last chunk.
-fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
+fn send_body(c: &mut Client, job: &Job, body: &Stored) -> io::Result<()> {
     // Buffers kept per worker thread: allocating and freeing ~130 KB per message made
     // glibc hand the memory back to the kernel (madvise) every time.
     thread_local! {
@@ -577,7 +668,7 @@ fn send_body(c: &mut Client, job: &Job) -> io::Result<()> {
             "deleted from the queue",
         ));
     }
-    let mut file = crate::spool::slot::MessageReader::new(&job.body.file, job.body.base, job.size);
+    let mut file = body.reader(job.size);
     BUFFERS.with_borrow_mut(|(chunk, wire)| {
         chunk.resize(CHUNK, 0);
         wire.clear();

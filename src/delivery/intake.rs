@@ -1,51 +1,43 @@
 //! How sessions hand committed messages to delivery. A message whose recipients all go to
-//! one destination goes straight to a worker when the job queue has room and the scheduler
-//! has nothing waiting for one. If the worker delivers it to every recipient, the worker
-//! removes it, and the scheduler never hears of it: no thread but the session and the
-//! worker wakes for it. Otherwise the scheduler takes it up like any other: it does so
-//! whenever it wakes, and always before it applies an outcome or carries out a queue
-//! command, so the message is in its index before anything can refer to it. The rest
-//! (several destinations, a busy pool) goes to the scheduler, which dispatches it.
+//! one destination goes straight to a worker when one is free and its site has room and
+//! nothing queued (`Sites::try_direct`). If the worker delivers it to every recipient, the
+//! worker removes it, and the scheduler never hears of it: no thread but the session and the
+//! worker wakes for it. Otherwise (several destinations, a busy pool or site, a failure) the
+//! scheduler takes it up.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::Sender;
 
-use super::flow::InFlow;
+use super::ledger::{Holder, Ledger, Record};
 use super::route::RouteTable;
-use super::{Delivered, Job, JobQueue, RcptResult};
+use super::sites::Sites;
+use super::{Delivered, Job, RcptResult};
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::spool::{Envelope, Spool};
+use crate::spool::id::MsgId;
+use crate::spool::{Envelope, Place, Spool};
 
 /// What a session needs to hand a message over, and a worker to finish one.
 pub struct Services {
     pub routes: Arc<RouteTable>,
     pub spool: Arc<Spool>,
-    pub jobs: Arc<JobQueue>,
-    pub to_scheduler: Sender<Envelope>,
-    pub in_flow: Arc<InFlow>,
+    pub ledger: Arc<Ledger>,
+    pub sites: Arc<Sites>,
+    pub to_scheduler: Sender<Arrival>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
 }
 
-pub struct Intake {
-    services: Services,
-    /// Messages handed straight to a worker, by id, that the scheduler has not taken up.
-    direct: Mutex<HashMap<String, Direct>>,
-    /// Set by the scheduler while it has jobs that no worker has taken: new mail then
-    /// waits its turn behind them.
-    scheduler_backlog: AtomicBool,
+/// A message just committed, for the scheduler.
+pub struct Arrival {
+    pub env: Envelope,
+    pub place: Place,
 }
 
-/// A message on its first attempt, handed straight to a worker as one job.
-pub struct Direct {
-    /// With the attempt counted.
-    pub env: Envelope,
-    /// Shared with the job (see `Job::cancelled`).
-    pub cancelled: Arc<AtomicBool>,
+pub struct Intake {
+    services: Services,
 }
 
 /// The scheduler is gone (shutting down): the message waits on disk for the next start.
@@ -54,83 +46,73 @@ pub struct Stopped;
 
 impl Intake {
     pub fn new(services: Services) -> Intake {
-        Intake {
-            services,
-            direct: Mutex::default(),
-            scheduler_backlog: AtomicBool::new(false),
-        }
+        Intake { services }
     }
 
-    /// Hands over a message just committed to the spool.
-    pub fn submit(&self, mut env: Envelope) -> Result<(), Stopped> {
+    /// Hands over a message just committed to the spool at `place`.
+    pub fn submit(&self, env: Envelope, place: Place) -> Result<(), Stopped> {
         let s = &self.services;
-        if !env.held && !self.scheduler_backlog.load(Ordering::Relaxed) {
-            let mut groups = s.routes.group(&env);
-            if groups.len() == 1
-                && let Ok(body) = s.spool.message_file(&env.id)
-            {
-                let group = groups.pop().expect("one group");
+        let id = MsgId::parse(&env.id).expect("a queue id we made");
+        let mut groups = s.routes.group(&env);
+        {
+            // Held across the hand-off, so the worker finds the message in the ledger, and
+            // nothing else can take it up in between.
+            let mut book = s.ledger.lock();
+            if groups.len() == 1 {
                 let cancelled = Arc::<AtomicBool>::default();
-                let job = Job::new(&env, group, body, cancelled.clone());
-                // Held across the hand-off, so the scheduler, which takes this lock before
-                // it applies an outcome, never sees the job's outcome before the message.
-                let mut direct = self.lock();
-                if s.jobs.try_send(job).is_none() {
-                    env.attempts += 1;
+                let job = Job::new(&env, groups.pop().expect("one"), place, cancelled.clone());
+                book.insert_direct(id, place, cancelled);
+                if s.sites.try_direct(job).is_none() {
                     log::debug!("{}: attempt 1 in 1 jobs, straight to a worker", env.id);
-                    direct.insert(env.id.clone(), Direct { env, cancelled });
                     return Ok(());
                 }
+                book.not_direct(id);
+            } else {
+                let record = Record {
+                    place,
+                    due: 0,
+                    holder: Holder::Arriving,
+                };
+                book.insert(id, record);
             }
         }
-        s.to_scheduler.send(env).map_err(|_| Stopped)
-    }
-
-    /// The messages handed straight to workers that the scheduler has not taken up yet.
-    pub fn take_direct(&self) -> Vec<Direct> {
-        std::mem::take(&mut *self.lock()).into_values().collect()
+        s.to_scheduler
+            .send(Arrival { env, place })
+            .map_err(|_| Stopped)
     }
 
     /// For a worker, after `job`: finishes its message if it came straight from its session,
-    /// the scheduler has not taken it up, and every recipient got it. Otherwise gives the
-    /// results back, for the scheduler.
-    pub fn finish_direct(
-        &self,
-        job: &Job,
-        results: Vec<(usize, RcptResult)>,
-    ) -> Option<Vec<(usize, RcptResult)>> {
+    /// the scheduler has not taken it up, and every recipient got it. False: the results are
+    /// for the scheduler.
+    pub fn finish_direct(&self, job: &Job, results: &[(usize, RcptResult)]) -> bool {
         let all_delivered = results.len() == job.rcpts.len()
             && results
                 .iter()
                 .all(|(_, r)| matches!(r, RcptResult::Delivered { .. }));
         if !all_delivered {
-            return Some(results);
+            return false;
         }
-        let Some(Direct { env, .. }) = self.lock().remove(&job.id) else {
-            return Some(results);
-        };
         let s = &self.services;
-        for (i, result) in &results {
-            if let (RcptResult::Delivered { relay, reply, tls }, Some(rcpt)) =
-                (result, env.recipients.get(*i))
+        let Some(id) = MsgId::parse(&job.id) else {
+            return false;
+        };
+        let Some(place) = s.ledger.finish_direct(id) else {
+            return false;
+        };
+        for (i, result) in results {
+            let address = job.rcpts.iter().find(|(j, _)| j == i).map(|(_, a)| a);
+            if let (RcptResult::Delivered { relay, reply, tls }, Some(address)) = (result, address)
             {
                 let tls = *tls;
                 let delivery = Delivered { relay, reply, tls };
-                let (metrics, events) = (&s.metrics, &s.events);
-                delivery.report(&env.id, env.received, &rcpt.address, metrics, events);
+                delivery.report(&job.id, job.received, address, &s.metrics, &s.events);
             }
         }
-        s.metrics.bytes_delivered(env.size);
-        s.in_flow.attempted();
-        super::remove_done(&s.spool, &env, false);
-        None
-    }
-
-    pub fn set_scheduler_backlog(&self, waiting: bool) {
-        self.scheduler_backlog.store(waiting, Ordering::Relaxed);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Direct>> {
-        self.direct.lock().unwrap_or_else(|e| e.into_inner())
+        s.metrics.bytes_delivered(job.size);
+        match s.spool.remove(place) {
+            Ok(()) => log::info!("{}: removed (all recipients done)", job.id),
+            Err(e) => log::error!("{}: cannot remove from the spool: {e}", job.id),
+        }
+        true
     }
 }

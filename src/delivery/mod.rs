@@ -1,14 +1,20 @@
 //! Delivery: a fixed pool of worker threads takes jobs (one destination's recipients of one
-//! message) from a bounded channel and sends back per-recipient outcomes. Sessions put a new
-//! message's job there themselves when they can (`intake`); the scheduler, the only writer
-//! of queued state, puts the rest, and every retry.
+//! message) from a bounded channel and reports per-recipient outcomes. Jobs wait in a queue
+//! per destination site (`sites`) until a worker is free and the site has room; sessions
+//! hand a new message's job straight to a worker when they can (`intake`). The ledger
+//! (`ledger`) knows every queued message and who holds it; the scheduler (`scheduler`), the
+//! only writer of queued state but for that hand-off, activates due messages, applies
+//! outcomes, retries, expires and bounces, and carries out the queue commands.
 
 pub mod attempt;
+pub mod clock;
 pub mod flow;
 pub mod intake;
+pub mod ledger;
 pub mod retry;
 pub mod route;
 pub mod scheduler;
+pub mod sites;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,7 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::dns::Resolver;
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::spool::{Envelope, Spool, Stored};
+use crate::spool::{Envelope, Place, Spool};
 use route::Destination;
 
 /// The recipients of one message that share a destination, delivered in one transaction.
@@ -31,8 +37,13 @@ pub struct Job {
     /// (index in the envelope, address)
     pub rcpts: Vec<(usize, String)>,
     pub dest: Destination,
-    /// The message's slot in the spool (see `spool::slot::MessageReader`).
-    pub body: Stored,
+    /// The site the job counts against, and when a worker got it (set by `Sites`).
+    pub site: String,
+    pub started: u64,
+    /// Where the message is; the worker opens it for as long as it sends.
+    pub place: Place,
+    /// When the message was received (unix ms).
+    pub received: u64,
     /// Set when the operator deletes the message: a delivery that has not sent the body yet
     /// leaves its transaction unfinished, so the message never goes out.
     pub cancelled: Arc<AtomicBool>,
@@ -45,7 +56,7 @@ impl Job {
     pub fn new(
         env: &Envelope,
         (dest, rcpts): route::Group,
-        body: Stored,
+        place: Place,
         cancelled: Arc<AtomicBool>,
     ) -> Job {
         Job {
@@ -53,7 +64,10 @@ impl Job {
             sender: env.sender.clone(),
             rcpts,
             dest,
-            body,
+            site: String::new(),
+            started: 0,
+            place,
+            received: env.received,
             cancelled,
             size: env.size,
             eight_bit: env.eight_bit,
@@ -90,7 +104,7 @@ impl Delivered<'_> {
     /// `received`: when the message was (unix ms).
     pub fn report(&self, id: &str, received: u64, rcpt: &str, metrics: &Metrics, events: &Events) {
         let (relay, reply, tls) = (self.relay, self.reply, self.tls);
-        let delay_s = scheduler::now_ms().saturating_sub(received) as f64 / 1000.0;
+        let delay_s = clock::now_ms().saturating_sub(received) as f64 / 1000.0;
         log::info!(
             "{id}: delivered to=<{rcpt}> relay={relay}{} reply=\"{reply}\"",
             if tls { " tls" } else { "" }
@@ -109,15 +123,6 @@ impl Delivered<'_> {
                 ("delay_s", V::Float(delay_s)),
             ],
         );
-    }
-}
-
-/// Removes a message every recipient of which is done.
-pub fn remove_done(spool: &Spool, env: &Envelope, newer_envelope: bool) {
-    let id = &env.id;
-    match spool.remove(env, newer_envelope) {
-        Ok(()) => log::info!("{id}: removed (all recipients done)"),
-        Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
     }
 }
 
@@ -141,6 +146,8 @@ pub struct Context {
     pub smarthost_insecure: bool,
     /// User and password for the smarthost.
     pub smarthost_auth: Option<(String, String)>,
+    /// Transactions on one connection at most (`--dest-messages-per-connection`).
+    pub messages_per_connection: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -224,55 +231,66 @@ impl JobQueue {
     }
 }
 
-/// Workers send each job's outcome to the scheduler, except where the message went to them
-/// straight from its session and was delivered to every recipient: they finish that one
-/// themselves (`Intake::finish_direct`).
-pub fn spawn_workers(
-    n: usize,
-    jobs: Arc<JobQueue>,
-    outcomes: Sender<Outcome>,
-    intake: Arc<intake::Intake>,
-    ctx: Arc<Context>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
+/// What the workers share.
+pub struct Pool {
+    pub jobs: Arc<JobQueue>,
+    pub sites: Arc<sites::Sites>,
+    pub intake: Arc<intake::Intake>,
+    pub spool: Arc<Spool>,
+    pub outcomes: Sender<Outcome>,
+    pub ctx: Arc<Context>,
+}
+
+/// Workers report each job to its site, then send its outcome to the scheduler, except where
+/// the message went to them straight from its session and was delivered to every recipient:
+/// they finish that one themselves (`Intake::finish_direct`).
+pub fn spawn_workers(n: usize, pool: Arc<Pool>) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..n)
         .map(|i| {
-            let (jobs, outcomes, ctx) = (jobs.clone(), outcomes.clone(), ctx.clone());
-            let intake = intake.clone();
+            let pool = pool.clone();
             thread::Builder::new()
                 .name(format!("deliver-{i}"))
-                .spawn(move || {
-                    let mut cache = attempt::Cache::default();
-                    loop {
-                        // With a connection kept open, wake up in time to close it when idle.
-                        let wait = (!cache.is_empty()).then_some(attempt::KEEP_IDLE);
-                        let job = match jobs.recv(wait) {
-                            Ok(job) => job,
-                            Err(RecvTimeoutError::Timeout) => {
-                                cache.expire(false);
-                                continue;
-                            }
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        };
-                        ctx.metrics.worker_busy();
-                        let results = attempt::deliver(&job, &ctx, &mut cache);
-                        ctx.metrics.worker_idle();
-                        let Some(results) = intake.finish_direct(&job, results) else {
-                            continue;
-                        };
-                        if outcomes
-                            .send(Outcome {
-                                id: job.id,
-                                results,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    cache.expire(true);
-                })
+                .spawn(move || work(&pool))
         })
         .collect()
+}
+
+fn work(pool: &Pool) {
+    let ctx = &pool.ctx;
+    let mut cache = attempt::Cache::default();
+    loop {
+        // With a connection kept open, wake up in time to close it when idle.
+        let wait = (!cache.is_empty()).then_some(attempt::KEEP_IDLE);
+        let job = match pool.jobs.recv(wait) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                cache.expire(false);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        ctx.metrics.worker_busy();
+        let attempt = match pool.spool.open_message(job.place) {
+            Ok(body) => attempt::deliver(&job, &body, ctx, &mut cache),
+            Err(e) => {
+                attempt::Attempt::deferred(&job, format!("cannot open the queued message: {e}"))
+            }
+        };
+        ctx.metrics.worker_idle();
+        pool.sites
+            .done(&job, attempt.feedback, &attempt.error, attempt.mx_site);
+        if pool.intake.finish_direct(&job, &attempt.results) {
+            continue;
+        }
+        let outcome = Outcome {
+            id: job.id,
+            results: attempt.results,
+        };
+        if pool.outcomes.send(outcome).is_err() {
+            break;
+        }
+    }
+    cache.expire(true);
 }
 
 /// A uniform pick in `0..n` (n > 0) from the OS generator; good enough for MX shuffling and

@@ -459,10 +459,13 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             })
             .collect(),
     };
-    if let Err(e) = shared.services.spool.commit(incoming, &env) {
-        log::error!("{id}: spool commit failed: {e}");
-        return DataOutcome::Refused(reply_map::spool_error(&e));
-    }
+    let place = match shared.services.spool.commit(incoming, &env) {
+        Ok(place) => place,
+        Err(e) => {
+            log::error!("{id}: spool commit failed: {e}");
+            return DataOutcome::Refused(reply_map::spool_error(&e));
+        }
+    };
     log::info!(
         "{id}: received from {}[{peer_ip}]{}{} sender=<{}> nrcpt={} size={}{}",
         trace.helo,
@@ -484,7 +487,6 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
         }
     );
     shared.services.metrics.message_received(env.size);
-    shared.services.in_flow.accepted();
     let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
     let ip = peer_ip.to_string();
     {
@@ -503,7 +505,7 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             ],
         );
     }
-    if shared.services.intake.submit(env).is_err() {
+    if shared.services.intake.submit(env, place).is_err() {
         // The scheduler is gone (shutting down): the message is safe on disk for the next start.
         log::warn!("{id}: queued on disk; delivery starts at the next start-up");
     }

@@ -93,7 +93,8 @@ impl Header {
 pub enum Content {
     /// Free, or never committed (no whole header).
     Free,
-    Live(Envelope),
+    /// The envelope as committed, and its length in the slot.
+    Live(Envelope, u64),
     /// A committed-looking header whose content does not match it.
     Damaged(String),
 }
@@ -152,7 +153,7 @@ pub fn read(file: &File, base: u64, room: Option<u64>, verify: bool) -> io::Resu
             "envelope does not match its header".into(),
         ));
     }
-    Ok(Content::Live(env))
+    Ok(Content::Live(env, header.env_len))
 }
 
 /// Reads into `buf` from `at` until it is full or the file ends; returns how much it read.

@@ -155,7 +155,9 @@ impl Relay {
 
     /// Queued messages in the spool, as `mxrelay queue list` reads them.
     pub fn queued(&self) -> usize {
-        mxrelay::spool::list(&self.spool.join("queue")).map_or(0, |q| q.len())
+        let mut n = 0;
+        let _ = mxrelay::spool::list_each(&self.spool.join("queue"), |_, _| n += 1);
+        n
     }
 
     pub fn kill9(&mut self) {

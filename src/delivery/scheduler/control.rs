@@ -1,0 +1,168 @@
+//! The operator's queue commands (flush, hold, release, delete), for one message or all of
+//! them, whatever each one is doing: waiting on disk, held, active, or at a worker straight
+//! from its session.
+
+use std::sync::atomic::Ordering;
+
+use super::super::ledger::{Holder, Record};
+use super::Scheduler;
+use crate::control::Command;
+use crate::events::V;
+use crate::spool::id::MsgId;
+
+impl Scheduler {
+    /// Carries out a command; the answer is one line for the `queue` command.
+    pub(super) fn control(&mut self, command: Command) -> Result<String, String> {
+        let targets: Vec<(MsgId, Record)> = match command.target() {
+            Some(text) => {
+                let found = MsgId::parse(text).and_then(|id| Some((id, self.s.ledger.get(id)?)));
+                match found {
+                    Some(t) if t.1.holder != Holder::Arriving => vec![t],
+                    _ => return Err(format!("{text}: not in the queue")),
+                }
+            }
+            None => self.s.ledger.select(&[
+                Holder::Direct,
+                Holder::Waiting,
+                Holder::Held,
+                Holder::Active,
+            ]),
+        };
+        if matches!(command, Command::Flush(_)) {
+            // The next hop may be back: dead sites get another chance.
+            self.s.sites.revive();
+        }
+        let mut n = 0;
+        for (id, record) in targets {
+            let done = match command {
+                Command::Flush(_) => self.flush(id, record),
+                Command::Hold(_) => self.hold(id, record),
+                Command::Release(_) => self.release(id, record),
+                Command::Delete(_) => self.delete(id, record),
+            };
+            n += usize::from(done);
+        }
+        Ok(format!("{} {n} message(s)", command.verb()))
+    }
+
+    fn flush(&mut self, id: MsgId, record: Record) -> bool {
+        if record.holder != Holder::Waiting {
+            return false;
+        }
+        let now = self.s.clock.now_ms();
+        self.wait(id, now);
+        true
+    }
+
+    fn hold(&mut self, id: MsgId, record: Record) -> bool {
+        match record.holder {
+            Holder::Waiting => self.on_disk(id, record, |env| env.held = true, Holder::Held),
+            Holder::Direct | Holder::Active => {
+                if record.holder == Holder::Direct && !self.adopt(id) {
+                    return false;
+                }
+                let jobs = self.s.sites.withdraw(&id.to_string());
+                let entry = self.active.get_mut(&id).expect("active");
+                entry.env.held = true;
+                entry.in_flight -= jobs.len().min(entry.in_flight);
+                // With jobs at a worker, it goes on hold when the round ends.
+                if entry.in_flight == 0 {
+                    self.persist(id);
+                    self.deactivate(id);
+                }
+                log::info!("{id}: put on hold");
+                true
+            }
+            Holder::Held | Holder::Arriving => false,
+        }
+    }
+
+    fn release(&mut self, id: MsgId, record: Record) -> bool {
+        if record.holder != Holder::Held {
+            return false;
+        }
+        let now = self.s.clock.now_ms();
+        let released = self.on_disk(
+            id,
+            record,
+            |env| {
+                env.held = false;
+                env.next_attempt = now;
+            },
+            Holder::Waiting,
+        );
+        if released {
+            self.wait(id, now);
+            log::info!("{id}: released");
+        }
+        released
+    }
+
+    /// Changes a message that is on disk only, recorded in place; it then has `holder`.
+    fn on_disk(
+        &mut self,
+        id: MsgId,
+        record: Record,
+        change: impl FnOnce(&mut crate::spool::Envelope),
+        holder: Holder,
+    ) -> bool {
+        let (mut env, seq) = match self.s.spool.load(record.place, &id.to_string()) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                log::error!("{id}: cannot read the queued message: {e}");
+                return false;
+            }
+        };
+        change(&mut env);
+        if let Err(e) = self.s.spool.record(record.place, seq + 1, &env) {
+            log::error!("{id}: cannot record its state: {e}");
+            return false;
+        }
+        self.s.ledger.update(id, |r| r.holder = holder);
+        if holder == Holder::Held {
+            log::info!("{id}: put on hold");
+        }
+        true
+    }
+
+    fn delete(&mut self, id: MsgId, record: Record) -> bool {
+        if record.holder == Holder::Direct && !self.adopt(id) {
+            return false;
+        }
+        let text = id.to_string();
+        let pending = match self.active.get(&id) {
+            Some(entry) => entry.env.pending_addresses(),
+            None => self
+                .s
+                .spool
+                .load(record.place, &text)
+                .map(|(env, _)| env.pending_addresses())
+                .unwrap_or_default(),
+        };
+        self.s.events.emit(
+            "deleted",
+            &[("id", V::Str(&text)), ("recipients", V::List(&pending))],
+        );
+        log::info!("{id}: deleted by the operator");
+        self.s.ledger.remove(id);
+        let Some(mut entry) = self.active.remove(&id) else {
+            if let Err(e) = self.s.spool.remove(record.place) {
+                log::error!("{id}: cannot remove from the spool: {e}");
+            }
+            return true;
+        };
+        let withdrawn = self.s.sites.withdraw(&text).len();
+        entry.in_flight -= withdrawn.min(entry.in_flight);
+        let removed = if entry.in_flight > 0 {
+            // A worker may be sending the body right now: delete, don't recycle.
+            entry.cancelled.store(true, Ordering::SeqCst);
+            self.s.spool.discard(entry.place)
+        } else {
+            self.s.spool.remove(entry.place)
+        };
+        if let Err(e) = removed {
+            log::error!("{id}: cannot remove from the spool: {e}");
+        }
+        true
+    }
+}

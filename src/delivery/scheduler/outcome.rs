@@ -1,0 +1,363 @@
+//! What the scheduler does with a job's outcome: crosses recipients off (recorded in place),
+//! and when a message's round is over, bounces its failures, then schedules its next try,
+//! expires it, or removes it.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::super::ledger::Holder;
+use super::super::{Delivered, Outcome, RcptResult, retry};
+use super::{Entry, Scheduler, human};
+use crate::bounce::{self, Diagnostic, FailedRecipient};
+use crate::events::{V, rfc3339};
+use crate::spool::id::{self, MsgId};
+use crate::spool::{Envelope, Kind, RcptState, Recipient};
+
+/// How much of the original message a DSN quotes (its header section).
+const DSN_HEADER_LIMIT: usize = 64 * 1024;
+
+impl Scheduler {
+    pub(super) fn apply(&mut self, outcome: Outcome) {
+        let Some(id) = MsgId::parse(&outcome.id) else {
+            return;
+        };
+        if !self.active.contains_key(&id) && !self.adopt(id) {
+            // Deleted by the operator while in flight: simply gone.
+            return;
+        }
+        let entry = self.active.get_mut(&id).expect("active");
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        let mut changed = false;
+        let delivered_any = outcome
+            .results
+            .iter()
+            .any(|(_, r)| matches!(r, RcptResult::Delivered { .. }));
+        for (i, result) in outcome.results {
+            let Some(rcpt) = entry.env.recipients.get_mut(i) else {
+                continue;
+            };
+            match result {
+                RcptResult::Delivered { relay, reply, tls } => {
+                    let delivery = Delivered {
+                        relay: &relay,
+                        reply: &reply,
+                        tls,
+                    };
+                    let (metrics, events) = (&self.s.metrics, &self.s.events);
+                    delivery.report(
+                        &outcome.id,
+                        entry.env.received,
+                        &rcpt.address,
+                        metrics,
+                        events,
+                    );
+                    rcpt.state = RcptState::Delivered;
+                    changed = true;
+                }
+                RcptResult::Deferred { reason } => {
+                    log::info!("{id}: deferred to=<{}> reason=\"{reason}\"", rcpt.address);
+                    self.s.metrics.recipient_deferred();
+                    entry.env.last_error = reason;
+                }
+                RcptResult::Failed {
+                    status,
+                    relay,
+                    reason,
+                } => {
+                    log::info!(
+                        "{id}: failed to=<{}> status={status} reason=\"{reason}\"",
+                        rcpt.address
+                    );
+                    rcpt.state = RcptState::Failed;
+                    let address = rcpt.address.clone();
+                    let failure = FailedRecipient::failure(address, status, relay, reason);
+                    entry.failed.push(failure);
+                    changed = true;
+                }
+            }
+        }
+        if delivered_any {
+            // One transaction carried the message once, whatever the number of recipients.
+            self.s.metrics.bytes_delivered(entry.env.size);
+        }
+        if entry.in_flight == 0 {
+            self.finish_round(id);
+        } else if changed {
+            // Cross off what is done now, so a crash repeats only what is still in flight.
+            self.persist(id);
+        }
+    }
+
+    /// Takes up a message its session handed straight to a worker: it is active, with that
+    /// one job in flight. False if it is not such a message.
+    pub(super) fn adopt(&mut self, id: MsgId) -> bool {
+        let Some((record, cancelled)) = self.s.ledger.adopt(id) else {
+            return false;
+        };
+        match self.s.spool.load(record.place, &id.to_string()) {
+            Ok((mut env, seq)) => {
+                env.attempts += 1;
+                let entry = Entry {
+                    env,
+                    place: record.place,
+                    seq,
+                    in_flight: 1,
+                    failed: Vec::new(),
+                    cancelled,
+                };
+                self.active.insert(id, entry);
+                true
+            }
+            Err(e) => {
+                log::error!("{id}: cannot read the queued message: {e}");
+                self.s.ledger.remove(id);
+                false
+            }
+        }
+    }
+
+    /// All jobs of this attempt are back: bounce failures, then retry, expire or remove.
+    pub(super) fn finish_round(&mut self, id: MsgId) {
+        let now = self.s.clock.now_ms();
+        let lifetime = self.cfg.max_queue_lifetime;
+        let Some(entry) = self.active.get_mut(&id) else {
+            return;
+        };
+        if entry.env.has_pending() && retry::expired(entry.env.received, now, lifetime) {
+            let last = match entry.env.last_error.as_str() {
+                "" => "no attempt succeeded",
+                e => e,
+            };
+            let reason = format!(
+                "message expired after {} in the queue; last error: {last}",
+                human(lifetime)
+            );
+            let mut expired = Vec::new();
+            for r in entry
+                .env
+                .recipients
+                .iter_mut()
+                .filter(|r| r.state == RcptState::Pending)
+            {
+                r.state = RcptState::Failed;
+                expired.push(r.address.clone());
+                entry.failed.push(FailedRecipient {
+                    address: r.address.clone(),
+                    status: "4.4.7".into(),
+                    remote_mta: None,
+                    diagnostic: Some(Diagnostic::Local(reason.clone())),
+                });
+            }
+            log::info!("{id}: expired: {reason}");
+            self.s.metrics.message_expired();
+            let age = now.saturating_sub(entry.env.received) / 1000;
+            self.s.events.emit(
+                "expired",
+                &[
+                    ("id", V::Str(&entry.env.id)),
+                    ("recipients", V::List(&expired)),
+                    ("age_s", V::Num(age)),
+                ],
+            );
+        }
+        let failed = std::mem::take(&mut entry.failed);
+        if !failed.is_empty() {
+            // The DSN is spooled before the failures are recorded: a crash in between can
+            // repeat a DSN, never lose one.
+            let (env, place) = (entry.env.clone(), entry.place);
+            if !self.bounce(&env, place, &failed) {
+                // Without the DSN on disk the failures must not be recorded either: they
+                // stay pending so the next round tries again.
+                let entry = self.active.get_mut(&id).expect("active");
+                for f in &failed {
+                    if let Some(r) = entry
+                        .env
+                        .recipients
+                        .iter_mut()
+                        .find(|r| r.address == f.address && r.state == RcptState::Failed)
+                    {
+                        r.state = RcptState::Pending;
+                    }
+                }
+            }
+        }
+        let entry = self.active.get_mut(&id).expect("active");
+        if !entry.env.has_pending() {
+            let entry = self.active.remove(&id).expect("active");
+            self.s.ledger.remove(id);
+            match self.s.spool.remove(entry.place) {
+                Ok(()) => log::info!("{id}: removed (all recipients done)"),
+                Err(e) => log::error!("{id}: cannot remove from the spool: {e}"),
+            }
+            return;
+        }
+        let delay = retry::delay(
+            &self.cfg.retry,
+            entry.env.attempts,
+            super::super::random_below(1000) as f64 / 1000.0,
+        );
+        // A message whose next try would come after its lifetime gets its last try then.
+        let expires = entry.env.received + lifetime.as_millis() as u64;
+        entry.env.next_attempt = (now + delay.as_millis() as u64).min(expires.max(now + 1));
+        log::info!(
+            "{id}: deferred, attempt {} failed, next try in {}: {}",
+            entry.env.attempts,
+            human(Duration::from_millis(entry.env.next_attempt - now)),
+            entry.env.last_error
+        );
+        let pending = entry.env.pending_addresses();
+        let next_try = rfc3339(UNIX_EPOCH + Duration::from_millis(entry.env.next_attempt));
+        self.s.events.emit(
+            "deferred",
+            &[
+                ("id", V::Str(&entry.env.id)),
+                ("recipients", V::List(&pending)),
+                ("reason", V::Str(&entry.env.last_error)),
+                ("attempt", V::Num(entry.env.attempts as u64)),
+                ("next_try", V::Str(&next_try)),
+            ],
+        );
+        self.persist(id);
+        self.deactivate(id);
+    }
+
+    /// An active message with no jobs left goes back to disk: waiting for its next try, or
+    /// held.
+    pub(super) fn deactivate(&mut self, id: MsgId) {
+        let Some(entry) = self.active.remove(&id) else {
+            return;
+        };
+        if entry.env.held {
+            self.s.ledger.update(id, |r| r.holder = Holder::Held);
+        } else {
+            self.wait(id, entry.env.next_attempt);
+        }
+    }
+
+    /// Records an active message's state in place.
+    pub(super) fn persist(&mut self, id: MsgId) {
+        if let Some(entry) = self.active.get_mut(&id) {
+            match self.s.spool.record(entry.place, entry.seq + 1, &entry.env) {
+                Ok(()) => entry.seq += 1,
+                Err(e) => log::error!("{id}: cannot record its state: {e}"),
+            }
+        }
+    }
+
+    /// Reports failures to the sender; a null-sender message is never bounced: its failure
+    /// goes to the postmaster as a double bounce, and a double bounce that fails is dropped.
+    /// False if the DSN could not be spooled.
+    fn bounce(
+        &mut self,
+        env: &Envelope,
+        place: crate::spool::Place,
+        failed: &[FailedRecipient],
+    ) -> bool {
+        let to = match (env.kind, env.sender.is_empty()) {
+            (Kind::DoubleBounce, _) => {
+                log::warn!(
+                    "{}: undeliverable double bounce dropped ({} recipients)",
+                    env.id,
+                    failed.len()
+                );
+                self.bounced_events(env, failed, None);
+                return true;
+            }
+            (_, true) => {
+                log::warn!(
+                    "{}: null sender, not bounced; copy to the postmaster <{}>",
+                    env.id,
+                    self.cfg.postmaster
+                );
+                (self.cfg.postmaster.clone(), Kind::DoubleBounce)
+            }
+            (_, false) => (env.sender.clone(), Kind::Bounce),
+        };
+        let headers = self
+            .s
+            .spool
+            .read_headers(place, env.size, DSN_HEADER_LIMIT)
+            .unwrap_or_default();
+        let dsn_id = id::new_id();
+        let now = self.s.clock.now_ms();
+        let original = bounce::Original {
+            queue_id: &env.id,
+            sender: &to.0,
+            arrival: UNIX_EPOCH + Duration::from_millis(env.received),
+            headers: &headers,
+        };
+        let body = bounce::build(
+            &self.cfg.hostname,
+            &self.cfg.postmaster,
+            &original,
+            failed,
+            UNIX_EPOCH + Duration::from_millis(now),
+            &dsn_id,
+        );
+        let dsn = Envelope {
+            id: dsn_id.clone(),
+            kind: to.1,
+            received: now,
+            client: "127.0.0.1".into(),
+            helo: self.cfg.hostname.clone(),
+            sender: String::new(),
+            size: body.len() as u64,
+            eight_bit: body.iter().any(|&b| b >= 0x80),
+            smtputf8: !to.0.is_ascii(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: String::new(),
+            held: false,
+            recipients: vec![Recipient {
+                address: to.0.clone(),
+                state: RcptState::Pending,
+            }],
+        };
+        match self.s.spool.store(&dsn, &body) {
+            Ok(place) => {
+                log::info!(
+                    "{}: bounced {} recipients, DSN {dsn_id} to <{}>",
+                    env.id,
+                    failed.len(),
+                    to.0
+                );
+                self.bounced_events(env, failed, Some(&dsn_id));
+                let id = MsgId::parse(&dsn_id).expect("an id we made");
+                let record = super::super::ledger::Record {
+                    place,
+                    due: now,
+                    holder: Holder::Arriving,
+                };
+                self.s.ledger.insert(id, record);
+                self.arrive(super::super::intake::Arrival { env: dsn, place });
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "{}: cannot spool the DSN: {e}; failures stay pending",
+                    env.id
+                );
+                false
+            }
+        }
+    }
+
+    fn bounced_events(&self, env: &Envelope, failed: &[FailedRecipient], dsn_id: Option<&str>) {
+        for f in failed {
+            self.s.metrics.recipient_bounced();
+            self.s.events.emit(
+                "bounced",
+                &[
+                    ("id", V::Str(&env.id)),
+                    ("recipient", V::Str(&f.address)),
+                    ("status", V::Str(&f.status)),
+                    (
+                        "reason",
+                        V::OptStr(f.diagnostic.as_ref().map(Diagnostic::text)),
+                    ),
+                    ("relay", V::OptStr(f.remote_mta.as_deref())),
+                    ("dsn_id", V::OptStr(dsn_id)),
+                ],
+            );
+        }
+    }
+}
