@@ -81,10 +81,11 @@ pub static FLAGS: &[FlagDef] = &[
         "Queue directory",
         Some("/var/spool/mxrelay as root, else ~/.local/state/mxrelay"),
     ),
-    opt(
+    multi(
         "smarthost",
         "HOST[:PORT]",
-        "Send all mail through this host instead of MX lookups (port 25 if omitted)",
+        "Send all mail through this host instead of MX lookups (port 25 if omitted); \
+         repeatable: tried in order, the next when one is down",
         None,
     ),
     multi(
@@ -442,7 +443,8 @@ pub struct Config {
     pub listen: Vec<Listener>,
     pub hostname: String,
     pub spool: PathBuf,
-    pub smarthost: Option<HostPort>,
+    /// In order of preference.
+    pub smarthost: Vec<HostPort>,
     pub routes: Vec<(String, HostPort)>,
     pub trusted: Vec<Cidr>,
     pub postmaster: Mailbox,
@@ -594,9 +596,11 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         Some(s) => PathBuf::from(s),
         None => default_spool(),
     };
-    let smarthost = get("smarthost")
-        .map(|v| parse_host_port(&v, 25).map_err(|e| bad("smarthost", e)))
-        .transpose()?;
+    let smarthost = m
+        .opt_strs("smarthost")
+        .iter()
+        .map(|v| parse_host_port(v, 25).map_err(|e| bad("smarthost", e)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut routes = Vec::new();
     for v in m.opt_strs("route") {
         let (domain, target) = v
@@ -758,7 +762,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         user: get("user"),
         verbose: m.opt_present("verbose"),
     };
-    if config.smarthost_auth.is_some() && config.smarthost.is_none() {
+    if config.smarthost_auth.is_some() && config.smarthost.is_empty() {
         return Err(bad("smarthost-user", "needs --smarthost".into()));
     }
     for (name, d) in [
@@ -908,6 +912,39 @@ mod tests {
     }
 
     #[test]
+    fn delivery_shaping_flags() {
+        let c = run(&[
+            "--hostname",
+            "relay.test",
+            "--smarthost",
+            "a.test",
+            "--smarthost",
+            "b.test:587",
+            "--dest-rate",
+            "600/h",
+            "--dest-concurrency",
+            "3",
+            "--active-limit",
+            "50",
+        ])
+        .unwrap();
+        let hosts: Vec<_> = c
+            .smarthost
+            .iter()
+            .map(|h| (h.host.as_str(), h.port))
+            .collect();
+        assert_eq!(
+            hosts,
+            [("a.test", 25), ("b.test", 587)],
+            "in the order given"
+        );
+        assert_eq!(c.dest_rate, Some((600, Duration::from_secs(3600))));
+        assert_eq!((c.dest_concurrency, c.active_limit), (3, 50));
+        assert_eq!(parse_rate("5/10s"), Ok((5, Duration::from_secs(10))));
+        assert_eq!(parse_rate("10/d"), Ok((10, Duration::from_secs(86400))));
+    }
+
+    #[test]
     fn defaults() {
         let c = run(&["--hostname", "relay.test"]).unwrap();
         assert_eq!(
@@ -928,6 +965,12 @@ mod tests {
         );
         let off = run(&["--hostname", "relay.test", "--in-flow-delay", "0s"]).unwrap();
         assert!(off.in_flow_delay.is_zero());
+        assert_eq!(
+            (c.active_limit, c.dest_concurrency, c.dest_rate),
+            (10_000, 20, None)
+        );
+        assert_eq!(c.dest_messages_per_connection, 100);
+        assert!(c.smarthost.is_empty());
         assert!(
             c.trusted
                 .iter()
@@ -954,6 +997,10 @@ mod tests {
             ),
             (&["--tls-outbound", "always"], "--tls-outbound"),
             (&["--smarthost-tls", "ssl"], "--smarthost-tls"),
+            (&["--dest-rate", "10"], "--dest-rate"),
+            (&["--dest-rate", "0/h"], "--dest-rate"),
+            (&["--dest-rate", "5/0s"], "--dest-rate"),
+            (&["--active-limit", "0"], "--active-limit"),
             (&["--sender-domain", "alice"], "--sender-domain"),
             (&["--retry", "1m,x"], "--retry"),
             (&["--retry", "0s"], "--retry"),

@@ -131,12 +131,13 @@ impl Relay {
             smarthost_tls: cfg.smarthost_tls,
             smarthost_insecure: cfg.smarthost_insecure,
             smarthost_auth,
+            hosts: Default::default(),
             messages_per_connection: cfg.dest_messages_per_connection,
             metrics: metrics.clone(),
         });
         let in_flow = Arc::new(InFlow::new(cfg.in_flow_backlog, cfg.in_flow_delay));
         let routes = Arc::new(RouteTable {
-            smarthost: cfg.smarthost.clone(),
+            smarthost: cfg.smarthost.clone().into(),
             routes: cfg.routes.iter().cloned().collect::<HashMap<_, _>>(),
         });
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);

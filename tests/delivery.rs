@@ -467,6 +467,9 @@ fn eight_bit_mail_to_a_hop_without_8bitmime_bounces() {
         dsn.contains("Status: 5.6.3") && dsn.contains("8BITMIME"),
         "{dsn}"
     );
+    // Our own verdict about the next hop, not a reply of its own.
+    assert!(dsn.contains("Diagnostic-Code: X-mxrelay; "), "{dsn}");
+    assert!(!dsn.contains("Diagnostic-Code: smtp;"), "{dsn}");
     assert_eq!(mx.sink.messages().len(), 1);
 }
 

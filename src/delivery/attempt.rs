@@ -144,7 +144,7 @@ pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> At
             .collect::<Results>()
     };
     let neutral = |r: RcptResult| Attempt::new(all(r), Feedback::Neutral);
-    let hosts = match route::candidates(
+    let mut hosts = match route::candidates(
         &job.dest,
         ctx.resolver.as_ref(),
         ctx.mx_port,
@@ -160,6 +160,10 @@ pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> At
         }
         Err(RouteError::Temporary(reason)) => return neutral(RcptResult::Deferred { reason }),
     };
+    let smarthost = matches!(job.dest, Destination::Smarthost(_));
+    if smarthost {
+        ctx.hosts.order(&mut hosts);
+    }
     let mx_site = match &job.dest {
         Destination::Mx(_) => {
             let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
@@ -202,6 +206,12 @@ pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> At
             {
                 log::info!("{}: {reason}; retrying {} without TLS", job.id, host.name);
                 result = try_host(job, body, ctx, host, addr, TlsMode::Off, cache);
+            }
+            if smarthost {
+                match &result {
+                    Ok(_) => ctx.hosts.worked(host),
+                    Err(_) => ctx.hosts.failed(host),
+                }
             }
             match result {
                 Ok(results) => {
@@ -522,7 +532,15 @@ fn transaction(
             .collect::<Results>()
     };
     if let Err(u) = client::check_next_hop(ext, &needs) {
-        return Ok((fail_all(u.status.into(), u.reason), true));
+        // Our own verdict, not the server's reply: no relay, so the DSN does not present it
+        // as an SMTP diagnostic (RFC 3464 2.3.6).
+        let failed = RcptResult::Failed {
+            status: u.status.into(),
+            relay: None,
+            reason: format!("{relay}: {}", u.reason),
+        };
+        let results = job.rcpts.iter().map(|(i, _)| (*i, failed.clone()));
+        return Ok((results.collect(), true));
     }
 
     // MAIL, every RCPT and DATA: in one write when the next hop pipelines (RFC 2920).

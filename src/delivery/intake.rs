@@ -109,7 +109,7 @@ impl Intake {
             }
         }
         s.metrics.bytes_delivered(job.size);
-        match s.spool.remove(place) {
+        match s.spool.remove_soon(place) {
             Ok(()) => log::info!("{}: removed (all recipients done)", job.id),
             Err(e) => log::error!("{}: cannot remove from the spool: {e}", job.id),
         }

@@ -146,6 +146,8 @@ pub struct Context {
     pub smarthost_insecure: bool,
     /// User and password for the smarthost.
     pub smarthost_auth: Option<(String, String)>,
+    /// Smarthosts that failed lately (tried last for a while).
+    pub hosts: route::HostHealth,
     /// Transactions on one connection at most (`--dest-messages-per-connection`).
     pub messages_per_connection: usize,
     pub metrics: Arc<crate::metrics::Metrics>,

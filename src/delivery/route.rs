@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::HostPort;
 use crate::dns::{DnsError, MxLookup, Resolver};
@@ -12,8 +14,9 @@ use crate::spool::Envelope;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
-    /// `--smarthost`: resolved by the system resolver; its own TLS policy and login.
-    Smarthost(HostPort),
+    /// `--smarthost`, one or more in order: resolved by the system resolver; their own TLS
+    /// policy and login.
+    Smarthost(Arc<[HostPort]>),
     /// A `--route` next hop, resolved by the system resolver.
     Route(HostPort),
     /// MX delivery for this domain (lower case).
@@ -23,7 +26,8 @@ pub enum Destination {
 }
 
 pub struct RouteTable {
-    pub smarthost: Option<HostPort>,
+    /// Empty: no smarthost.
+    pub smarthost: Arc<[HostPort]>,
     pub routes: HashMap<String, HostPort>,
 }
 
@@ -54,8 +58,8 @@ impl RouteTable {
     }
 
     pub fn destination(&self, domain: &str) -> Destination {
-        if let Some(h) = &self.smarthost {
-            return Destination::Smarthost(h.clone());
+        if !self.smarthost.is_empty() {
+            return Destination::Smarthost(self.smarthost.clone());
         }
         let key = domain_key(domain);
         if let Some(h) = self.routes.get(&key) {
@@ -104,14 +108,8 @@ pub fn candidates(
     shuffle: impl Fn(usize) -> usize,
 ) -> Result<Vec<Candidate>, RouteError> {
     match dest {
-        Destination::Smarthost(h) | Destination::Route(h) => {
-            let lookup = h.host.parse().map(Lookup::Fixed).unwrap_or(Lookup::System);
-            Ok(vec![Candidate {
-                name: h.host.clone(),
-                port: h.port,
-                lookup,
-            }])
-        }
+        Destination::Smarthost(list) => Ok(list.iter().map(next_hop).collect()),
+        Destination::Route(h) => Ok(vec![next_hop(h)]),
         Destination::Literal(ip) => Ok(vec![Candidate {
             name: ip.to_string(),
             port: mx_port,
@@ -167,6 +165,52 @@ pub fn candidates(
     }
 }
 
+fn next_hop(h: &HostPort) -> Candidate {
+    let lookup = h.host.parse().map(Lookup::Fixed).unwrap_or(Lookup::System);
+    Candidate {
+        name: h.host.clone(),
+        port: h.port,
+        lookup,
+    }
+}
+
+/// Smarthosts that failed lately (refused the connection, failed TLS, or answered 4xx at
+/// the greeting): for a while the others are tried first, then the first one again.
+#[derive(Default)]
+pub struct HostHealth(Mutex<HashMap<(String, u16), Instant>>);
+
+/// How long a failed smarthost goes to the back of the line.
+const DOWN_FOR: Duration = Duration::from_secs(60);
+
+impl HostHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u16), Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn failed(&self, c: &Candidate) {
+        self.lock().insert((c.name.clone(), c.port), Instant::now());
+    }
+
+    pub fn worked(&self, c: &Candidate) {
+        let mut down = self.lock();
+        if !down.is_empty() {
+            down.remove(&(c.name.clone(), c.port));
+        }
+    }
+
+    /// The candidates in order, those that failed lately last (still in their order).
+    pub fn order(&self, hosts: &mut [Candidate]) {
+        let down = self.lock();
+        if down.is_empty() {
+            return;
+        }
+        hosts.sort_by_key(|c| {
+            down.get(&(c.name.clone(), c.port))
+                .is_some_and(|t| t.elapsed() < DOWN_FOR)
+        });
+    }
+}
+
 /// The addresses of one candidate. `Ok(empty)` means the name has no addresses.
 pub fn addresses(c: &Candidate, resolver: &dyn Resolver) -> Result<Vec<SocketAddr>, String> {
     let ips = match &c.lookup {
@@ -207,7 +251,7 @@ mod tests {
     fn table(smarthost: Option<&str>) -> RouteTable {
         let hp = |s: &str| crate::config::parse_host_port(s, 25).unwrap();
         RouteTable {
-            smarthost: smarthost.map(hp),
+            smarthost: smarthost.map(hp).into_iter().collect(),
             routes: HashMap::from([("routed.test".to_string(), hp("10.0.0.1:2525"))]),
         }
     }
@@ -235,13 +279,38 @@ mod tests {
             Destination::Literal("2001:db8::1".parse().unwrap())
         );
         let t = table(Some("smart.test:587"));
+        let smart = HostPort {
+            host: "smart.test".into(),
+            port: 587,
+        };
         assert_eq!(
             t.destination("routed.test"),
-            Destination::Smarthost(HostPort {
-                host: "smart.test".into(),
-                port: 587
-            })
+            Destination::Smarthost(vec![smart].into())
         );
+    }
+
+    #[test]
+    fn failed_smarthosts_go_last_in_their_order() {
+        let hp = |s: &str| crate::config::parse_host_port(s, 25).unwrap();
+        let dest =
+            Destination::Smarthost(vec![hp("a.test"), hp("b.test:587"), hp("c.test")].into());
+        let list = |h: &HostHealth| {
+            let mut hosts = candidates(&dest, &Fixed(Ok(MxLookup::None)), 25, |_| 0).unwrap();
+            h.order(&mut hosts);
+            hosts.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+        };
+        let health = HostHealth::default();
+        assert_eq!(list(&health), ["a.test", "b.test", "c.test"]);
+        let all = candidates(&dest, &Fixed(Ok(MxLookup::None)), 25, |_| 0).unwrap();
+        health.failed(&all[0]);
+        health.failed(&all[1]);
+        assert_eq!(list(&health), ["c.test", "a.test", "b.test"]);
+        health.worked(&all[0]);
+        assert_eq!(list(&health), ["a.test", "c.test", "b.test"]);
+        // After a while a failed one is first again.
+        let long_ago = Instant::now() - DOWN_FOR;
+        health.lock().insert(("b.test".into(), 587), long_ago);
+        assert_eq!(list(&health), ["a.test", "b.test", "c.test"]);
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub struct Alloc {
     pub free_cells: Vec<u32>,
     /// Cells so far (the next new cell's number).
     pub cells: u64,
-    /// Free cells whose header on disk still says live, and since when they are free.
+    /// Free cells whose header on disk may still say live, and since when they are free
+    /// (marked and cut back by `mark_freed_cells` unless reused first).
     pub unmarked: HashMap<u32, Instant>,
     /// How far into each cell something was written (what its blocks may cover), and the
     /// sum: see `CELL_BYTES`.
@@ -279,16 +280,17 @@ impl Spool {
 
     /// Puts back a cell that holds no queued message. Its header on disk may still say live:
     /// the free mark follows unless the cell is reused first (`mark_freed_cells`), or at once
-    /// after `mark_freed_cells_at_once`. Reused unmarked, the next commit overwrites it.
-    pub(super) fn free_cell(&self, k: u32) {
+    /// (`mark_now`, or after `mark_freed_cells_at_once`). Reused unmarked, the next commit
+    /// overwrites it.
+    pub(super) fn free_cell(&self, k: u32, mark_now: bool) {
         let mut a = self.alloc();
-        if self.marks_at_once.load(Ordering::SeqCst) {
-            if let Err(e) = self.mark_cell_free(k) {
-                log::warn!("spool: cannot mark cell {k} free: {e}");
-            }
-        } else {
-            a.unmarked.insert(k, Instant::now());
+        if (mark_now || self.marks_at_once.load(Ordering::SeqCst))
+            && let Err(e) = self.mark_cell_free(k)
+        {
+            log::warn!("spool: cannot mark cell {k} free: {e}");
         }
+        // Marked or not, it may be cut back later if it stays free.
+        a.unmarked.insert(k, Instant::now());
         a.free_cells.push(k);
     }
 

@@ -61,6 +61,45 @@ impl std::fmt::Display for DecodeError {
 }
 
 impl Envelope {
+    /// An empty envelope of `kind`, to be filled in.
+    pub fn new(id: String, kind: Kind) -> Envelope {
+        Envelope {
+            id,
+            kind,
+            received: 0,
+            client: String::new(),
+            helo: String::new(),
+            sender: String::new(),
+            size: 0,
+            eight_bit: false,
+            smtputf8: false,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: String::new(),
+            held: false,
+            recipients: Vec::new(),
+        }
+    }
+
+    /// A message from a@client.test to `to`, all pending (for tests).
+    #[cfg(test)]
+    pub fn sample(id: &str, to: &[&str]) -> Envelope {
+        let mut e = Envelope::new(id.to_string(), Kind::Message);
+        e.received = 1;
+        e.client = "127.0.0.1".into();
+        e.helo = "client.test".into();
+        e.sender = "a@client.test".into();
+        e.size = 5;
+        e.recipients = to
+            .iter()
+            .map(|a| Recipient {
+                address: a.to_string(),
+                state: RcptState::Pending,
+            })
+            .collect();
+        e
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
         self.recipients
             .iter()
@@ -125,22 +164,7 @@ impl Envelope {
             Some(v) => return err(format!("unknown version {v}")),
             None => return err("no version line".into()),
         }
-        let mut e = Envelope {
-            id: String::new(),
-            kind: Kind::Message,
-            received: 0,
-            client: String::new(),
-            helo: String::new(),
-            sender: String::new(),
-            size: 0,
-            eight_bit: false,
-            smtputf8: false,
-            attempts: 0,
-            next_attempt: 0,
-            last_error: String::new(),
-            held: false,
-            recipients: Vec::new(),
-        };
+        let mut e = Envelope::new(String::new(), Kind::Message);
         for line in lines {
             let Some((key, value)) = line
                 .split_once(": ")

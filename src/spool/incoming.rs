@@ -169,7 +169,7 @@ impl Spool {
             self.alloc().extend_cell(k, incoming.pending.len() as u64);
             if written.is_err() {
                 // The message may have reached the disk all the same: freed like a delivered one.
-                self.free_cell(k);
+                self.free_cell(k, false);
             }
             return written.map(|()| place(SlotRef::Cell(k)));
         }

@@ -239,13 +239,27 @@ impl Spool {
         slot::read_message_headers(&stored.file, stored.base, size, max)
     }
 
-    /// Removes a finished message: its slot is marked free (a cell's mark waits a moment:
-    /// see `mark_freed_cells`) and reused. Not synced: if a crash undoes the removal, the
-    /// message is delivered again (a duplicate, never a loss).
+    /// Removes a finished message: its slot is marked free and reused. Not synced: if a
+    /// power loss undoes the removal, the message is delivered again (a duplicate, never a
+    /// loss). The mark is written at once, so a crash of the process alone repeats nothing;
+    /// see `remove_soon` for the hot path.
     pub fn remove(&self, place: Place) -> io::Result<()> {
         match place.slot {
             SlotRef::Cell(k) => {
-                self.free_cell(k);
+                self.free_cell(k, true);
+                Ok(())
+            }
+            SlotRef::File(n) => self.free_slot_file(n),
+        }
+    }
+
+    /// As `remove`, but a cell's free mark waits a moment (see `MARK_FREED_AFTER`): a cell
+    /// reused by then needs no mark at all. For messages delivered on their first attempt,
+    /// at full speed; a crash within that moment delivers them again.
+    pub fn remove_soon(&self, place: Place) -> io::Result<()> {
+        match place.slot {
+            SlotRef::Cell(k) => {
+                self.free_cell(k, false);
                 Ok(())
             }
             SlotRef::File(n) => self.free_slot_file(n),

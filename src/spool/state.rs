@@ -181,31 +181,10 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::envelope::{Kind, Recipient};
+    use crate::spool::envelope::Recipient;
 
     fn env() -> Envelope {
-        Envelope {
-            id: "0006452A1B2C3D4E-0001".into(),
-            kind: Kind::Message,
-            received: 1,
-            client: "127.0.0.1".into(),
-            helo: "h".into(),
-            sender: "a@b".into(),
-            size: 10,
-            eight_bit: false,
-            smtputf8: false,
-            attempts: 0,
-            next_attempt: 0,
-            last_error: String::new(),
-            held: false,
-            recipients: ["x@y", "z@y"]
-                .iter()
-                .map(|a| Recipient {
-                    address: a.to_string(),
-                    state: RcptState::Pending,
-                })
-                .collect(),
-        }
+        Envelope::sample("0006452A1B2C3D4E-0001", &["x@y", "z@y"])
     }
 
     #[test]

@@ -14,25 +14,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn env(id: &str) -> Envelope {
-    Envelope {
-        id: id.into(),
-        kind: Kind::Message,
-        received: 1,
-        client: "127.0.0.1".into(),
-        helo: "c".into(),
-        sender: "a@b.test".into(),
-        size: 5,
-        eight_bit: false,
-        smtputf8: false,
-        attempts: 0,
-        next_attempt: 0,
-        last_error: String::new(),
-        held: false,
-        recipients: vec![Recipient {
-            address: "x@y.test".into(),
-            state: RcptState::Pending,
-        }],
-    }
+    Envelope::sample(id, &["x@y.test"])
 }
 
 fn commit(spool: &Spool, body: &[u8]) -> (Envelope, Place) {
@@ -356,8 +338,8 @@ fn a_freed_cell_is_marked_after_a_moment_unless_reused_first() {
     let spool = Spool::open(&root).unwrap();
     let ((a, a_place), (b, b_place)) = (commit(&spool, b"a"), commit(&spool, b"b"));
     let (a_at, b_at) = (at(&spool, a_place), at(&spool, b_place));
-    spool.remove(a_place).unwrap();
-    spool.remove(b_place).unwrap();
+    spool.remove_soon(a_place).unwrap();
+    spool.remove_soon(b_place).unwrap();
     // Not yet: a crash now would bring both back.
     let due = spool.mark_freed_cells(Duration::from_secs(60));
     assert!(due.is_some_and(|d| d > Duration::from_secs(59)), "{due:?}");
@@ -371,8 +353,15 @@ fn a_freed_cell_is_marked_after_a_moment_unless_reused_first() {
     // At shutdown nothing will mark them later: from then on a freed cell is marked at once.
     spool.mark_freed_cells_at_once();
     let (d, d_place) = commit(&spool, b"d");
-    spool.remove(d_place).unwrap();
+    spool.remove_soon(d_place).unwrap();
     assert!(!holds(&at(&spool, d_place), &d.id));
+    // A message removed with `remove` is marked at once.
+    let (e, e_place) = commit(&spool, b"e");
+    spool
+        .marks_at_once
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    spool.remove(e_place).unwrap();
+    assert!(!holds(&at(&spool, e_place), &e.id));
     assert_eq!(recover(&Spool::open(&root).unwrap()), vec![c]);
     fs::remove_dir_all(root).unwrap();
 }

@@ -12,6 +12,8 @@
 
 mod control;
 mod outcome;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -123,6 +125,8 @@ impl Scheduler {
     }
 
     fn serve(&mut self, inputs: &Inputs) {
+        // Recovery's channel closes when it is done: from then on it is never ready.
+        let mut recovered = inputs.recovered.clone();
         loop {
             let more = self.activate_due();
             let sites_due = self.s.sites.tick();
@@ -149,7 +153,10 @@ impl Scheduler {
             let wait = if more { Duration::ZERO } else { wait };
             select! {
                 recv(inputs.arrivals) -> a => if let Ok(a) = a { self.arrive(a) },
-                recv(inputs.recovered) -> r => if let Ok(r) = r { self.recovered(r) },
+                recv(recovered) -> r => match r {
+                    Ok(r) => self.recovered(r),
+                    Err(_) => recovered = crossbeam_channel::never(),
+                },
                 recv(inputs.outcomes) -> o => if let Ok(o) = o { self.apply(o) },
                 recv(inputs.control) -> r => if let Ok(r) = r {
                     // Anything already committed is in the ledger before a command runs.
