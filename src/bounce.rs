@@ -8,8 +8,59 @@
 //! in CRLF and stays within 998 bytes, and the MIME boundary never occurs in the content.
 
 use crate::date::rfc5322;
+use crate::spool::{Envelope, Kind, RcptState, Recipient};
 use std::net::IpAddr;
 use std::time::SystemTime;
+
+/// Where the report on a message's failures goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Addressee {
+    /// To the sender, as a bounce.
+    Sender(String),
+    /// A null-sender message's failure: a copy to the postmaster, as a double bounce.
+    Postmaster(String),
+    /// A double bounce that failed: dropped (and logged), or bounces would never end.
+    Nobody,
+}
+
+pub fn addressee(env: &Envelope, postmaster: &str) -> Addressee {
+    match (env.kind, env.sender.is_empty()) {
+        (Kind::DoubleBounce, _) => Addressee::Nobody,
+        (_, true) => Addressee::Postmaster(postmaster.to_string()),
+        (_, false) => Addressee::Sender(env.sender.clone()),
+    }
+}
+
+/// The envelope of a DSN with `body` to `to` (from the null sender, received `now_ms`), to
+/// be spooled like any message: a bounce, or a double bounce when it reports on a message
+/// from the null sender.
+pub fn envelope(
+    id: String,
+    to: &str,
+    double: bool,
+    hostname: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Envelope {
+    let kind = if double {
+        Kind::DoubleBounce
+    } else {
+        Kind::Bounce
+    };
+    let address = to.to_string();
+    let mut env = Envelope::new(id, kind);
+    env.received = now_ms;
+    env.client = "127.0.0.1".into();
+    env.helo = hostname.to_string();
+    env.size = body.len() as u64;
+    env.eight_bit = body.iter().any(|&b| b >= 0x80);
+    env.smtputf8 = !address.is_ascii();
+    env.recipients = vec![Recipient {
+        address,
+        state: RcptState::Pending,
+    }];
+    env
+}
 
 pub struct FailedRecipient {
     /// The envelope recipient as given by the client.
@@ -435,6 +486,52 @@ fn pick_boundary(unique: &str, bodies: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_go_to_the_sender_the_postmaster_or_nobody() {
+        let mut env = Envelope::sample("0006452A1B2C3D4E-0001", &["x@y.test"]);
+        let table = [
+            (
+                Kind::Message,
+                "a@client.test",
+                Addressee::Sender("a@client.test".into()),
+            ),
+            (
+                Kind::Message,
+                "",
+                Addressee::Postmaster("pm@relay.test".into()),
+            ),
+            (
+                Kind::Bounce,
+                "",
+                Addressee::Postmaster("pm@relay.test".into()),
+            ),
+            (Kind::DoubleBounce, "", Addressee::Nobody),
+        ];
+        for (kind, sender, want) in table {
+            env.kind = kind;
+            env.sender = sender.into();
+            assert_eq!(
+                addressee(&env, "pm@relay.test"),
+                want,
+                "{kind:?} from <{sender}>"
+            );
+        }
+        let to = "pöstmaster@relay.test";
+        let dsn = envelope(
+            "0006452A1B2C3D4E-0002".into(),
+            to,
+            true,
+            "relay.test",
+            "é".as_bytes(),
+            7,
+        );
+        assert_eq!(dsn.kind, Kind::DoubleBounce);
+        assert!(dsn.sender.is_empty(), "from the null sender");
+        assert_eq!((dsn.size, dsn.received), (2, 7));
+        assert!(dsn.eight_bit && dsn.smtputf8);
+        assert_eq!(dsn.recipients[0].address, "pöstmaster@relay.test");
+    }
 
     #[test]
     fn quoted_printable_table() {

@@ -802,9 +802,14 @@ fn more_messages_than_the_workers_take_at_once_all_arrive_once() {
 
 #[test]
 fn in_flow_control_holds_mail_back_until_delivery_catches_up() {
-    // Every first attempt takes 1.5 s (the next hop's greeting), and only one message may
-    // wait for its first attempt: the third MAIL waits for the first delivery to end.
-    let sink = sink_on("127.0.0.3", 0, Script::default().slow_greeting(1500));
+    // Every delivery takes 1.5 s (the next hop's reply to the end of data), and only one
+    // message may wait at a destination known to be quick: the MAIL after two more waits for
+    // a delivery to end.
+    let slow_data = Script::default().data(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        "250 2.0.0 ok".into()
+    });
+    let sink = sink_on("127.0.0.3", 0, slow_data);
     let spool = TempDir::new("in-flow");
     let relay = Relay::via(
         &sink,
@@ -818,16 +823,22 @@ fn in_flow_control_holds_mail_back_until_delivery_catches_up() {
             "30s",
         ],
     );
-    for i in 0..2 {
+    let send = |i: usize| {
         let body = format!("Subject: n{i}\r\n\r\nx\r\n");
         submit(
             relay.addr,
             "a@client.test",
             &["b@example.test"],
             body.as_bytes(),
-        );
-    }
-    // The second waits at its destination for the one worker (the scheduler queues it
+        )
+    };
+    // The first shows how long a delivery there takes; a destination not heard from yet
+    // does not hold clients back.
+    send(0);
+    sink.wait_for(1, WAIT);
+    send(1);
+    send(2);
+    // The third waits at its destination for the one worker (the scheduler queues it
     // there): two messages at a quick destination, one more than the backlog.
     relay.wait_log("attempt 1 in 1 jobs\n");
     assert!(!relay.log().contains("in-flow delay"), "{}", relay.log());
@@ -844,7 +855,7 @@ fn in_flow_control_holds_mail_back_until_delivery_catches_up() {
     relay.wait_log("in-flow delay for [127.0.0.1]: MAIL held back");
     assert!(c.cmd("RCPT TO:<b@example.test>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
-    c.send(b"Subject: n2\r\n\r\nx\r\n.\r\n");
+    c.send(b"Subject: n3\r\n\r\nx\r\n.\r\n");
     assert!(c.reply().starts_with("250 2.0.0 Ok: queued as"));
-    assert_eq!(sink.wait_for(3, WAIT).len(), 3, "all three delivered");
+    assert_eq!(sink.wait_for(4, WAIT).len(), 4, "all four delivered");
 }

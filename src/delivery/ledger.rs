@@ -114,6 +114,20 @@ impl Ledger {
             .collect()
     }
 
+    /// Makes every waiting message due at `due`; returns their ids (without copying the
+    /// rest of the ledger, which may hold a million messages).
+    pub fn all_due(&self, due: u64) -> Vec<MsgId> {
+        let mut book = self.lock();
+        book.records
+            .iter_mut()
+            .filter(|(_, r)| r.holder == Holder::Waiting)
+            .map(|(id, r)| {
+                r.due = due;
+                *id
+            })
+            .collect()
+    }
+
     /// The oldest queued message's id (ids carry their time of arrival).
     pub fn oldest(&self) -> Option<MsgId> {
         self.lock().records.keys().min().copied()

@@ -38,8 +38,14 @@ pub struct SiteConfig {
     pub max_dead_time: Duration,
 }
 
-/// The concurrency a site starts with (Postfix's `initial_destination_concurrency`).
-const INITIAL_WINDOW: f64 = 5.0;
+/// The concurrency a site starts with (Postfix's `initial_destination_concurrency` is 5,
+/// with a pool of 100 processes; ours is a few threads). A quick site grows past it within
+/// its first dozen deliveries.
+const INITIAL_WINDOW: f64 = 2.0;
+/// A site whose deliveries take longer than this, or that has had deliveries in flight for
+/// this long without one ending, is slow: it gets at most a quarter of the pool, so that it
+/// cannot tie up the workers when it happens to be the only site with work for a moment.
+const SLOW_MS: u64 = 10_000;
 /// Consecutive unreachable results that make a site dead.
 const DEAD_AFTER: u32 = 2;
 /// Domains whose site is remembered, at most (`site_of`).
@@ -95,8 +101,11 @@ struct Site {
     tokens: f64,
     refilled: u64,
     in_turn: bool,
-    /// How long a job here takes, on average lately (ms).
-    turnaround: f64,
+    /// How long a job here takes, on average lately (ms); `None` until one has ended.
+    turnaround: Option<f64>,
+    /// When a job here last ended, or started with none in flight (unix ms): a site with
+    /// jobs in flight and no progress for a while is slow, whatever its past average.
+    progress: u64,
 }
 
 impl Site {
@@ -113,7 +122,8 @@ impl Site {
             tokens: cfg.rate.map_or(0.0, |(n, _)| n as f64),
             refilled: now,
             in_turn: false,
-            turnaround: 0.0,
+            turnaround: None,
+            progress: now,
         }
     }
 
@@ -123,6 +133,18 @@ impl Site {
 
     fn dead(&self, now: u64) -> bool {
         self.dead_until > now
+    }
+
+    fn slow(&self, now: u64) -> bool {
+        self.turnaround.is_some_and(|t| t > SLOW_MS as f64)
+            || (self.in_flight > 0 && now.saturating_sub(self.progress) > SLOW_MS)
+    }
+
+    /// Whether its deliveries end within `ms`, as far as it has shown.
+    fn quick(&self, ms: u64, now: u64) -> bool {
+        self.turnaround.is_some_and(|t| t < ms as f64)
+            && (self.in_flight == 0 || now.saturating_sub(self.progress) < ms)
+            && !self.dead(now)
     }
 }
 
@@ -227,11 +249,9 @@ impl Sites {
         let mut deferred = Vec::new();
         if let Some(site) = state.sites.get_mut(&job.site) {
             site.in_flight = site.in_flight.saturating_sub(1);
+            site.progress = now;
             let took = now.saturating_sub(job.started) as f64;
-            site.turnaround = match site.turnaround {
-                0.0 => took,
-                t => 0.8 * t + 0.2 * took,
-            };
+            site.turnaround = Some(site.turnaround.map_or(took, |t| 0.8 * t + 0.2 * took));
             let was_probing = std::mem::take(&mut site.probing);
             match feedback {
                 Feedback::Reached => {
@@ -356,12 +376,16 @@ impl Sites {
     /// pool among the sites with work (`strict`: rounded down, so that every site gets its
     /// share before any gets more).
     fn limit(&self, state: &State, key: &str, strict: bool) -> usize {
-        let window = state.sites.get(key).map_or(INITIAL_WINDOW, |s| s.window);
-        let active = state.active + usize::from(!state.sites.get(key).is_some_and(Site::is_active));
-        let share = match strict {
+        let site = state.sites.get(key);
+        let window = site.map_or(INITIAL_WINDOW, |s| s.window);
+        let active = state.active + usize::from(!site.is_some_and(Site::is_active));
+        let mut share = match strict {
             true => self.cfg.workers / active.max(1),
             false => self.cfg.workers.div_ceil(active.max(1)),
         };
+        if site.is_some_and(|s| s.slow(self.clock.now_ms())) {
+            share = share.min(self.cfg.workers / 4);
+        }
         (window.floor() as usize)
             .min(self.cfg.concurrency)
             .min(share)
@@ -394,8 +418,12 @@ impl Sites {
     }
 
     fn start(&self, state: &mut State, job: Job) {
+        let now = self.clock.now_ms();
         let site = state.sites.get_mut(&job.site).expect("site of the job");
         let was_active = site.is_active();
+        if site.in_flight == 0 {
+            site.progress = now;
+        }
         site.in_flight += 1;
         if !was_active {
             state.active += 1;
@@ -450,6 +478,9 @@ impl Sites {
             // A job handed out ends a site's turn; it has another if more wait.
             let more = !site.queue.is_empty();
             site.in_turn = more;
+            if site.in_flight == 0 {
+                site.progress = now;
+            }
             site.in_flight += 1;
             state.busy += 1;
             if more {
@@ -462,15 +493,16 @@ impl Sites {
 
     /// In-flow control: delivery as a whole is behind when every worker is busy and more
     /// messages than the in-flow backlog wait at (or are being delivered to) sites whose
-    /// deliveries take less than the in-flow delay. Holding a client back helps only where
-    /// deliveries end within that time: a slow or dead next hop's queue does not count.
+    /// deliveries have been seen to take less than the in-flow delay. Holding a client back
+    /// helps only where deliveries end within that time: a slow or dead next hop's queue,
+    /// or one not heard from yet, does not count.
     fn judge_behind(&self, state: &State, now: u64) {
         if state.busy < self.cfg.workers {
             self.in_flow.set_behind(false);
             return;
         }
-        let quick = self.in_flow.delay().as_millis() as f64;
-        let counts = |s: &&Site| s.turnaround < quick && !s.dead(now);
+        let delay = self.in_flow.delay().as_millis() as u64;
+        let counts = |s: &&Site| s.quick(delay, now);
         let mut waiting = 0;
         for key in &state.turn {
             if waiting > self.in_flow.backlog() {
@@ -618,9 +650,9 @@ mod tests {
         let b = bench(50, 10, None);
         assert!(b.sites.queue(jobs(0, 200, "a")).is_empty());
         let mut in_flight = b.handed();
-        assert_eq!(in_flight.len(), 5, "slow start");
+        assert_eq!(in_flight.len(), 2, "slow start");
         let mut most = 0;
-        for _ in 0..40 {
+        for _ in 0..80 {
             let j = in_flight.remove(0);
             b.sites.done(&j, Feedback::Reached, "", None);
             in_flight.extend(b.handed());
@@ -633,6 +665,38 @@ mod tests {
             in_flight.extend(b.handed());
         }
         assert!(in_flight.len() <= 3, "cut back: {}", in_flight.len());
+    }
+
+    #[test]
+    fn a_slow_site_gets_at_most_a_quarter_of_the_pool() {
+        let b = bench(8, 20, None);
+        assert!(b.sites.queue(jobs(0, 100, "slow")).is_empty());
+        // Quick at first: its window grows to the whole pool.
+        let mut in_flight = b.handed();
+        for _ in 0..60 {
+            let j = in_flight.remove(0);
+            b.sites.done(&j, Feedback::Reached, "", None);
+            in_flight.extend(b.handed());
+        }
+        assert_eq!(in_flight.len(), 8);
+        // Then its deliveries take half a minute each.
+        b.clock.advance(30_000);
+        let j = in_flight.remove(0);
+        b.sites.done(&j, Feedback::Reached, "", None);
+        assert_eq!(
+            b.handed().len(),
+            1,
+            "one slow delivery does not make it slow"
+        );
+        let j = in_flight.remove(0);
+        b.sites.done(&j, Feedback::Reached, "", None);
+        assert!(b.handed().is_empty(), "7 in flight: over its quarter");
+        // The free worker goes to a quick site, and so does each one the slow site frees.
+        assert!(b.sites.queue(jobs(200, 5, "quick")).is_empty());
+        assert_eq!(count(&b.handed(), "quick"), 1);
+        let j = in_flight.remove(0);
+        b.sites.done(&j, Feedback::Reached, "", None);
+        assert_eq!(count(&b.handed(), "quick"), 1);
     }
 
     #[test]
@@ -676,15 +740,23 @@ mod tests {
     #[test]
     fn a_rate_spaces_out_a_sites_jobs() {
         let b = bench(10, 20, Some((2, Duration::from_secs(1))));
-        assert!(b.sites.queue(jobs(0, 5, "a")).is_empty());
-        assert_eq!(b.handed().len(), 2, "a burst of the rate");
+        assert!(b.sites.queue(jobs(0, 6, "a")).is_empty());
+        let done = |jobs: Vec<Job>| {
+            let n = jobs.len();
+            for j in jobs {
+                b.sites.done(&j, Feedback::Reached, "", None);
+            }
+            n
+        };
+        assert_eq!(done(b.handed()), 2, "a burst of the rate");
         let wake = b.sites.tick().expect("a next token");
         assert_eq!(wake, 1_000_000 + 500);
+        assert_eq!(done(b.handed()), 0);
         b.clock.advance(500);
         b.sites.tick();
-        assert_eq!(b.handed().len(), 1);
+        assert_eq!(done(b.handed()), 1);
         b.clock.advance(1000);
         b.sites.tick();
-        assert_eq!(b.handed().len(), 2);
+        assert_eq!(done(b.handed()), 2);
     }
 }

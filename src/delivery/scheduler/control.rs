@@ -13,6 +13,9 @@ use crate::spool::id::MsgId;
 impl Scheduler {
     /// Carries out a command; the answer is one line for the `queue` command.
     pub(super) fn control(&mut self, command: Command) -> Result<String, String> {
+        if command == Command::Flush(None) {
+            return Ok(format!("flushed {} message(s)", self.flush_all()));
+        }
         let targets: Vec<(MsgId, Record)> = match command.target() {
             Some(text) => {
                 let found = MsgId::parse(text).and_then(|id| Some((id, self.s.ledger.get(id)?)));
@@ -43,6 +46,16 @@ impl Scheduler {
             n += usize::from(done);
         }
         Ok(format!("{} {n} message(s)", command.verb()))
+    }
+
+    /// Every waiting message due now; dead sites get another chance.
+    fn flush_all(&mut self) -> usize {
+        self.s.sites.revive();
+        let now = self.s.clock.now_ms();
+        let ids = self.s.ledger.all_due(now);
+        let n = ids.len();
+        self.timers.entry(now).or_default().extend(ids);
+        n
     }
 
     fn flush(&mut self, id: MsgId, record: Record) -> bool {

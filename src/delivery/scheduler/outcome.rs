@@ -4,13 +4,14 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::super::ledger::Holder;
+use super::super::intake::Arrival;
+use super::super::ledger::{Holder, Record};
 use super::super::{Delivered, Outcome, RcptResult, retry};
 use super::{Entry, Scheduler, human};
-use crate::bounce::{self, Diagnostic, FailedRecipient};
+use crate::bounce::{self, Addressee, Diagnostic, FailedRecipient};
 use crate::events::{V, rfc3339};
 use crate::spool::id::{self, MsgId};
-use crate::spool::{Envelope, Kind, RcptState, Recipient};
+use crate::spool::{Envelope, Place, RcptState};
 
 /// How much of the original message a DSN quotes (its header section).
 const DSN_HEADER_LIMIT: usize = 64 * 1024;
@@ -246,14 +247,10 @@ impl Scheduler {
     /// Reports failures to the sender; a null-sender message is never bounced: its failure
     /// goes to the postmaster as a double bounce, and a double bounce that fails is dropped.
     /// False if the DSN could not be spooled.
-    fn bounce(
-        &mut self,
-        env: &Envelope,
-        place: crate::spool::Place,
-        failed: &[FailedRecipient],
-    ) -> bool {
-        let to = match (env.kind, env.sender.is_empty()) {
-            (Kind::DoubleBounce, _) => {
+    fn bounce(&mut self, env: &Envelope, place: Place, failed: &[FailedRecipient]) -> bool {
+        let to = bounce::addressee(env, &self.cfg.postmaster);
+        let address = match &to {
+            Addressee::Nobody => {
                 log::warn!(
                     "{}: undeliverable double bounce dropped ({} recipients)",
                     env.id,
@@ -262,15 +259,14 @@ impl Scheduler {
                 self.bounced_events(env, failed, None);
                 return true;
             }
-            (_, true) => {
+            Addressee::Postmaster(a) => {
                 log::warn!(
-                    "{}: null sender, not bounced; copy to the postmaster <{}>",
-                    env.id,
-                    self.cfg.postmaster
+                    "{}: null sender, not bounced; copy to the postmaster <{a}>",
+                    env.id
                 );
-                (self.cfg.postmaster.clone(), Kind::DoubleBounce)
+                a
             }
-            (_, false) => (env.sender.clone(), Kind::Bounce),
+            Addressee::Sender(a) => a,
         };
         let headers = self
             .s
@@ -281,7 +277,7 @@ impl Scheduler {
         let now = self.s.clock.now_ms();
         let original = bounce::Original {
             queue_id: &env.id,
-            sender: &to.0,
+            sender: address,
             arrival: UNIX_EPOCH + Duration::from_millis(env.received),
             headers: &headers,
         };
@@ -293,42 +289,31 @@ impl Scheduler {
             UNIX_EPOCH + Duration::from_millis(now),
             &dsn_id,
         );
-        let dsn = Envelope {
-            id: dsn_id.clone(),
-            kind: to.1,
-            received: now,
-            client: "127.0.0.1".into(),
-            helo: self.cfg.hostname.clone(),
-            sender: String::new(),
-            size: body.len() as u64,
-            eight_bit: body.iter().any(|&b| b >= 0x80),
-            smtputf8: !to.0.is_ascii(),
-            attempts: 0,
-            next_attempt: 0,
-            last_error: String::new(),
-            held: false,
-            recipients: vec![Recipient {
-                address: to.0.clone(),
-                state: RcptState::Pending,
-            }],
-        };
+        let double = matches!(to, Addressee::Postmaster(_));
+        let dsn = bounce::envelope(
+            dsn_id.clone(),
+            address,
+            double,
+            &self.cfg.hostname,
+            &body,
+            now,
+        );
         match self.s.spool.store(&dsn, &body) {
             Ok(place) => {
                 log::info!(
-                    "{}: bounced {} recipients, DSN {dsn_id} to <{}>",
+                    "{}: bounced {} recipients, DSN {dsn_id} to <{address}>",
                     env.id,
                     failed.len(),
-                    to.0
                 );
                 self.bounced_events(env, failed, Some(&dsn_id));
                 let id = MsgId::parse(&dsn_id).expect("an id we made");
-                let record = super::super::ledger::Record {
+                let record = Record {
                     place,
                     due: now,
                     holder: Holder::Arriving,
                 };
                 self.s.ledger.insert(id, record);
-                self.arrive(super::super::intake::Arrival { env: dsn, place });
+                self.arrive(Arrival { env: dsn, place });
                 true
             }
             Err(e) => {
