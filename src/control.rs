@@ -80,6 +80,10 @@ pub struct Request {
     pub reply: Sender<Result<String, String>>,
 }
 
+/// How long a command may take: holding or deleting every message of a queue of a million
+/// reads each one from disk.
+const ANSWER_WITHIN: Duration = Duration::from_secs(300);
+
 pub fn socket_path(spool: &Path) -> PathBuf {
     spool.join("control.sock")
 }
@@ -117,7 +121,7 @@ fn handle(stream: UnixStream, to_scheduler: &Sender<Request>) -> std::io::Result
             if to_scheduler.send(Request { command, reply: tx }).is_err() {
                 Err("the scheduler is not running".into())
             } else {
-                rx.recv_timeout(Duration::from_secs(30))
+                rx.recv_timeout(ANSWER_WITHIN)
                     .unwrap_or_else(|_| Err("no answer from the scheduler".into()))
             }
         }
@@ -135,7 +139,7 @@ pub fn send(spool: &Path, command: &Command) -> Result<String, String> {
     let stream = UnixStream::connect(&path)
         .map_err(|e| format!("no mxrelay daemon answers on {} ({e})", path.display()))?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(35)))
+        .set_read_timeout(Some(ANSWER_WITHIN + Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     (&stream)
         .write_all(command.render().as_bytes())

@@ -17,7 +17,7 @@ use crate::control::{self, Command, Request};
 use crate::delivery::clock::{Clock, SystemClock};
 use crate::delivery::flow::InFlow;
 use crate::delivery::intake::{self, Intake};
-use crate::delivery::ledger::{Holder, Ledger, Record};
+use crate::delivery::ledger::{Holder, Ledger, Record, due_s};
 use crate::delivery::route::RouteTable;
 use crate::delivery::scheduler::{self, Inputs, Scheduler, SchedulerConfig};
 use crate::delivery::sites::{SiteConfig, Sites};
@@ -315,7 +315,7 @@ fn recover_in_background(
                 let holder = if held { Holder::Held } else { Holder::Waiting };
                 let record = Record {
                     place: found.place,
-                    due,
+                    due: due_s(due),
                     holder,
                 };
                 if !ledger.insert(id, record) {

@@ -28,9 +28,16 @@ pub enum Holder {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     pub place: Place,
-    /// Unix ms of the next try, while `Waiting`.
-    pub due: u64,
+    /// When its next try is due, while `Waiting`: unix seconds (see `due_s`).
+    pub due: u32,
     pub holder: Holder,
+}
+
+/// A due time in unix ms as the ledger keeps it: the second it falls in, rounded up (a try is
+/// never early; four bytes a message instead of eight, and the scheduler's timers shared by
+/// the messages due in the same second).
+pub fn due_s(ms: u64) -> u32 {
+    ms.div_ceil(1000).min(u32::MAX as u64) as u32
 }
 
 #[derive(Default)]
@@ -116,7 +123,7 @@ impl Ledger {
 
     /// Makes every waiting message due at `due`; returns their ids (without copying the
     /// rest of the ledger, which may hold a million messages).
-    pub fn all_due(&self, due: u64) -> Vec<MsgId> {
+    pub fn all_due(&self, due: u32) -> Vec<MsgId> {
         let mut book = self.lock();
         book.records
             .iter_mut()

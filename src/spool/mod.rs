@@ -215,22 +215,42 @@ impl Spool {
     /// Writes `bytes` at `offset` into cell `k` and syncs them, through a descriptor of the
     /// cells file of this write's own (see `cell_writers`).
     fn write_cell(&self, k: u32, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let writers = || self.cell_writers.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = writers().pop();
-        let fd = match kept {
-            Some(fd) => fd,
-            None => OpenOptions::new()
-                .write(true)
-                .open(self.queue.join(CELLS_FILE))?,
-        };
+        let fd = self.take_writer()?;
         let written = fd
             .write_all_at(bytes, k as u64 * CELL + offset)
             .and_then(|()| fd.sync_data());
-        let mut kept = writers();
+        self.put_writer(fd);
+        written
+    }
+
+    fn take_writer(&self) -> io::Result<File> {
+        let kept = self.writers().pop();
+        match kept {
+            Some(fd) => Ok(fd),
+            None => OpenOptions::new()
+                .write(true)
+                .open(self.queue.join(CELLS_FILE)),
+        }
+    }
+
+    fn put_writer(&self, fd: File) {
+        let mut kept = self.writers();
         if kept.len() < alloc::MAX_CELL_WRITERS {
             kept.push(fd);
         }
-        written
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, Vec<File>> {
+        self.cell_writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// State records of many messages, written together and synced once (the queue commands
+    /// on the whole queue: a million fdatasyncs would take most of an hour).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            spool: self,
+            cells: None,
+        }
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
@@ -325,6 +345,43 @@ impl Spool {
         )?;
         fsio::sync_dir(&self.corrupt)?;
         fsio::sync_dir(&self.queue)
+    }
+}
+
+/// See `Spool::batch`. Until `finish` returns, a crash may undo some of its records.
+pub struct Batch<'a> {
+    spool: &'a Spool,
+    cells: Option<File>,
+}
+
+impl Batch<'_> {
+    /// Records the message's state as `Spool::record` does, unsynced for a cell (a slot file
+    /// is synced at once: those are few).
+    pub fn record(&mut self, place: Place, seq: u32, env: &Envelope) -> io::Result<()> {
+        let SlotRef::Cell(k) = place.slot else {
+            return self.spool.record(place, seq, env);
+        };
+        let bytes = Record::of(env, seq).encode(&env.id);
+        let offset = place.layout.offset(seq);
+        let fd = match &self.cells {
+            Some(fd) => fd,
+            None => self.cells.insert(self.spool.take_writer()?),
+        };
+        fd.write_all_at(&bytes, k as u64 * CELL + offset)?;
+        self.spool
+            .alloc()
+            .extend_cell(k, offset + bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Syncs what was recorded.
+    pub fn finish(mut self) -> io::Result<()> {
+        let Some(fd) = self.cells.take() else {
+            return Ok(());
+        };
+        let synced = fd.sync_data();
+        self.spool.put_writer(fd);
+        synced
     }
 }
 

@@ -601,3 +601,25 @@ fn big_slots_are_kept_without_their_blocks_and_reused_last() {
     assert_eq!(recover(&Spool::open(&root).unwrap()), both);
     fs::remove_dir_all(root).unwrap();
 }
+
+#[test]
+fn a_batch_records_many_states_and_syncs_once() {
+    let root = temp_dir("batch");
+    let spool = Spool::open(&root).unwrap();
+    let msgs: Vec<(Envelope, Place)> = (0..20)
+        .map(|i| commit(&spool, &vec![b'b'; 100 + i]))
+        .collect();
+    let mut batch = spool.batch();
+    for (e, place) in &msgs {
+        let mut held = e.clone();
+        held.held = true;
+        batch.record(*place, 1, &held).unwrap();
+    }
+    batch.finish().unwrap();
+    for (e, place) in &msgs {
+        let (loaded, seq) = spool.load(*place, &e.id).unwrap();
+        assert!(loaded.held && seq == 1);
+    }
+    assert!(recover(&Spool::open(&root).unwrap()).iter().all(|e| e.held));
+    fs::remove_dir_all(root).unwrap();
+}

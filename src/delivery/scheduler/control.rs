@@ -4,11 +4,12 @@
 
 use std::sync::atomic::Ordering;
 
-use super::super::ledger::{Holder, Record};
+use super::super::ledger::{Holder, Record, due_s};
 use super::Scheduler;
 use crate::control::Command;
 use crate::events::V;
 use crate::spool::id::MsgId;
+use crate::spool::{Batch, Envelope};
 
 impl Scheduler {
     /// Carries out a command; the answer is one line for the `queue` command.
@@ -35,15 +36,20 @@ impl Scheduler {
             // The next hop may be back: dead sites get another chance.
             self.s.sites.revive();
         }
+        let spool = self.s.spool.clone();
+        let mut batch = spool.batch();
         let mut n = 0;
         for (id, record) in targets {
             let done = match command {
                 Command::Flush(_) => self.flush(id, record),
-                Command::Hold(_) => self.hold(id, record),
-                Command::Release(_) => self.release(id, record),
+                Command::Hold(_) => self.hold(id, record, &mut batch),
+                Command::Release(_) => self.release(id, record, &mut batch),
                 Command::Delete(_) => self.delete(id, record),
             };
             n += usize::from(done);
+        }
+        if let Err(e) = batch.finish() {
+            log::error!("queue {}: cannot sync the new states: {e}", command.verb());
         }
         Ok(format!("{} {n} message(s)", command.verb()))
     }
@@ -51,7 +57,7 @@ impl Scheduler {
     /// Every waiting message due now; dead sites get another chance.
     fn flush_all(&mut self) -> usize {
         self.s.sites.revive();
-        let now = self.s.clock.now_ms();
+        let now = due_s(self.s.clock.now_ms());
         let ids = self.s.ledger.all_due(now);
         let n = ids.len();
         self.timers.entry(now).or_default().extend(ids);
@@ -67,9 +73,12 @@ impl Scheduler {
         true
     }
 
-    fn hold(&mut self, id: MsgId, record: Record) -> bool {
+    fn hold(&mut self, id: MsgId, record: Record, batch: &mut Batch) -> bool {
         match record.holder {
-            Holder::Waiting => self.on_disk(id, record, |env| env.held = true, Holder::Held),
+            Holder::Waiting => {
+                let hold = |env: &mut Envelope| env.held = true;
+                self.on_disk(id, record, hold, Holder::Held, batch)
+            }
             Holder::Direct | Holder::Active => {
                 if record.holder == Holder::Direct && !self.adopt(id) {
                     return false;
@@ -90,7 +99,7 @@ impl Scheduler {
         }
     }
 
-    fn release(&mut self, id: MsgId, record: Record) -> bool {
+    fn release(&mut self, id: MsgId, record: Record, batch: &mut Batch) -> bool {
         if record.holder != Holder::Held {
             return false;
         }
@@ -103,6 +112,7 @@ impl Scheduler {
                 env.next_attempt = now;
             },
             Holder::Waiting,
+            batch,
         );
         if released {
             self.wait(id, now);
@@ -116,8 +126,9 @@ impl Scheduler {
         &mut self,
         id: MsgId,
         record: Record,
-        change: impl FnOnce(&mut crate::spool::Envelope),
+        change: impl FnOnce(&mut Envelope),
         holder: Holder,
+        batch: &mut Batch,
     ) -> bool {
         let (mut env, seq) = match self.s.spool.load(record.place, &id.to_string()) {
             Ok(loaded) => loaded,
@@ -127,7 +138,7 @@ impl Scheduler {
             }
         };
         change(&mut env);
-        if let Err(e) = self.s.spool.record(record.place, seq + 1, &env) {
+        if let Err(e) = batch.record(record.place, seq + 1, &env) {
             log::error!("{id}: cannot record its state: {e}");
             return false;
         }

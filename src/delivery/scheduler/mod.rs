@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, select};
 
 use super::clock::Clock;
 use super::intake::Arrival;
-use super::ledger::{Holder, Ledger};
+use super::ledger::{Holder, Ledger, due_s};
 use super::route::RouteTable;
 use super::sites::{Sites, deferred_outcome};
 use super::{Job, JobQueue, Outcome};
@@ -82,9 +82,9 @@ const FORGET_SITES_MS: u64 = 60_000;
 pub struct Scheduler {
     cfg: SchedulerConfig,
     s: Shared,
-    /// Due time (unix ms) → waiting messages. An id is stale unless the ledger says it is
-    /// waiting with that due time; stale ones are skipped when they come due.
-    timers: BTreeMap<u64, Vec<MsgId>>,
+    /// Due time (unix seconds, `due_s`) → waiting messages. An id is stale unless the
+    /// ledger says it is waiting with that due time; stale ones are skipped when they come due.
+    timers: BTreeMap<u32, Vec<MsgId>>,
     active: HashMap<MsgId, Entry>,
     expiry_checked: u64,
     gauges_updated: u64,
@@ -137,7 +137,7 @@ impl Scheduler {
                 .mark_freed_cells(crate::spool::MARK_FREED_AFTER);
             let now = self.s.clock.now_ms();
             let timer = match self.active.len() < self.cfg.active_limit {
-                true => self.timers.keys().next().copied(),
+                true => self.timers.keys().next().map(|&s| s as u64 * 1000),
                 false => None,
             };
             // Sleep until the next timer, site or free mark (at most 1 s, for the gauges); a
@@ -212,7 +212,7 @@ impl Scheduler {
     /// Messages recovery found: due at their next try.
     fn recovered(&mut self, batch: Vec<(MsgId, u64)>) {
         for (id, due) in batch {
-            self.timers.entry(due).or_default().push(id);
+            self.timers.entry(due_s(due)).or_default().push(id);
         }
     }
 
@@ -232,8 +232,9 @@ impl Scheduler {
         self.wait(id, now);
     }
 
-    /// Puts a message in line for `due`.
+    /// Puts a message in line for `due` (unix ms).
     fn wait(&mut self, id: MsgId, due: u64) {
+        let due = due_s(due);
         let waiting = self.s.ledger.update(id, |r| {
             r.holder = Holder::Waiting;
             r.due = due;
@@ -253,7 +254,7 @@ impl Scheduler {
                 return false;
             };
             let due = *first.key();
-            if due > now {
+            if due as u64 * 1000 > now {
                 return false;
             }
             let Some(id) = first.get_mut().pop() else {

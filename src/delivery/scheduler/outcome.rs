@@ -309,7 +309,7 @@ impl Scheduler {
                 let id = MsgId::parse(&dsn_id).expect("an id we made");
                 let record = Record {
                     place,
-                    due: now,
+                    due: 0,
                     holder: Holder::Arriving,
                 };
                 self.s.ledger.insert(id, record);
