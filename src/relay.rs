@@ -301,7 +301,7 @@ fn recover_in_background(
     recovery: Recovery,
     spool: Arc<Spool>,
     ledger: Arc<Ledger>,
-    to_scheduler: Sender<Vec<(MsgId, u64)>>,
+    to_scheduler: Sender<Vec<(MsgId, u32)>>,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("recovery".into())
@@ -311,11 +311,12 @@ fn recover_in_background(
                 let Some(id) = MsgId::parse(&found.env.id) else {
                     return true;
                 };
-                let (due, held) = (found.env.next_attempt, found.env.held);
+                let held = found.env.held;
+                let due = due_s(found.env.next_attempt, crate::delivery::clock::now_ms());
                 let holder = if held { Holder::Held } else { Holder::Waiting };
                 let record = Record {
                     place: found.place,
-                    due: due_s(due),
+                    due,
                     holder,
                 };
                 if !ledger.insert(id, record) {

@@ -33,11 +33,16 @@ pub struct Record {
     pub holder: Holder,
 }
 
-/// A due time in unix ms as the ledger keeps it: the second it falls in, rounded up (a try is
-/// never early; four bytes a message instead of eight, and the scheduler's timers shared by
-/// the messages due in the same second).
-pub fn due_s(ms: u64) -> u32 {
-    ms.div_ceil(1000).min(u32::MAX as u64) as u32
+/// A due time in unix ms as the ledger keeps it, in seconds (four bytes a message instead of
+/// eight, and the scheduler's timers shared by the messages due in the same second): rounded
+/// up, so a try is never early, but for a time already past (`now`), which stays due now.
+pub fn due_s(ms: u64, now: u64) -> u32 {
+    let s = if ms <= now {
+        ms / 1000
+    } else {
+        ms.div_ceil(1000)
+    };
+    s.min(u32::MAX as u64) as u32
 }
 
 #[derive(Default)]

@@ -57,7 +57,8 @@ impl Scheduler {
     /// Every waiting message due now; dead sites get another chance.
     fn flush_all(&mut self) -> usize {
         self.s.sites.revive();
-        let now = due_s(self.s.clock.now_ms());
+        let now = self.s.clock.now_ms();
+        let now = due_s(now, now);
         let ids = self.s.ledger.all_due(now);
         let n = ids.len();
         self.timers.entry(now).or_default().extend(ids);

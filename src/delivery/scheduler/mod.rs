@@ -52,9 +52,9 @@ pub struct SchedulerConfig {
 pub struct Inputs {
     /// New messages the sessions could not hand to a worker themselves.
     pub arrivals: Receiver<Arrival>,
-    /// Messages recovery found (already in the ledger), with their due times; held ones are
-    /// not sent.
-    pub recovered: Receiver<Vec<(MsgId, u64)>>,
+    /// Messages recovery found (already in the ledger), with their due times as the ledger
+    /// has them; held ones are not sent.
+    pub recovered: Receiver<Vec<(MsgId, u32)>>,
     pub outcomes: Receiver<Outcome>,
     pub control: Receiver<Request>,
     pub stop: Receiver<()>,
@@ -210,9 +210,9 @@ impl Scheduler {
     }
 
     /// Messages recovery found: due at their next try.
-    fn recovered(&mut self, batch: Vec<(MsgId, u64)>) {
+    fn recovered(&mut self, batch: Vec<(MsgId, u32)>) {
         for (id, due) in batch {
-            self.timers.entry(due_s(due)).or_default().push(id);
+            self.timers.entry(due).or_default().push(id);
         }
     }
 
@@ -234,7 +234,7 @@ impl Scheduler {
 
     /// Puts a message in line for `due` (unix ms).
     fn wait(&mut self, id: MsgId, due: u64) {
-        let due = due_s(due);
+        let due = due_s(due, self.s.clock.now_ms());
         let waiting = self.s.ledger.update(id, |r| {
             r.holder = Holder::Waiting;
             r.due = due;
