@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::{CELL, Spool, slot};
 
-/// Disk space the cells may keep beyond `CELL_KEPT` each: past it, a cell that stays free is
-/// cut back to that (a hole punched in the rest; see `Spool::mark_freed_cells`).
+/// Disk space the cells may keep: past it, a cell that stays free is cut back to `CELL_KEPT`,
+/// or to nothing if it used no more than that (a hole punched; see `Spool::mark_freed_cells`).
 const CELL_BYTES: u64 = 64 << 20;
 const CELL_KEPT: u64 = 64 * 1024;
 /// Descriptors of the cells file kept open for synced writes (see `Spool::cell_writers`).
@@ -258,24 +258,27 @@ impl Spool {
     /// Cuts a free cell back to `CELL_KEPT` while the cells keep more than `CELL_BYTES`.
     fn trim_cell(&self, a: &mut Alloc, k: u32) {
         let extent = a.extents[k as usize] as u64;
-        if extent <= CELL_KEPT || a.extent_total <= self.keep.cell_bytes {
+        if extent == 0 || a.extent_total <= self.keep.cell_bytes {
             return;
         }
+        // A large one keeps what most messages need; small ones (after a long queue of small
+        // messages drained) give back everything.
+        let keep = if extent > CELL_KEPT { CELL_KEPT } else { 0 };
         // SAFETY: fallocate on an open file, within the cell.
         let rc = unsafe {
             libc::fallocate(
                 self.cells.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                (k as u64 * CELL + CELL_KEPT) as libc::off_t,
-                (CELL - CELL_KEPT) as libc::off_t,
+                (k as u64 * CELL + keep) as libc::off_t,
+                (CELL - keep) as libc::off_t,
             )
         };
         if rc != 0 {
             log::debug!("spool: cannot cut cell {k}: {}", io::Error::last_os_error());
             return;
         }
-        a.extents[k as usize] = CELL_KEPT as u32;
-        a.extent_total -= extent - CELL_KEPT;
+        a.extents[k as usize] = keep as u32;
+        a.extent_total -= extent - keep;
     }
 
     /// Puts back a cell that holds no queued message. Its header on disk may still say live:

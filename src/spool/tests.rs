@@ -412,6 +412,19 @@ fn freed_cells_are_cut_back_while_the_cells_keep_more_than_their_budget() {
     assert!(allocated() <= total + 8192, "{} > {total}", allocated());
     // A cut cell still takes a message of any size that fits.
     let (again, _) = commit(&spool, &[b'd'; 150_000]);
+    // Small cells freed over the budget give back all they took.
+    spool.keep.cell_bytes = 0;
+    let small: Vec<(Envelope, Place)> = (0..3).map(|_| commit(&spool, b"small")).collect();
+    for (_, place) in &small {
+        spool.remove(*place).unwrap();
+    }
+    spool.mark_freed_cells(Duration::ZERO);
+    for (_, place) in &small {
+        let SlotRef::Cell(k) = place.slot else {
+            panic!("a cell")
+        };
+        assert_eq!(spool.alloc().extents[k as usize], 0);
+    }
     assert_eq!(recover(&Spool::open(&root).unwrap()), vec![again]);
     fs::remove_dir_all(root).unwrap();
 }
