@@ -13,8 +13,8 @@ use crossbeam_channel::Sender;
 use super::ledger::{Holder, Ledger, Record};
 use super::route::RouteTable;
 use super::sites::Sites;
-use super::{Delivered, Job, RcptResult};
-use crate::events::Events;
+use super::{Job, RcptResult};
+use crate::events::{Event, Events};
 use crate::metrics::Metrics;
 use crate::spool::id::MsgId;
 use crate::spool::{Envelope, Place, Spool};
@@ -103,9 +103,14 @@ impl Intake {
             let address = job.rcpts.iter().find(|(j, _)| j == i).map(|(_, a)| a);
             if let (RcptResult::Delivered { relay, reply, tls }, Some(address)) = (result, address)
             {
-                let tls = *tls;
-                let delivery = Delivered { relay, reply, tls };
-                delivery.report(&job.id, job.received, address, &s.metrics, &s.events);
+                s.events.report(&Event::Delivered {
+                    id: &job.id,
+                    recipient: address,
+                    relay,
+                    reply,
+                    tls: *tls,
+                    received: job.received,
+                });
             }
         }
         s.metrics.bytes_delivered(job.size);

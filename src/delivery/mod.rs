@@ -24,8 +24,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::dns::Resolver;
-use crate::events::Events;
-use crate::metrics::Metrics;
 use crate::spool::{Envelope, Place, Spool};
 use route::Destination;
 
@@ -91,39 +89,6 @@ pub enum RcptResult {
         relay: Option<String>,
         reason: String,
     },
-}
-
-/// A recipient delivered: what the log, the metrics and the event stream say about it.
-pub struct Delivered<'a> {
-    pub relay: &'a str,
-    pub reply: &'a str,
-    pub tls: bool,
-}
-
-impl Delivered<'_> {
-    /// `received`: when the message was (unix ms).
-    pub fn report(&self, id: &str, received: u64, rcpt: &str, metrics: &Metrics, events: &Events) {
-        let (relay, reply, tls) = (self.relay, self.reply, self.tls);
-        let delay_s = clock::now_ms().saturating_sub(received) as f64 / 1000.0;
-        log::info!(
-            "{id}: delivered to=<{rcpt}> relay={relay}{} reply=\"{reply}\"",
-            if tls { " tls" } else { "" }
-        );
-        metrics.recipient_delivered();
-        metrics.observe_delivery_latency(delay_s);
-        use crate::events::V;
-        events.emit(
-            "delivered",
-            &[
-                ("id", V::Str(id)),
-                ("recipient", V::Str(rcpt)),
-                ("relay", V::Str(relay)),
-                ("reply", V::Str(reply)),
-                ("tls", V::Bool(tls)),
-                ("delay_s", V::Float(delay_s)),
-            ],
-        );
-    }
 }
 
 #[derive(Debug)]

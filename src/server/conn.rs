@@ -213,29 +213,15 @@ fn describe_command(line: &[u8], in_auth: bool) -> (String, Option<String>) {
 
 /// Counts and records a refusal (4xx/5xx) at SMTP time.
 fn rejected(shared: &Shared, ip: IpAddr, command: &(String, Option<String>), reply: &Reply) {
-    use crate::events::V;
-    use crate::metrics::RejectReason;
-    let reason = match (reply.code, reply.enhanced.map(|e| (e.1, e.2))) {
-        (_, Some((7, 1))) if command.0 == "RCPT" => RejectReason::RelayDenied,
-        (552, _) | (_, Some((3, 4))) => RejectReason::Size,
-        (_, Some((4, 6))) => RejectReason::Hops,
-        (_, Some((7, _))) => RejectReason::Auth,
-        (421, _) => RejectReason::TooManyErrors,
-        (500..=504, _) | (555, _) => RejectReason::Syntax,
-        _ => RejectReason::Other,
-    };
-    shared.services.metrics.message_rejected(reason);
-    let ip = ip.to_string();
-    let reply = reply.summary();
-    shared.services.events.emit(
-        "rejected",
-        &[
-            ("client_ip", V::Str(&ip)),
-            ("command", V::Str(&command.0)),
-            ("argument", V::OptStr(command.1.as_deref())),
-            ("reply", V::Str(&reply)),
-        ],
-    );
+    shared
+        .services
+        .events
+        .report(&crate::events::Event::Rejected {
+            client_ip: &ip.to_string(),
+            command: &command.0,
+            argument: command.1.as_deref(),
+            reply,
+        });
 }
 
 fn line_buffer(max_line: usize) -> usize {
@@ -466,45 +452,22 @@ fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trac
             return DataOutcome::Refused(reply_map::spool_error(&e));
         }
     };
-    log::info!(
-        "{id}: received from {}[{peer_ip}]{}{} sender=<{}> nrcpt={} size={}{}",
-        trace.helo,
-        trace
-            .auth_user
-            .map(|u| format!(" user={u}"))
-            .unwrap_or_default(),
-        trace
-            .tls
-            .map(|t| format!(" tls={}", t.split(' ').next().unwrap_or(t)))
-            .unwrap_or_default(),
-        env.sender,
-        env.recipients.len(),
-        env.size,
-        if summary.bare_line_ends > 0 {
-            format!(" bare-line-ends={}", summary.bare_line_ends)
-        } else {
-            String::new()
-        }
-    );
-    shared.services.metrics.message_received(env.size);
     let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
-    let ip = peer_ip.to_string();
-    {
-        use crate::events::V;
-        shared.services.events.emit(
-            "received",
-            &[
-                ("id", V::Str(&id)),
-                ("client_ip", V::Str(&ip)),
-                ("auth_user", V::OptStr(trace.auth_user)),
-                ("tls", V::Bool(trace.tls.is_some())),
-                ("sender", V::Str(&env.sender)),
-                ("recipients", V::List(&recipients)),
-                ("size", V::Num(env.size)),
-                ("message_id", V::OptStr(summary.message_id.as_deref())),
-            ],
-        );
-    }
+    shared
+        .services
+        .events
+        .report(&crate::events::Event::Received {
+            id: &id,
+            client_ip: &peer_ip.to_string(),
+            helo: trace.helo,
+            auth_user: trace.auth_user,
+            tls: trace.tls,
+            sender: &env.sender,
+            recipients: &recipients,
+            size: env.size,
+            message_id: summary.message_id.as_deref(),
+            bare_line_ends: summary.bare_line_ends,
+        });
     if shared.services.intake.submit(env, place).is_err() {
         // The scheduler is gone (shutting down): the message is safe on disk for the next start.
         log::warn!("{id}: queued on disk; delivery starts at the next start-up");

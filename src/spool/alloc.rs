@@ -16,7 +16,7 @@ use super::{CELL, Spool, slot};
 /// Disk space the cells may keep: past it, a cell that stays free is cut back to `CELL_KEPT`,
 /// or to nothing if it used no more than that (a hole punched; see `Spool::mark_freed_cells`).
 const CELL_BYTES: u64 = 64 << 20;
-const CELL_KEPT: u64 = 64 * 1024;
+pub(super) const CELL_KEPT: u64 = 64 * 1024;
 /// Descriptors of the cells file kept open for synced writes (see `Spool::cell_writers`).
 pub const MAX_CELL_WRITERS: usize = 64;
 /// Free slot files kept for reuse; more are deleted.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::super::ledger::{Holder, Record, due_s};
 use super::Scheduler;
 use crate::control::Command;
-use crate::events::V;
+use crate::events::Event;
 use crate::spool::id::MsgId;
 use crate::spool::{Batch, Envelope};
 
@@ -164,11 +164,10 @@ impl Scheduler {
                 .map(|(env, _)| env.pending_addresses())
                 .unwrap_or_default(),
         };
-        self.s.events.emit(
-            "deleted",
-            &[("id", V::Str(&text)), ("recipients", V::List(&pending))],
-        );
-        log::info!("{id}: deleted by the operator");
+        self.s.events.report(&Event::Deleted {
+            id: &text,
+            recipients: &pending,
+        });
         self.s.ledger.remove(id);
         let Some(mut entry) = self.active.remove(&id) else {
             if let Err(e) = self.s.spool.remove(record.place) {

@@ -6,10 +6,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::super::intake::Arrival;
 use super::super::ledger::{Holder, Record};
-use super::super::{Delivered, Outcome, RcptResult, retry};
+use super::super::{Outcome, RcptResult, retry};
 use super::{Entry, Scheduler, human};
 use crate::bounce::{self, Addressee, Diagnostic, FailedRecipient};
-use crate::events::{V, rfc3339};
+use crate::events::Event;
 use crate::spool::id::{self, MsgId};
 use crate::spool::{Envelope, Place, RcptState};
 
@@ -38,25 +38,23 @@ impl Scheduler {
             };
             match result {
                 RcptResult::Delivered { relay, reply, tls } => {
-                    let delivery = Delivered {
+                    self.s.events.report(&Event::Delivered {
+                        id: &outcome.id,
+                        recipient: &rcpt.address,
                         relay: &relay,
                         reply: &reply,
                         tls,
-                    };
-                    let (metrics, events) = (&self.s.metrics, &self.s.events);
-                    delivery.report(
-                        &outcome.id,
-                        entry.env.received,
-                        &rcpt.address,
-                        metrics,
-                        events,
-                    );
+                        received: entry.env.received,
+                    });
                     rcpt.state = RcptState::Delivered;
                     changed = true;
                 }
                 RcptResult::Deferred { reason } => {
-                    log::info!("{id}: deferred to=<{}> reason=\"{reason}\"", rcpt.address);
-                    self.s.metrics.recipient_deferred();
+                    self.s.events.report(&Event::RecipientDeferred {
+                        id: &outcome.id,
+                        recipient: &rcpt.address,
+                        reason: &reason,
+                    });
                     entry.env.last_error = reason;
                 }
                 RcptResult::Failed {
@@ -64,10 +62,12 @@ impl Scheduler {
                     relay,
                     reason,
                 } => {
-                    log::info!(
-                        "{id}: failed to=<{}> status={status} reason=\"{reason}\"",
-                        rcpt.address
-                    );
+                    self.s.events.report(&Event::RecipientFailed {
+                        id: &outcome.id,
+                        recipient: &rcpt.address,
+                        status: &status,
+                        reason: &reason,
+                    });
                     rcpt.state = RcptState::Failed;
                     let address = rcpt.address.clone();
                     let failure = FailedRecipient::failure(address, status, relay, reason);
@@ -148,17 +148,12 @@ impl Scheduler {
                     diagnostic: Some(Diagnostic::Local(reason.clone())),
                 });
             }
-            log::info!("{id}: expired: {reason}");
-            self.s.metrics.message_expired();
-            let age = now.saturating_sub(entry.env.received) / 1000;
-            self.s.events.emit(
-                "expired",
-                &[
-                    ("id", V::Str(&entry.env.id)),
-                    ("recipients", V::List(&expired)),
-                    ("age_s", V::Num(age)),
-                ],
-            );
+            self.s.events.report(&Event::Expired {
+                id: &entry.env.id,
+                recipients: &expired,
+                age_s: now.saturating_sub(entry.env.received) / 1000,
+                reason: &reason,
+            });
         }
         let failed = std::mem::take(&mut entry.failed);
         if !failed.is_empty() {
@@ -199,24 +194,14 @@ impl Scheduler {
         // A message whose next try would come after its lifetime gets its last try then.
         let expires = entry.env.received + lifetime.as_millis() as u64;
         entry.env.next_attempt = (now + delay.as_millis() as u64).min(expires.max(now + 1));
-        log::info!(
-            "{id}: deferred, attempt {} failed, next try in {}: {}",
-            entry.env.attempts,
-            human(Duration::from_millis(entry.env.next_attempt - now)),
-            entry.env.last_error
-        );
-        let pending = entry.env.pending_addresses();
-        let next_try = rfc3339(UNIX_EPOCH + Duration::from_millis(entry.env.next_attempt));
-        self.s.events.emit(
-            "deferred",
-            &[
-                ("id", V::Str(&entry.env.id)),
-                ("recipients", V::List(&pending)),
-                ("reason", V::Str(&entry.env.last_error)),
-                ("attempt", V::Num(entry.env.attempts as u64)),
-                ("next_try", V::Str(&next_try)),
-            ],
-        );
+        self.s.events.report(&Event::Deferred {
+            id: &entry.env.id,
+            recipients: &entry.env.pending_addresses(),
+            reason: &entry.env.last_error,
+            attempt: entry.env.attempts,
+            next_try: entry.env.next_attempt,
+            delay: Duration::from_millis(entry.env.next_attempt - now),
+        });
         self.persist(id);
         self.deactivate(id);
     }
@@ -328,21 +313,14 @@ impl Scheduler {
 
     fn bounced_events(&self, env: &Envelope, failed: &[FailedRecipient], dsn_id: Option<&str>) {
         for f in failed {
-            self.s.metrics.recipient_bounced();
-            self.s.events.emit(
-                "bounced",
-                &[
-                    ("id", V::Str(&env.id)),
-                    ("recipient", V::Str(&f.address)),
-                    ("status", V::Str(&f.status)),
-                    (
-                        "reason",
-                        V::OptStr(f.diagnostic.as_ref().map(Diagnostic::text)),
-                    ),
-                    ("relay", V::OptStr(f.remote_mta.as_deref())),
-                    ("dsn_id", V::OptStr(dsn_id)),
-                ],
-            );
+            self.s.events.report(&Event::Bounced {
+                id: &env.id,
+                recipient: &f.address,
+                status: &f.status,
+                reason: f.diagnostic.as_ref().map(Diagnostic::text),
+                relay: f.remote_mta.as_deref(),
+                dsn_id,
+            });
         }
     }
 }

@@ -1,3 +1,6 @@
+//! What happened to each message, reported once (`Events::report` with an `Event`): the log
+//! line, the metric and the JSON event come from one place.
+//!
 //! The event log: one JSON object per line for every step in a message's life, for
 //! pipelines and dashboards. Emitting never blocks an SMTP session or a delivery: lines go
 //! through a bounded channel to a writer thread, and when it falls behind, events are
@@ -25,6 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::metrics::Metrics;
+
+mod event;
+pub use event::Event;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -84,7 +90,8 @@ impl Events {
         })
     }
 
-    pub fn emit(&self, kind: &str, fields: &[(&str, V)]) {
+    /// Writes one JSON line (see `Event` for what reports one).
+    fn emit(&self, kind: &str, fields: &[(&str, V)]) {
         let Some(tx) = &self.tx else { return };
         let line = to_json(kind, SystemTime::now(), fields);
         match tx.try_send(line) {

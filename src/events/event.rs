@@ -1,0 +1,281 @@
+//! The typed events and their one reporter: each step of a message's life is reported once,
+//! and the reporter writes its log line, counts its metric and emits its JSON event. A
+//! webhook sender will plug in here.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Events, V, rfc3339};
+use crate::delivery::scheduler::human;
+use crate::metrics::RejectReason;
+use crate::smtp::reply::Reply;
+
+pub enum Event<'a> {
+    /// A message committed to the spool.
+    Received {
+        id: &'a str,
+        client_ip: &'a str,
+        helo: &'a str,
+        auth_user: Option<&'a str>,
+        /// The TLS protocol and cipher, when the session was encrypted.
+        tls: Option<&'a str>,
+        sender: &'a str,
+        recipients: &'a [String],
+        size: u64,
+        message_id: Option<&'a str>,
+        bare_line_ends: u64,
+    },
+    /// A command refused.
+    Rejected {
+        client_ip: &'a str,
+        command: &'a str,
+        argument: Option<&'a str>,
+        reply: &'a Reply,
+    },
+    /// One recipient delivered.
+    Delivered {
+        id: &'a str,
+        recipient: &'a str,
+        relay: &'a str,
+        reply: &'a str,
+        tls: bool,
+        /// When the message was received (unix ms).
+        received: u64,
+    },
+    /// One recipient's attempt failed for now.
+    RecipientDeferred {
+        id: &'a str,
+        recipient: &'a str,
+        reason: &'a str,
+    },
+    /// One recipient failed for good (the DSN follows when the round ends).
+    RecipientFailed {
+        id: &'a str,
+        recipient: &'a str,
+        status: &'a str,
+        reason: &'a str,
+    },
+    /// A message's round ended with recipients still pending.
+    Deferred {
+        id: &'a str,
+        recipients: &'a [String],
+        reason: &'a str,
+        attempt: u32,
+        /// Unix ms.
+        next_try: u64,
+        /// How far off the next try is.
+        delay: Duration,
+    },
+    /// One recipient reported to the sender (or dropped, for a double bounce).
+    Bounced {
+        id: &'a str,
+        recipient: &'a str,
+        status: &'a str,
+        reason: Option<&'a str>,
+        relay: Option<&'a str>,
+        dsn_id: Option<&'a str>,
+    },
+    Expired {
+        id: &'a str,
+        recipients: &'a [String],
+        age_s: u64,
+        reason: &'a str,
+    },
+    Deleted {
+        id: &'a str,
+        recipients: &'a [String],
+    },
+}
+
+impl Events {
+    /// Reports an event: its log line, its metric and its JSON event.
+    pub fn report(&self, event: &Event) {
+        let m = &self.metrics;
+        match *event {
+            Event::Received {
+                id,
+                client_ip,
+                helo,
+                auth_user,
+                tls,
+                sender,
+                recipients,
+                size,
+                message_id,
+                bare_line_ends,
+            } => {
+                log::info!(
+                    "{id}: received from {helo}[{client_ip}]{}{} sender=<{sender}> nrcpt={} \
+                     size={size}{}",
+                    auth_user.map(|u| format!(" user={u}")).unwrap_or_default(),
+                    tls.map(|t| format!(" tls={}", t.split(' ').next().unwrap_or(t)))
+                        .unwrap_or_default(),
+                    recipients.len(),
+                    match bare_line_ends {
+                        0 => String::new(),
+                        n => format!(" bare-line-ends={n}"),
+                    }
+                );
+                m.message_received(size);
+                self.emit(
+                    "received",
+                    &[
+                        ("id", V::Str(id)),
+                        ("client_ip", V::Str(client_ip)),
+                        ("auth_user", V::OptStr(auth_user)),
+                        ("tls", V::Bool(tls.is_some())),
+                        ("sender", V::Str(sender)),
+                        ("recipients", V::List(recipients)),
+                        ("size", V::Num(size)),
+                        ("message_id", V::OptStr(message_id)),
+                    ],
+                );
+            }
+            Event::Rejected {
+                client_ip,
+                command,
+                argument,
+                reply,
+            } => {
+                m.message_rejected(reject_reason(command, reply));
+                self.emit(
+                    "rejected",
+                    &[
+                        ("client_ip", V::Str(client_ip)),
+                        ("command", V::Str(command)),
+                        ("argument", V::OptStr(argument)),
+                        ("reply", V::Str(&reply.summary())),
+                    ],
+                );
+            }
+            Event::Delivered {
+                id,
+                recipient,
+                relay,
+                reply,
+                tls,
+                received,
+            } => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let delay_s = now.saturating_sub(received) as f64 / 1000.0;
+                log::info!(
+                    "{id}: delivered to=<{recipient}> relay={relay}{} reply=\"{reply}\"",
+                    if tls { " tls" } else { "" }
+                );
+                m.recipient_delivered();
+                m.observe_delivery_latency(delay_s);
+                self.emit(
+                    "delivered",
+                    &[
+                        ("id", V::Str(id)),
+                        ("recipient", V::Str(recipient)),
+                        ("relay", V::Str(relay)),
+                        ("reply", V::Str(reply)),
+                        ("tls", V::Bool(tls)),
+                        ("delay_s", V::Float(delay_s)),
+                    ],
+                );
+            }
+            Event::RecipientDeferred {
+                id,
+                recipient,
+                reason,
+            } => {
+                log::info!("{id}: deferred to=<{recipient}> reason=\"{reason}\"");
+                m.recipient_deferred();
+            }
+            Event::RecipientFailed {
+                id,
+                recipient,
+                status,
+                reason,
+            } => {
+                log::info!("{id}: failed to=<{recipient}> status={status} reason=\"{reason}\"");
+            }
+            Event::Deferred {
+                id,
+                recipients,
+                reason,
+                attempt,
+                next_try,
+                delay,
+            } => {
+                log::info!(
+                    "{id}: deferred, attempt {attempt} failed, next try in {}: {reason}",
+                    human(delay)
+                );
+                let next_try = rfc3339(UNIX_EPOCH + Duration::from_millis(next_try));
+                self.emit(
+                    "deferred",
+                    &[
+                        ("id", V::Str(id)),
+                        ("recipients", V::List(recipients)),
+                        ("reason", V::Str(reason)),
+                        ("attempt", V::Num(attempt as u64)),
+                        ("next_try", V::Str(&next_try)),
+                    ],
+                );
+            }
+            Event::Bounced {
+                id,
+                recipient,
+                status,
+                reason,
+                relay,
+                dsn_id,
+            } => {
+                m.recipient_bounced();
+                self.emit(
+                    "bounced",
+                    &[
+                        ("id", V::Str(id)),
+                        ("recipient", V::Str(recipient)),
+                        ("status", V::Str(status)),
+                        ("reason", V::OptStr(reason)),
+                        ("relay", V::OptStr(relay)),
+                        ("dsn_id", V::OptStr(dsn_id)),
+                    ],
+                );
+            }
+            Event::Expired {
+                id,
+                recipients,
+                age_s,
+                reason,
+            } => {
+                log::info!("{id}: expired: {reason}");
+                m.message_expired();
+                self.emit(
+                    "expired",
+                    &[
+                        ("id", V::Str(id)),
+                        ("recipients", V::List(recipients)),
+                        ("age_s", V::Num(age_s)),
+                    ],
+                );
+            }
+            Event::Deleted { id, recipients } => {
+                log::info!("{id}: deleted by the operator");
+                self.emit(
+                    "deleted",
+                    &[("id", V::Str(id)), ("recipients", V::List(recipients))],
+                );
+            }
+        }
+    }
+}
+
+/// The metric's reason for a refused command, from the reply and the command.
+fn reject_reason(command: &str, reply: &Reply) -> RejectReason {
+    match (reply.code, reply.enhanced.map(|e| (e.1, e.2))) {
+        (_, Some((7, 1))) if command == "RCPT" => RejectReason::RelayDenied,
+        (552, _) | (_, Some((3, 4))) => RejectReason::Size,
+        (_, Some((4, 6))) => RejectReason::Hops,
+        (_, Some((7, _))) => RejectReason::Auth,
+        (421, _) => RejectReason::TooManyErrors,
+        (500..=504, _) | (555, _) => RejectReason::Syntax,
+        _ => RejectReason::Other,
+    }
+}
