@@ -9,6 +9,7 @@ pub mod date;
 pub mod delivery;
 pub mod dns;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod privileges;

@@ -1,8 +1,9 @@
 //! Prometheus metrics: a fixed set of counters, gauges and one histogram kept in atomics
 //! ([`Metrics`], one instance shared as `Arc<Metrics>`), rendered by hand in the text
-//! exposition format 0.0.4 ([`Metrics::render`]) and served over a small HTTP/1.1 endpoint
-//! written on `std::net` ([`serve`]). No crates: the format is a few lines of text, and owning
-//! the HTTP side gives us its timeouts, limits and shutdown.
+//! exposition format 0.0.4 ([`Metrics::render`]) and served at `/metrics` by the small HTTP
+//! endpoint of `crate::http` ([`serve`]). No crate: the format is a few lines of text
+//! (`prometheus-client` would bring its own registry and encoder for what is here a fixed set
+//! of atomics and one function).
 //!
 //! Updating a counter or gauge is a single `Relaxed` atomic operation, never a lock; an
 //! observation into the histogram is two (its bucket and its sum). A scrape reads each value
@@ -41,19 +42,15 @@
 //!
 //! `GET /metrics` (also `HEAD`; a query string is ignored) answers 200 with
 //! `Content-Type: text/plain; version=0.0.4; charset=utf-8`. Any other path is 404, another
-//! method on `/metrics` is 405, a malformed request 400, a request head over 8 KiB 431, and a
-//! connection over the cap of 16 concurrent ones gets 503. Every response closes the
-//! connection. A client has 5 s to send its request head (a total, not per read, so trickling
-//! bytes does not extend it) and 5 s per write; one that sends nothing is dropped after that
-//! without holding up anyone else, since each connection has its own thread.
+//! method on `/metrics` is 405; the limits and the other answers are `crate::http`'s.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use crate::http::{self, Request, Response};
 
 /// Upper bounds (seconds, inclusive) of the delivery latency histogram buckets; `+Inf` follows.
 pub const LATENCY_BUCKETS: [f64; 11] = [
@@ -502,328 +499,27 @@ fn escape_help(text: &str, out: &mut String) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP endpoint
+const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Limits of the HTTP endpoint; `serve` uses `HttpLimits::DEFAULT`.
-#[derive(Clone, Copy, Debug)]
-struct HttpLimits {
-    max_connections: usize,
-    /// Total time to receive the request head, and the timeout of each write.
-    timeout: Duration,
-    max_head: usize,
-}
-
-impl HttpLimits {
-    const DEFAULT: HttpLimits = HttpLimits {
-        max_connections: 16,
-        timeout: Duration::from_secs(5),
-        max_head: 8 * 1024,
-    };
-}
-
-/// After answering, unread request bytes are drained for at most this long (and this much)
-/// before closing, so the close does not turn into a reset that could destroy the response.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
-
-/// Connection threads only parse a short head and copy a rendered string.
-const HTTP_STACK: usize = 128 * 1024;
-
-/// Serves `GET /metrics` (404 for other paths, 405 for other methods) on `addr` with a thread
-/// per connection, at most 16 concurrent connections (503 beyond), 5 s to send the request
-/// head and per write, the head bounded at 8 KiB, and `Connection: close`. Returns the bound
-/// address (port 0 allowed). The accept loop stops once `stop` is true and one more connection
-/// arrives to wake it: see [`shutdown`], which does both.
+/// Serves `/metrics` on `addr` (see `crate::http::serve`); returns the bound address.
 pub fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<SocketAddr> {
-    serve_with(addr, metrics, stop, HttpLimits::DEFAULT)
-}
-
-/// Stops a [`serve`] loop: sets `stop` and connects once to `addr` (loopback if `addr` is a
-/// wildcard address) to wake the blocked `accept`. Requests already being answered finish on
-/// their own threads, bounded by the timeouts.
-pub fn shutdown(addr: SocketAddr, stop: &AtomicBool) {
-    stop.store(true, Ordering::SeqCst);
-    crate::net::wake_accept(addr);
-}
-
-fn serve_with(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-    limits: HttpLimits,
-) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} for metrics: {e}"),
-        )
-    })?;
-    let local = listener.local_addr()?;
-    thread::Builder::new()
-        .name(format!("metrics-{local}"))
-        .spawn(move || accept_loop(listener, metrics, stop, limits))?;
+    let handler = move |r: &Request| route(r, &metrics);
+    let local = http::serve(addr, "metrics", Arc::new(handler), stop)?;
     log::info!("serving metrics on http://{local}/metrics");
     Ok(local)
 }
 
-/// Gives a connection slot back when the connection's thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
+pub use http::shutdown;
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-    limits: HttpLimits,
-) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::warn!("metrics: accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
-            active.fetch_sub(1, Ordering::SeqCst);
-            log::debug!(
-                "metrics: connection refused, {} already open",
-                limits.max_connections
-            );
-            refuse(stream);
-            continue;
-        }
-        let slot = Slot(active.clone());
-        let metrics = metrics.clone();
-        // On failure the closure, and with it the slot, is dropped.
-        let spawned = thread::Builder::new()
-            .name("metrics-http".to_string())
-            .stack_size(HTTP_STACK)
-            .spawn(move || {
-                let _slot = slot;
-                handle(stream, &metrics, &limits);
-            });
-        if let Err(e) = spawned {
-            log::error!("metrics: cannot start a connection thread: {e}");
-        }
-    }
-    log::info!("metrics endpoint stopped");
-}
-
-/// Over the cap: answer 503 without ever blocking the accept thread.
-fn refuse(mut stream: TcpStream) {
-    if stream.set_nonblocking(true).is_err() {
-        return;
-    }
-    // Take whatever request bytes already arrived, so closing is less likely to reset.
-    let mut buf = [0u8; 4096];
-    let _ = stream.read(&mut buf);
-    let _ = stream.write_all(&response(
-        "503 Service Unavailable",
-        &[("Retry-After", "1")],
-        TEXT,
-        b"too many connections\n",
-        false,
-    ));
-    let _ = stream.shutdown(Shutdown::Write);
-}
-
-fn handle(mut stream: TcpStream, metrics: &Metrics, limits: &HttpLimits) {
-    if stream.set_write_timeout(Some(limits.timeout)).is_err() {
-        return;
-    }
-    let head = match read_head(&mut stream, limits) {
-        Ok(head) => head,
-        Err(HeadError::TooLarge) => {
-            let _ = stream.write_all(&response(
-                "431 Request Header Fields Too Large",
-                &[],
-                TEXT,
-                b"request head too large\n",
-                false,
-            ));
-            close(stream);
-            return;
-        }
-        // Timed out, reset or closed before a complete head: nothing to answer.
-        Err(HeadError::Gone) => return,
-    };
-    let reply = match route(&head) {
-        Route::Metrics { head_only } => response(
-            "200 OK",
-            &[],
-            EXPOSITION,
-            metrics.render().as_bytes(),
-            head_only,
-        ),
-        Route::NotFound => response("404 Not Found", &[], TEXT, b"not found\n", false),
-        Route::MethodNotAllowed => response(
-            "405 Method Not Allowed",
-            &[("Allow", "GET, HEAD")],
-            TEXT,
-            b"method not allowed\n",
-            false,
-        ),
-        Route::BadRequest => response("400 Bad Request", &[], TEXT, b"bad request\n", false),
-    };
-    if stream.write_all(&reply).is_ok() {
-        close(stream);
-    }
-}
-
-/// Ends our side, then drains what the client still sends for a bounded time.
-fn close(mut stream: TcpStream) {
-    let _ = stream.flush();
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER;
-    let mut drained = 0;
-    let mut buf = [0u8; 4096];
-    while drained < LINGER_BYTES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => drained += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
-const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
-
-/// A complete response; `head_only` (for HEAD) keeps the body's length but leaves it out.
-fn response(
-    status: &str,
-    headers: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
-    head_only: bool,
-) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    head.push_str("Cache-Control: no-store\r\nConnection: close\r\n\r\n");
-    let mut out = head.into_bytes();
-    if !head_only {
-        out.extend_from_slice(body);
-    }
-    out
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum HeadError {
-    TooLarge,
-    Gone,
-}
-
-/// Reads until the blank line ending the request head. The whole head must arrive within
-/// `limits.timeout` and fit in `limits.max_head` bytes.
-fn read_head(stream: &mut TcpStream, limits: &HttpLimits) -> Result<Vec<u8>, HeadError> {
-    let deadline = Instant::now() + limits.timeout;
-    let mut buf = vec![0u8; limits.max_head];
-    let mut len = 0;
-    loop {
-        if let Some(end) = head_end(&buf[..len]) {
-            buf.truncate(end);
-            return Ok(buf);
-        }
-        if len == buf.len() {
-            return Err(HeadError::TooLarge);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return Err(HeadError::Gone);
-        }
-        match stream.read(&mut buf[len..]) {
-            Ok(0) => return Err(HeadError::Gone),
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(HeadError::Gone),
-        }
-    }
-}
-
-/// Where the head ends (after its empty line), if it is all there. Empty lines before the
-/// request line are skipped, as RFC 9112 allows; a bare LF counts as a line end.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    let mut line_start = start;
-    for (i, &b) in buf.iter().enumerate().skip(start) {
-        if b != b'\n' {
-            continue;
-        }
-        let line = &buf[line_start..i];
-        if line.is_empty() || line == b"\r" {
-            return Some(i + 1);
-        }
-        line_start = i + 1;
-    }
-    None
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics { head_only: bool },
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-/// Decides from the request line alone; the headers are not needed.
-fn route(head: &[u8]) -> Route {
-    let Some(line) = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .find(|l| !l.is_empty())
-    else {
-        return Route::BadRequest;
-    };
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Route::BadRequest;
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if method.is_empty() || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    if path != "/metrics" {
-        return Route::NotFound;
-    }
-    match method {
-        "GET" => Route::Metrics { head_only: false },
-        "HEAD" => Route::Metrics { head_only: true },
-        _ => Route::MethodNotAllowed,
+fn route(r: &Request, metrics: &Metrics) -> Response {
+    match (r.path, r.method) {
+        ("/metrics", "GET" | "HEAD") => Response::ok(EXPOSITION, metrics.render().into_bytes()),
+        ("/metrics", _) => Response::method_not_allowed("GET, HEAD"),
+        _ => Response::not_found(),
     }
 }
 
@@ -847,6 +543,26 @@ mod tests {
             }
         }
         sample_name
+    }
+
+    #[test]
+    fn routes() {
+        let m = Metrics::new();
+        let status = |method, path| {
+            let r = Request {
+                method,
+                path,
+                query: None,
+            };
+            route(&r, &m).status
+        };
+        assert_eq!(status("GET", "/metrics"), "200 OK");
+        assert_eq!(status("HEAD", "/metrics"), "200 OK");
+        assert_eq!(status("GET", "/"), "404 Not Found");
+        assert_eq!(status("GET", "/metrics/x"), "404 Not Found");
+        assert_eq!(status("POST", "/other"), "404 Not Found");
+        assert_eq!(status("POST", "/metrics"), "405 Method Not Allowed");
+        assert_eq!(status("get", "/metrics"), "405 Method Not Allowed");
     }
 
     #[test]
@@ -1091,127 +807,5 @@ mod tests {
         let mut out = String::new();
         family(&mut out, "x", "a \\ b \"c\"\nd", "gauge");
         assert_eq!(out, "# HELP x a \\\\ b \"c\"\\nd\n# TYPE x gauge\n");
-    }
-
-    #[test]
-    fn routes() {
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            route(b"HEAD /metrics HTTP/1.1\n\n"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"GET /metrics/x HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"POST /other HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(
-            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
-            Route::MethodNotAllowed
-        );
-        assert_eq!(
-            route(b"get /metrics HTTP/1.1\r\n\r\n"),
-            Route::MethodNotAllowed
-        );
-        assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"GET  /metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"GET /metrics HTTP/2.0\r\n\r\n"), Route::BadRequest);
-        assert_eq!(
-            route(b"GET http://x/metrics HTTP/1.1\r\n\r\n"),
-            Route::BadRequest
-        );
-        assert_eq!(route(b"GET /metrics HTTP/1.1 x\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"\xff /metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b""), Route::BadRequest);
-    }
-
-    #[test]
-    fn head_end_needs_the_empty_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\nbody"), Some(24));
-        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
-        assert_eq!(head_end(b"\r\n\r\n"), None);
-        assert_eq!(head_end(b""), None);
-    }
-
-    fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        // A refusing server may already have closed: read whatever came back.
-        let _ = s.write_all(request);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    #[test]
-    fn over_the_cap_gets_503_and_a_freed_slot_is_reused() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let limits = HttpLimits {
-            max_connections: 1,
-            timeout: Duration::from_millis(300),
-            max_head: 1024,
-        };
-        let addr = serve_with(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::new(Metrics::new()),
-            stop.clone(),
-            limits,
-        )
-        .unwrap();
-        // Holds the only slot until its head times out.
-        let mut idle = TcpStream::connect(addr).unwrap();
-        let started = Instant::now();
-        let mut refused = String::new();
-        while started.elapsed() < Duration::from_millis(250) {
-            refused = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
-            if refused.starts_with("HTTP/1.1 503 ") {
-                break;
-            }
-        }
-        assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
-        assert!(refused.contains("\r\nConnection: close\r\n"), "{refused}");
-        // The idle client is dropped after the timeout, and its slot comes back.
-        idle.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        assert_eq!(idle.read(&mut [0u8; 16]).unwrap(), 0);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let r = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
-            if r.starts_with("HTTP/1.1 200 ") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "slot never freed: {r}");
-            thread::sleep(Duration::from_millis(10));
-        }
-        shutdown(addr, &stop);
-    }
-
-    #[test]
-    fn an_oversized_head_gets_431() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let limits = HttpLimits {
-            max_head: 64,
-            ..HttpLimits::DEFAULT
-        };
-        let addr = serve_with(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::new(Metrics::new()),
-            stop.clone(),
-            limits,
-        )
-        .unwrap();
-        let mut req = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
-        req.extend(std::iter::repeat_n(b'a', 100));
-        req.extend_from_slice(b"\r\n\r\n");
-        let r = exchange(addr, &req);
-        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
-        shutdown(addr, &stop);
     }
 }
