@@ -444,6 +444,12 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// An echo endpoint on a free loopback port, with these limits.
+    fn echo_with(limits: HttpLimits, stop: &Arc<AtomicBool>) -> SocketAddr {
+        let any = "127.0.0.1:0".parse().unwrap();
+        serve_with(any, "test", echo(), stop.clone(), limits).unwrap()
+    }
+
     #[test]
     fn over_the_cap_gets_503_and_a_freed_slot_is_reused() {
         let stop = Arc::new(AtomicBool::new(false));
@@ -452,14 +458,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             max_head: 1024,
         };
-        let addr = serve_with(
-            "127.0.0.1:0".parse().unwrap(),
-            "test",
-            echo(),
-            stop.clone(),
-            limits,
-        )
-        .unwrap();
+        let addr = echo_with(limits, &stop);
         // Holds the only slot until its head times out.
         let mut idle = TcpStream::connect(addr).unwrap();
         let started = Instant::now();
@@ -495,14 +494,7 @@ mod tests {
             max_head: 64,
             ..HttpLimits::DEFAULT
         };
-        let addr = serve_with(
-            "127.0.0.1:0".parse().unwrap(),
-            "test",
-            echo(),
-            stop.clone(),
-            limits,
-        )
-        .unwrap();
+        let addr = echo_with(limits, &stop);
         let mut req = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
         req.extend(std::iter::repeat_n(b'a', 100));
         req.extend_from_slice(b"\r\n\r\n");
