@@ -139,6 +139,34 @@ pub enum Line<'a> {
     Eof,
 }
 
+/// Why the plain stream could not be taken out of a reader for a TLS handshake.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TakePlain {
+    /// The peer sent data after STARTTLS without waiting for its reply: plaintext that must
+    /// not be taken as coming over TLS (CVE-2011-0411).
+    ReadAhead,
+    /// Already TLS, or the socket could not be duplicated.
+    Unavailable,
+}
+
+impl LineReader<Stream> {
+    /// Takes the plain TCP stream out, for the one STARTTLS upgrade of either side: the reader
+    /// is left on a duplicate of the socket until the caller puts a TLS reader in its place.
+    pub fn take_plain(&mut self) -> Result<TcpStream, TakePlain> {
+        let dup = self
+            .inner
+            .tcp()
+            .try_clone()
+            .map_err(|_| TakePlain::Unavailable)?;
+        let reader = std::mem::replace(self, LineReader::new(Stream::Plain(dup), 0));
+        match reader.into_inner() {
+            Ok(Stream::Plain(tcp)) => Ok(tcp),
+            Ok(_) => Err(TakePlain::Unavailable),
+            Err(_) => Err(TakePlain::ReadAhead),
+        }
+    }
+}
+
 pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
@@ -236,6 +264,33 @@ impl<R: Read> LineReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connected pair on loopback: our reader's end and the peer's.
+    fn pair() -> (LineReader<Stream>, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        (LineReader::new(Stream::Plain(ours), 1024), peer)
+    }
+
+    #[test]
+    fn the_plain_stream_comes_out_for_tls_only_if_nothing_was_read_ahead() {
+        let (mut reader, mut peer) = pair();
+        peer.write_all(b"STARTTLS\r\n").unwrap();
+        assert!(matches!(reader.read_line(100), Ok(Line::Line(b"STARTTLS"))));
+        let mut tcp = reader.take_plain().expect("nothing read ahead");
+        // The socket itself came out: what the peer sends next arrives on it.
+        peer.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        tcp.read_exact(&mut one).unwrap();
+        assert_eq!(&one, b"x");
+        // Plaintext pipelined after STARTTLS is refused (CVE-2011-0411).
+        let (mut reader, mut peer) = pair();
+        peer.write_all(b"STARTTLS\r\nMAIL FROM:<a@b>\r\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(matches!(reader.read_line(100), Ok(Line::Line(b"STARTTLS"))));
+        assert_eq!(reader.take_plain().err(), Some(TakePlain::ReadAhead));
+    }
 
     /// A reader that hands out its input in small pieces, as a socket might.
     struct Trickle<'a>(&'a [u8], usize);

@@ -11,7 +11,7 @@ use super::route::{self, Candidate, Destination, RouteError};
 use super::sites::Feedback;
 use super::{Context, Job, RcptResult};
 use crate::config::{SmarthostTls, TlsOutbound};
-use crate::net::{Line, LineReader, Stream};
+use crate::net::{Line, LineReader, Stream, TakePlain};
 use crate::smtp::client::{self, Needs};
 use crate::smtp::data::DotStuffer;
 use crate::smtp::ehlo::Extensions;
@@ -337,20 +337,14 @@ impl Client {
 
     /// Wraps the connection in TLS; `name` is checked against the certificate when verifying.
     fn start_tls(&mut self, ctx: &Context, name: &str, verify: bool) -> Result<(), HostError> {
-        let placeholder = LineReader::new(
-            Stream::Plain(
-                self.reader
-                    .get_ref()
-                    .tcp()
-                    .try_clone()
-                    .map_err(|e| e.to_string())?,
-            ),
-            0,
-        );
-        let reader = std::mem::replace(&mut self.reader, placeholder);
-        let tcp = match reader.into_inner() {
-            Ok(Stream::Plain(tcp)) => tcp,
-            _ => return Err(format!("{} sent data before the TLS handshake", self.relay).into()),
+        let tcp = match self.reader.take_plain() {
+            Ok(tcp) => tcp,
+            Err(TakePlain::ReadAhead) => {
+                return Err(format!("{} sent data before the TLS handshake", self.relay).into());
+            }
+            Err(TakePlain::Unavailable) => {
+                return Err(format!("cannot start TLS with {}", self.relay).into());
+            }
         };
         let connector = ctx.tls.connector(verify).map_err(|e| HostError {
             reason: e,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Shared, reply_map};
 use crate::config::Role;
-use crate::net::{Line, LineReader, Stream};
+use crate::net::{Line, LineReader, Stream, TakePlain};
 use crate::smtp::data::DataReader;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::{Effect, Session, SessionConfig, Transaction};
@@ -274,15 +274,10 @@ fn handshake(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Option<(Stream, Str
 /// STARTTLS after its 220 went out. Anything the client sent after STARTTLS without waiting
 /// for the 220 is plaintext injected before the handshake (CVE-2011-0411): drop the client.
 fn starttls(conn: &mut Conn, shared: &Shared, ip: IpAddr) -> Option<String> {
-    let placeholder = LineReader::new(
-        Stream::Plain(conn.reader.get_ref().tcp().try_clone().ok()?),
-        0,
-    );
-    let reader = std::mem::replace(&mut conn.reader, placeholder);
-    let tcp = match reader.into_inner() {
-        Ok(Stream::Plain(tcp)) => tcp,
-        Ok(_) => return None,
-        Err(_) => {
+    let tcp = match conn.reader.take_plain() {
+        Ok(tcp) => tcp,
+        Err(TakePlain::Unavailable) => return None,
+        Err(TakePlain::ReadAhead) => {
             log::warn!("client [{ip}] pipelined commands after STARTTLS; disconnecting");
             return None;
         }
