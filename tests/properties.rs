@@ -134,7 +134,7 @@ proptest! {
                 }
                 Effect::StartTls => s.tls_started(),
                 Effect::Close => break,
-                Effect::None => {}
+                Effect::None | Effect::MailAccepted => {}
             }
             if let Some(tx) = s.transaction() {
                 prop_assert!(tx.recipients.len() <= 5);

@@ -250,7 +250,7 @@ impl Peer for Pure {
                 self.push(r);
             }
             self.state = match step.effect {
-                Effect::None => PureState::Commands,
+                Effect::None | Effect::MailAccepted => PureState::Commands,
                 Effect::BeginData => PureState::InData,
                 Effect::Close => PureState::Closed { eof_seen: false },
                 Effect::StartTls => return Err("STARTTLS cannot be scripted in transcripts".into()),

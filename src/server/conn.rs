@@ -89,10 +89,9 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                     return;
                 }
                 let in_auth = session.in_auth_exchange();
-                let had_transaction = session.transaction().is_some();
                 let step = session.feed(line);
-                if !had_transaction && session.transaction().is_some() {
-                    // MAIL accepted: a new message starts; hold it back while delivery lags.
+                if step.effect == Effect::MailAccepted {
+                    // A new message starts; hold it back while delivery lags.
                     if let Some(waited) = shared.services.in_flow.pace() {
                         shared.services.metrics.in_flow_delayed();
                         log::info!(
@@ -128,7 +127,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
             conn.reply(r);
         }
         match step.effect {
-            Effect::None => {}
+            Effect::None | Effect::MailAccepted => {}
             Effect::Close => {
                 let _ = conn.flush();
                 break;

@@ -35,6 +35,9 @@ pub struct SessionConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
+    /// MAIL accepted: a transaction starts. The driver may hold the reply back here while
+    /// delivery lags (in-flow control).
+    MailAccepted,
     /// Reply sent; now read the message with `smtp::data` and report with `data_done`.
     BeginData,
     /// Reply sent; close the connection.
@@ -406,7 +409,10 @@ impl Session {
             }
         }
         self.tx = Some(tx);
-        step(reply::sender_ok())
+        Step {
+            reply: Some(reply::sender_ok()),
+            effect: Effect::MailAccepted,
+        }
     }
 
     fn rcpt(&mut self, to: ForwardPath, params: Vec<Param>) -> Step {
@@ -464,5 +470,44 @@ fn step(reply: Reply) -> Step {
     Step {
         reply: Some(reply),
         effect: Effect::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_accepted_mail_says_a_transaction_started() {
+        let mut s = Session::new(SessionConfig {
+            hostname: "relay.test".into(),
+            max_message_size: 1000,
+            max_recipients: 10,
+            max_errors: 10,
+            relay_allowed: true,
+            postmaster: Mailbox::parse("postmaster@relay.test").unwrap(),
+            tls_available: false,
+            implicit_tls: false,
+            auth_available: false,
+            require_auth: false,
+            plaintext_auth: false,
+        });
+        let effect = |s: &mut Session, line: &str| s.feed(line.as_bytes()).effect;
+        assert_eq!(
+            effect(&mut s, "MAIL FROM:<a@b.test>"),
+            Effect::None,
+            "before EHLO"
+        );
+        assert_eq!(effect(&mut s, "EHLO client.test"), Effect::None);
+        let too_big = "MAIL FROM:<a@b.test> SIZE=5000";
+        assert_eq!(effect(&mut s, too_big), Effect::None);
+        assert_eq!(effect(&mut s, "MAIL FROM:<a@b.test>"), Effect::MailAccepted);
+        assert_eq!(
+            effect(&mut s, "MAIL FROM:<a@b.test>"),
+            Effect::None,
+            "nested"
+        );
+        assert_eq!(effect(&mut s, "RSET"), Effect::None);
+        assert_eq!(effect(&mut s, "MAIL FROM:<>"), Effect::MailAccepted);
     }
 }
