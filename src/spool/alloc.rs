@@ -55,9 +55,9 @@ pub struct Alloc {
     pub free_cells: Vec<u32>,
     /// Cells so far (the next new cell's number).
     pub cells: u64,
-    /// Free cells whose header on disk may still say live, and since when they are free
-    /// (marked and cut back by `mark_freed_cells` unless reused first).
-    pub unmarked: HashMap<u32, Instant>,
+    /// Cells freed lately (marked free if they are not yet, and cut back, by
+    /// `mark_freed_cells`, unless reused first).
+    pub freed: HashMap<u32, Freed>,
     /// How far into each cell something was written (what its blocks may cover), and the
     /// sum: see `CELL_BYTES`.
     pub extents: Vec<u32>,
@@ -69,6 +69,12 @@ pub struct Alloc {
     pub free_bytes: u64,
     /// The next slot file number to try.
     pub next: u32,
+}
+
+/// A cell freed lately: since when, and whether its free mark is on disk yet.
+pub struct Freed {
+    at: Instant,
+    marked: bool,
 }
 
 /// A free slot file's number and, for the first few, the file kept open.
@@ -95,7 +101,7 @@ impl Alloc {
         Alloc {
             free_cells: Vec::new(),
             cells: existing,
-            unmarked: HashMap::new(),
+            freed: HashMap::new(),
             // Not known: assume the worst.
             extents: vec![CELL as u32; existing as usize],
             extent_total: existing * CELL,
@@ -120,7 +126,7 @@ impl Spool {
     pub(super) fn take_cell(&self) -> Option<u32> {
         let mut a = self.alloc();
         if let Some(k) = a.free_cells.pop() {
-            a.unmarked.remove(&k);
+            a.freed.remove(&k);
             return Some(k);
         }
         (a.cells < self.keep.cells).then(|| {
@@ -287,13 +293,11 @@ impl Spool {
     /// overwrites it.
     pub(super) fn free_cell(&self, k: u32, mark_now: bool) {
         let mut a = self.alloc();
-        if (mark_now || self.marks_at_once.load(Ordering::SeqCst))
-            && let Err(e) = self.mark_cell_free(k)
-        {
-            log::warn!("spool: cannot mark cell {k} free: {e}");
-        }
+        let marked =
+            (mark_now || self.marks_at_once.load(Ordering::SeqCst)) && self.mark_free_or_warn(k);
         // Marked or not, it may be cut back later if it stays free.
-        a.unmarked.insert(k, Instant::now());
+        let at = Instant::now();
+        a.freed.insert(k, Freed { at, marked });
         a.free_cells.push(k);
     }
 
@@ -303,6 +307,17 @@ impl Spool {
         let mut a = self.alloc();
         cells.append(&mut a.free_cells);
         a.free_cells = cells;
+    }
+
+    /// Marks cell `k` free on disk; false (and a warning) if that failed.
+    fn mark_free_or_warn(&self, k: u32) -> bool {
+        match self.mark_cell_free(k) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("spool: cannot mark cell {k} free: {e}");
+                false
+            }
+        }
     }
 
     /// Marks cell `k` free on disk (unsynced).
@@ -320,18 +335,18 @@ impl Spool {
         let mut a = self.alloc();
         let mut next: Option<Duration> = None;
         let mut due = Vec::new();
-        a.unmarked.retain(|&k, freed| {
-            let waited = freed.elapsed();
+        a.freed.retain(|&k, freed| {
+            let waited = freed.at.elapsed();
             if waited < after {
                 next = Some(next.map_or(after - waited, |n| n.min(after - waited)));
                 return true;
             }
-            due.push(k);
+            due.push((k, freed.marked));
             false
         });
-        for k in due {
-            if let Err(e) = self.mark_cell_free(k) {
-                log::warn!("spool: cannot mark cell {k} free: {e}");
+        for (k, marked) in due {
+            if !marked {
+                self.mark_free_or_warn(k);
             }
             self.trim_cell(&mut a, k);
         }

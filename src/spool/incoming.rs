@@ -165,7 +165,7 @@ impl Spool {
             && place(SlotRef::Cell(0)).layout.end() <= CELL;
         if fits && let Some(k) = self.take_cell() {
             incoming.pending[..HEADER_LEN].copy_from_slice(&header);
-            let written = self.write_cell(k, 0, &incoming.pending);
+            let written = self.write_cell(k, &incoming.pending);
             self.alloc().extend_cell(k, incoming.pending.len() as u64);
             if written.is_err() {
                 // The message may have reached the disk all the same: freed like a delivered one.

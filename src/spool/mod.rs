@@ -176,18 +176,13 @@ impl Spool {
     /// message `id`.
     pub fn load(&self, place: Place, id: &str) -> io::Result<(Envelope, u32)> {
         let stored = self.open_message(place)?;
-        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
-        let mut head = [0u8; HEADER_LEN];
-        slot::read_full_at(&stored.file, &mut head, stored.base)?;
-        let header = slot::Header::parse(&head)
-            .filter(|h| h.state == slot::State::Live && h.id == id)
-            .ok_or_else(|| bad("the slot no longer holds this message"))?;
-        let mut env = vec![0u8; header.env_len as usize];
-        let at = stored.base + HEADER_LEN as u64 + header.msg_len;
-        if slot::read_full_at(&stored.file, &mut env, at)? < env.len() {
-            return Err(bad("the slot is shorter than its header says"));
-        }
-        let mut env = Envelope::decode(&env).map_err(|e| bad(&e.0))?;
+        let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+        let room = matches!(place.slot, SlotRef::Cell(_)).then_some(CELL);
+        let mut env = match slot::read(&stored.file, stored.base, room, false)? {
+            slot::Content::Live(env, _) if env.id == id => env,
+            slot::Content::Damaged(why) => return Err(bad(why)),
+            _ => return Err(bad("the slot no longer holds this message".into())),
+        };
         let seq = read_state(&stored.file, stored.base, place.layout, &mut env)?;
         Ok((env, seq))
     }
@@ -195,29 +190,17 @@ impl Spool {
     /// Records the message's retry state in place as record `seq` (one more than the last),
     /// synced: after this, recovery finds `env` as it is now.
     pub fn record(&self, place: Place, seq: u32, env: &Envelope) -> io::Result<()> {
-        let bytes = Record::of(env, seq).encode(&env.id);
-        debug_assert!(bytes.len() <= place.layout.record_len());
-        let offset = place.layout.offset(seq);
-        match place.slot {
-            SlotRef::Cell(k) => {
-                self.write_cell(k, offset, &bytes)?;
-                self.alloc().extend_cell(k, offset + bytes.len() as u64);
-                Ok(())
-            }
-            SlotRef::File(n) => {
-                let file = self.open_slot(n)?;
-                file.write_all_at(&bytes, offset)?;
-                file.sync_data()
-            }
-        }
+        let mut batch = self.batch();
+        batch.record(place, seq, env)?;
+        batch.finish()
     }
 
-    /// Writes `bytes` at `offset` into cell `k` and syncs them, through a descriptor of the
-    /// cells file of this write's own (see `cell_writers`).
-    fn write_cell(&self, k: u32, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    /// Writes a whole slot into cell `k` and syncs it, through a descriptor of the cells file
+    /// of this write's own (see `cell_writers`).
+    fn write_cell(&self, k: u32, slot: &[u8]) -> io::Result<()> {
         let fd = self.take_writer()?;
         let written = fd
-            .write_all_at(bytes, k as u64 * CELL + offset)
+            .write_all_at(slot, k as u64 * CELL)
             .and_then(|()| fd.sync_data());
         self.put_writer(fd);
         written
@@ -264,22 +247,20 @@ impl Spool {
     /// loss). The mark is written at once, so a crash of the process alone repeats nothing;
     /// see `remove_soon` for the hot path.
     pub fn remove(&self, place: Place) -> io::Result<()> {
-        match place.slot {
-            SlotRef::Cell(k) => {
-                self.free_cell(k, true);
-                Ok(())
-            }
-            SlotRef::File(n) => self.free_slot_file(n),
-        }
+        self.free(place, true)
     }
 
     /// As `remove`, but a cell's free mark waits a moment (see `MARK_FREED_AFTER`): a cell
     /// reused by then needs no mark at all. For messages delivered on their first attempt,
     /// at full speed; a crash within that moment delivers them again.
     pub fn remove_soon(&self, place: Place) -> io::Result<()> {
+        self.free(place, false)
+    }
+
+    fn free(&self, place: Place, mark_now: bool) -> io::Result<()> {
         match place.slot {
             SlotRef::Cell(k) => {
-                self.free_cell(k, false);
+                self.free_cell(k, mark_now);
                 Ok(())
             }
             SlotRef::File(n) => self.free_slot_file(n),
@@ -355,14 +336,20 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Records the message's state as `Spool::record` does, unsynced for a cell (a slot file
-    /// is synced at once: those are few).
+    /// Records the message's state in place as record `seq` (one more than the last):
+    /// unsynced for a cell until `finish`; a slot file is synced at once (those are few).
     pub fn record(&mut self, place: Place, seq: u32, env: &Envelope) -> io::Result<()> {
-        let SlotRef::Cell(k) = place.slot else {
-            return self.spool.record(place, seq, env);
-        };
         let bytes = Record::of(env, seq).encode(&env.id);
+        debug_assert!(bytes.len() <= place.layout.record_len());
         let offset = place.layout.offset(seq);
+        let k = match place.slot {
+            SlotRef::Cell(k) => k,
+            SlotRef::File(n) => {
+                let file = self.spool.open_slot(n)?;
+                file.write_all_at(&bytes, offset)?;
+                return file.sync_data();
+            }
+        };
         let fd = match &self.cells {
             Some(fd) => fd,
             None => self.cells.insert(self.spool.take_writer()?),
@@ -402,9 +389,14 @@ impl Place {
     fn new(slot: SlotRef, msg_len: u64, env_len: u64, rcpts: usize) -> Place {
         Place {
             slot,
-            layout: Layout::new(HEADER_LEN as u64 + msg_len + env_len, rcpts),
+            layout: layout(msg_len, env_len, rcpts),
         }
     }
+}
+
+/// Where the state records of a slot with this message, envelope and recipients are.
+fn layout(msg_len: u64, env_len: u64, rcpts: usize) -> Layout {
+    Layout::new(HEADER_LEN as u64 + msg_len + env_len, rcpts)
 }
 
 /// A place for tests of code that only passes places around.

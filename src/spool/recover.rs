@@ -13,7 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::alloc::Slot;
-use super::{CELL, CELLS_FILE, Envelope, Place, SlotRef, Spool, fsio, id, read_state, slot};
+use super::{
+    CELL, CELLS_FILE, Envelope, Place, SlotRef, Spool, fsio, id, layout, read_state, slot,
+};
 
 /// What recovery found in `queue/` at start, to be scanned.
 pub struct Recovery {
@@ -27,8 +29,6 @@ pub struct Recovery {
 pub struct Found {
     pub env: Envelope,
     pub place: Place,
-    /// The number of its newest state record (0: none).
-    pub seq: u32,
 }
 
 /// Where a queued message's slot is, for readers without the daemon (`queue show`).
@@ -170,7 +170,7 @@ impl Recovery {
             }
         }
         let id = env.id.clone();
-        if found(Found { env, place, seq }) {
+        if found(Found { env, place }) {
             return Ok(Some(true));
         }
         let name = match place.slot {
@@ -220,7 +220,7 @@ pub fn list_each(queue: &Path, mut each: impl FnMut(Location, Envelope)) -> io::
         let Ok(slot::Content::Live(mut env, env_len)) = slot::read(file, base, room, false) else {
             return;
         };
-        let layout = Place::new(SlotRef::File(0), env.size, env_len, env.recipients.len()).layout;
+        let layout = layout(env.size, env_len, env.recipients.len());
         if read_state(file, base, layout, &mut env).is_err() {
             return;
         }

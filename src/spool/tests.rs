@@ -378,7 +378,7 @@ fn a_cell_whose_commit_failed_is_reused() {
     e.size = 4;
     assert!(spool.commit(inc, &e).is_err());
     assert_eq!(spool.alloc().free_cells, [0]);
-    assert!(spool.alloc().unmarked.contains_key(&0));
+    assert!(spool.alloc().freed.contains_key(&0));
     fs::rename(root.join("away"), root.join("queue")).unwrap();
     let (next, place) = commit(&spool, b"next");
     assert_eq!(place.slot, SlotRef::Cell(0));
