@@ -193,7 +193,7 @@ impl Sites {
         if state.busy >= self.cfg.workers {
             return Some(job);
         }
-        let limit = self.limit(&state, &job.site, false);
+        let limit = self.limit(&state, &job.site, false, now);
         let site = state
             .sites
             .entry(job.site.clone())
@@ -201,7 +201,10 @@ impl Sites {
         if !site.queue.is_empty() || !self.may_start(site, limit, now) {
             return Some(job);
         }
-        self.start(&mut state, job);
+        if !site.is_active() {
+            state.active += 1;
+        }
+        self.send(&mut state, job, now);
         None
     }
 
@@ -296,9 +299,9 @@ impl Sites {
         }
     }
 
-    /// Takes the message's jobs that no worker has started out of their queues; returns
-    /// them. For deletion, hold and expiry of a message whose jobs wait.
-    pub fn withdraw(&self, id: &str) -> Vec<Job> {
+    /// Takes the jobs no worker has started that `mine` picks out of their queues, in one
+    /// pass; returns them. For deletion, hold and expiry of messages whose jobs wait.
+    pub fn withdraw(&self, mine: impl Fn(&Job) -> bool) -> Vec<Job> {
         let mut state = self.lock();
         let mut out = Vec::new();
         let keys: Vec<String> = state.turn.iter().cloned().collect();
@@ -307,7 +310,7 @@ impl Sites {
                 continue;
             };
             let (mine, rest): (VecDeque<Job>, VecDeque<Job>) =
-                site.queue.drain(..).partition(|j| j.id == id);
+                site.queue.drain(..).partition(|j| mine(j));
             site.queue = rest;
             let idle = !site.is_active();
             if !mine.is_empty() && idle {
@@ -354,13 +357,12 @@ impl Sites {
     }
 
     /// Drops what is known about sites with nothing queued or in flight, but the dead ones
-    /// (called now and then, so the table does not grow with every domain ever seen).
+    /// (called now and then, so the table does not grow with every domain ever seen; a site
+    /// that pushed back starts low again anyway).
     pub fn forget_idle(&self) {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        state
-            .sites
-            .retain(|_, s| s.is_active() || s.dead(now) || s.window < INITIAL_WINDOW);
+        state.sites.retain(|_, s| s.is_active() || s.dead(now));
     }
 
     fn take_turn(state: &mut State, key: &str) {
@@ -375,7 +377,7 @@ impl Sites {
     /// The most deliveries in flight the site may have now: its window, and its share of the
     /// pool among the sites with work (`strict`: rounded down, so that every site gets its
     /// share before any gets more).
-    fn limit(&self, state: &State, key: &str, strict: bool) -> usize {
+    fn limit(&self, state: &State, key: &str, strict: bool, now: u64) -> usize {
         let site = state.sites.get(key);
         let window = site.map_or(INITIAL_WINDOW, |s| s.window);
         let active = state.active + usize::from(!site.is_some_and(Site::is_active));
@@ -383,7 +385,7 @@ impl Sites {
             true => self.cfg.workers / active.max(1),
             false => self.cfg.workers.div_ceil(active.max(1)),
         };
-        if site.is_some_and(|s| s.slow(self.clock.now_ms())) {
+        if site.is_some_and(|s| s.slow(now)) {
             share = share.min(self.cfg.workers / 4);
         }
         (window.floor() as usize)
@@ -417,24 +419,16 @@ impl Sites {
         true
     }
 
-    fn start(&self, state: &mut State, job: Job) {
-        let now = self.clock.now_ms();
+    /// Hands `job` to a worker: in flight at its site (counted as active already) from now.
+    /// Room is guaranteed: the channel holds at most `workers` jobs and `busy` counts them.
+    fn send(&self, state: &mut State, mut job: Job, now: u64) {
         let site = state.sites.get_mut(&job.site).expect("site of the job");
-        let was_active = site.is_active();
         if site.in_flight == 0 {
             site.progress = now;
         }
         site.in_flight += 1;
-        if !was_active {
-            state.active += 1;
-        }
         state.busy += 1;
-        self.send(state, job);
-    }
-
-    /// Room is guaranteed: the channel holds at most `workers` jobs and `busy` counts them.
-    fn send(&self, state: &mut State, mut job: Job) {
-        job.started = self.clock.now_ms();
+        job.started = now;
         if let Some(job) = self.jobs.try_send(job) {
             log::error!("{}: the job queue is full; deferring", job.id);
             state.busy -= 1;
@@ -461,7 +455,7 @@ impl Sites {
             let Some(key) = state.turn.pop_front() else {
                 break;
             };
-            let limit = self.limit(state, &key, strict);
+            let limit = self.limit(state, &key, strict, now);
             let Some(site) = state.sites.get_mut(&key) else {
                 continue;
             };
@@ -478,16 +472,11 @@ impl Sites {
             // A job handed out ends a site's turn; it has another if more wait.
             let more = !site.queue.is_empty();
             site.in_turn = more;
-            if site.in_flight == 0 {
-                site.progress = now;
-            }
-            site.in_flight += 1;
-            state.busy += 1;
             if more {
                 state.turn.push_back(key);
             }
             passed = 0;
-            self.send(state, job);
+            self.send(state, job, now);
         }
     }
 
@@ -735,6 +724,39 @@ mod tests {
         assert_eq!(count(&probe, "dead"), 1);
         b.sites.done(&probe[0], Feedback::Reached, "", None);
         assert_eq!(count(&b.handed(), "dead"), 2, "alive again");
+    }
+
+    #[test]
+    fn a_failed_probe_doubles_the_dead_time_and_idle_sites_are_forgotten() {
+        let b = bench(1, 20, None);
+        let die = |b: &Bench| {
+            let j = b.handed().pop().expect("a job");
+            b.sites.done(&j, Feedback::Unreachable, "refused", None);
+        };
+        assert!(b.sites.queue(jobs(0, 1, "dead")).is_empty());
+        die(&b);
+        assert!(b.sites.queue(jobs(1, 1, "dead")).is_empty());
+        die(&b);
+        assert_eq!(b.sites.queue(jobs(2, 1, "dead")).len(), 1, "dead for 60 s");
+        // Forgetting idle sites keeps a dead one dead.
+        b.sites.forget_idle();
+        assert_eq!(b.sites.queue(jobs(3, 1, "dead")).len(), 1);
+        b.clock.advance(61_000);
+        assert!(b.sites.queue(jobs(4, 1, "dead")).is_empty(), "probed");
+        die(&b);
+        b.clock.advance(61_000);
+        assert_eq!(b.sites.queue(jobs(5, 1, "dead")).len(), 1, "now for 120 s");
+        b.clock.advance(60_000);
+        assert!(b.sites.queue(jobs(6, 1, "dead")).is_empty());
+        // A site that delivered and has nothing left is forgotten.
+        let j = b.handed().pop().unwrap();
+        b.sites.done(&j, Feedback::Reached, "", None);
+        assert!(b.sites.queue(jobs(7, 1, "quick")).is_empty());
+        let j = b.handed().pop().unwrap();
+        b.sites.done(&j, Feedback::Reached, "", None);
+        assert_eq!(b.sites.lock().sites.len(), 2);
+        b.sites.forget_idle();
+        assert!(b.sites.lock().sites.is_empty());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! and the reporter writes its log line, counts its metric and emits its JSON event. A
 //! webhook sender will plug in here.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Events, V, rfc3339};
+use crate::delivery::clock::now_ms;
 use crate::delivery::scheduler::human;
 use crate::metrics::RejectReason;
 use crate::smtp::reply::Reply;
@@ -155,11 +156,7 @@ impl Events {
                 tls,
                 received,
             } => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64;
-                let delay_s = now.saturating_sub(received) as f64 / 1000.0;
+                let delay_s = now_ms().saturating_sub(received) as f64 / 1000.0;
                 log::info!(
                     "{id}: delivered to=<{recipient}> relay={relay}{} reply=\"{reply}\"",
                     if tls { " tls" } else { "" }

@@ -172,8 +172,9 @@ impl Spool {
     }
 
     /// The message at `place` as it stands: its envelope with the newest state record
-    /// applied, and that record's number (0: none yet). Fails if the slot does not hold
-    /// message `id`.
+    /// applied, and that record's number (0: none yet). Fails with `NotFound` if the slot
+    /// does not hold message `id` (free, or another message's), `InvalidData` if it is
+    /// damaged.
     pub fn load(&self, place: Place, id: &str) -> io::Result<(Envelope, u32)> {
         let stored = self.open_message(place)?;
         let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
@@ -181,7 +182,10 @@ impl Spool {
         let mut env = match slot::read(&stored.file, stored.base, room, false)? {
             slot::Content::Live(env, _) if env.id == id => env,
             slot::Content::Damaged(why) => return Err(bad(why)),
-            _ => return Err(bad("the slot no longer holds this message".into())),
+            _ => {
+                let why = "the slot no longer holds this message";
+                return Err(io::Error::new(io::ErrorKind::NotFound, why));
+            }
         };
         let seq = read_state(&stored.file, stored.base, place.layout, &mut env)?;
         Ok((env, seq))
@@ -397,6 +401,20 @@ impl Place {
 /// Where the state records of a slot with this message, envelope and recipients are.
 fn layout(msg_len: u64, env_len: u64, rcpts: usize) -> Layout {
     Layout::new(HEADER_LEN as u64 + msg_len + env_len, rcpts)
+}
+
+#[cfg(test)]
+impl Spool {
+    /// Makes the slot's header name another message than its envelope does: damaged.
+    pub fn damage_for_tests(&self, place: Place) {
+        let other = b"0000000000000000-0000";
+        let at = slot::STATE_AT + 2;
+        match place.slot {
+            SlotRef::Cell(k) => self.cells.write_all_at(other, k as u64 * CELL + at),
+            SlotRef::File(n) => self.open_slot(n).unwrap().write_all_at(other, at),
+        }
+        .unwrap();
+    }
 }
 
 /// A place for tests of code that only passes places around.

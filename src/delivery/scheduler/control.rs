@@ -84,7 +84,8 @@ impl Scheduler {
                 if record.holder == Holder::Direct && !self.adopt(id) {
                     return false;
                 }
-                let jobs = self.s.sites.withdraw(&id.to_string());
+                let text = id.to_string();
+                let jobs = self.s.sites.withdraw(|j| j.id == text);
                 let entry = self.active.get_mut(&id).expect("active");
                 entry.env.held = true;
                 entry.in_flight -= jobs.len().min(entry.in_flight);
@@ -175,7 +176,7 @@ impl Scheduler {
             }
             return true;
         };
-        let withdrawn = self.s.sites.withdraw(&text).len();
+        let withdrawn = self.s.sites.withdraw(|j| j.id == text).len();
         entry.in_flight -= withdrawn.min(entry.in_flight);
         let removed = if entry.in_flight > 0 {
             // A worker may be sending the body right now: delete, don't recycle.

@@ -15,7 +15,7 @@ mod outcome;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -288,7 +288,15 @@ impl Scheduler {
         false
     }
 
+    /// A due message that could not be loaded: a damaged slot is quarantined; one that no
+    /// longer holds it (free, or another message's) is left alone, and the message is gone;
+    /// anything else is tried again later.
     fn unreadable(&mut self, id: MsgId, place: Place, e: io::Error) {
+        if e.kind() == io::ErrorKind::NotFound {
+            log::error!("{id}: lost from the queue: {e}");
+            self.s.ledger.remove(id);
+            return;
+        }
         if e.kind() == io::ErrorKind::InvalidData {
             let why = format!("cannot read the queued message: {e}");
             if let Err(e) = self.s.spool.quarantine(place, &id.to_string(), &why) {
@@ -344,16 +352,17 @@ impl Scheduler {
     /// throttled one): the jobs are taken back and the message expires.
     fn expire_waiting_jobs(&mut self, now: u64) {
         let lifetime = self.cfg.max_queue_lifetime;
-        let overdue: Vec<MsgId> = self
+        let overdue: HashSet<String> = self
             .active
-            .iter()
-            .filter(|(_, e)| super::retry::expired(e.env.received, now, lifetime))
-            .map(|(id, _)| *id)
+            .values()
+            .filter(|e| super::retry::expired(e.env.received, now, lifetime))
+            .map(|e| e.env.id.clone())
             .collect();
-        for id in overdue {
-            for job in self.s.sites.withdraw(&id.to_string()) {
-                self.apply(deferred_outcome(&job, "still waiting for its destination"));
-            }
+        if overdue.is_empty() {
+            return;
+        }
+        for job in self.s.sites.withdraw(|j| overdue.contains(&j.id)) {
+            self.apply(deferred_outcome(&job, "still waiting for its destination"));
         }
     }
 }
