@@ -3,11 +3,12 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Command, Output};
 
 use support::sink::Script;
-use support::{Client, Relay, TempDir, WAIT, delivered, queue_id, sink_on, submit, wait_until};
+use support::{
+    Client, Relay, TempDir, WAIT, delivered, free_port, queue_id, sink_on, submit, wait_until,
+};
 
 const MSG: &[u8] =
     b"From: a@client.test\r\nSubject: queued thing\r\nMessage-ID: <m1@client.test>\r\n\r\nbody\r\n";
@@ -26,18 +27,9 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A port on 127.0.0.17 with nothing listening (yet).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.17:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn queue_commands_against_a_live_daemon() {
-    let port = free_port();
+    let port = free_port("127.0.0.17");
     let spool = TempDir::new("queuecmd");
     let hop = format!("127.0.0.17:{port}");
     let mut relay = Relay::start(
@@ -152,7 +144,7 @@ fn queue_commands_against_a_live_daemon() {
 
 #[test]
 fn sigusr1_retries_the_queue_now() {
-    let port = free_port();
+    let port = free_port("127.0.0.17");
     let spool = TempDir::new("usr1");
     let relay = Relay::start(
         spool.path(),
@@ -243,7 +235,7 @@ fn event_log_has_every_event_type_with_its_fields() {
         MSG,
     ));
     // deleted: a message held back and removed by the operator.
-    let port = free_port();
+    let port = free_port("127.0.0.17");
     let spool2 = TempDir::new("events-deleted");
     let relay2 = Relay::start(
         spool2.path(),

@@ -5,22 +5,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::sink::{Script, Sink};
-use support::{Relay, TempDir, sink_on, submit};
-
-/// A port on `ip` with nothing listening (yet).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{Relay, TempDir, free_port, sink_on, submit};
 
 fn flush(spool: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_mxrelay"))
@@ -235,4 +225,28 @@ fn smarthosts_are_tried_in_order_and_a_dead_one_is_skipped_for_a_while() {
     submit_many(&relay, 2, 1, "b@example.test", "g");
     sink.wait_for(7, Duration::from_secs(20));
     assert!(busy.messages().is_empty());
+}
+
+#[test]
+fn a_connection_carries_at_most_its_share_of_messages() {
+    let sink = sink_on("127.0.0.1", 0, Script::default());
+    let spool = TempDir::new("per-connection");
+    let relay = Relay::via(
+        &sink,
+        spool.path(),
+        &["--workers", "1", "--dest-messages-per-connection", "2"],
+    );
+    // One at a time, so that the one worker's kept connection carries the next.
+    for i in 0..5 {
+        let body = format!("Subject: c{i}\r\n\r\nx\r\n");
+        submit(
+            relay.addr,
+            "a@client.test",
+            &["b@example.test"],
+            body.as_bytes(),
+        );
+        sink.wait_for(i + 1, Duration::from_secs(20));
+    }
+    // Five messages, two to a connection.
+    assert_eq!(sink.connections(), 3);
 }

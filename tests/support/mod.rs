@@ -306,6 +306,15 @@ pub fn queue_id(reply: &str) -> String {
     reply.rsplit(' ').next().unwrap().to_string()
 }
 
+/// A port on `ip` with nothing listening (yet).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A sink on `ip` with a free port, retrying ports already taken there.
 pub fn sink_on(ip: &str, port: u16, script: sink::Script) -> sink::Sink {
     sink::Sink::start(ip, port, script).unwrap_or_else(|e| panic!("sink on {ip}:{port}: {e}"))
