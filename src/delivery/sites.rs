@@ -351,6 +351,7 @@ impl Sites {
     }
 
     /// Jobs queued at their sites, not yet handed to a worker.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         let state = self.lock();
         state.sites.values().map(|s| s.queue.len()).sum()
