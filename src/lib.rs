@@ -20,3 +20,4 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod transform;

@@ -35,7 +35,7 @@
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
 //!
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
-//! `other` (see [`RejectReason`]). Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
+//! `other` (see [`Refusal`]). Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
 //! plus `+Inf`.
 //!
 //! # HTTP endpoint
@@ -51,54 +51,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use crate::http::{self, Request, Response};
+use crate::smtp::session::Refusal;
 
 /// Upper bounds (seconds, inclusive) of the delivery latency histogram buckets; `+Inf` follows.
 pub const LATENCY_BUCKETS: [f64; 11] = [
     0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
 ];
-
-/// Why a message (or its transaction) was refused; the `reason` label of
-/// `mxrelay_messages_rejected_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    RelayDenied,
-    Size,
-    Hops,
-    Auth,
-    Syntax,
-    TooManyErrors,
-    Other,
-}
-
-impl RejectReason {
-    /// Every reason, in the order they are rendered.
-    pub const ALL: [RejectReason; 7] = [
-        RejectReason::RelayDenied,
-        RejectReason::Size,
-        RejectReason::Hops,
-        RejectReason::Auth,
-        RejectReason::Syntax,
-        RejectReason::TooManyErrors,
-        RejectReason::Other,
-    ];
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectReason::RelayDenied => "relay_denied",
-            RejectReason::Size => "size",
-            RejectReason::Hops => "hops",
-            RejectReason::Auth => "auth",
-            RejectReason::Syntax => "syntax",
-            RejectReason::TooManyErrors => "too_many_errors",
-            RejectReason::Other => "other",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// All counters and gauges; one instance shared by everything (`Arc<Metrics>`). Updating is
 /// one atomic operation (`Relaxed`), never a lock.
@@ -108,7 +66,7 @@ pub struct Metrics {
     in_flow_delays: AtomicU64,
     messages_received: AtomicU64,
     received_bytes: AtomicU64,
-    rejected: [AtomicU64; RejectReason::ALL.len()],
+    rejected: [AtomicU64; Refusal::ALL.len()],
     recipients_delivered: AtomicU64,
     recipients_deferred: AtomicU64,
     recipients_bounced: AtomicU64,
@@ -180,7 +138,7 @@ impl Metrics {
             in_flow_delays: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
-            rejected: [const { AtomicU64::new(0) }; RejectReason::ALL.len()],
+            rejected: [const { AtomicU64::new(0) }; Refusal::ALL.len()],
             recipients_delivered: AtomicU64::new(0),
             recipients_deferred: AtomicU64::new(0),
             recipients_bounced: AtomicU64::new(0),
@@ -218,8 +176,8 @@ impl Metrics {
         bump(&self.received_bytes, bytes);
     }
 
-    pub fn message_rejected(&self, reason: RejectReason) {
-        bump(&self.rejected[reason.index()], 1);
+    pub fn message_rejected(&self, reason: Refusal) {
+        bump(&self.rejected[reason as usize], 1);
     }
 
     /// One recipient delivered.
@@ -332,8 +290,8 @@ impl Metrics {
             "Messages or transactions refused, by reason.",
             "counter",
         );
-        for reason in RejectReason::ALL {
-            let value = load(&self.rejected[reason.index()]);
+        for reason in Refusal::ALL {
+            let value = load(&self.rejected[reason as usize]);
             sample(&mut out, name, &[("reason", reason.label())], value);
         }
 
@@ -568,7 +526,7 @@ mod tests {
     #[test]
     fn every_family_has_help_then_type_and_contiguous_samples() {
         let m = Metrics::new();
-        m.message_rejected(RejectReason::Size);
+        m.message_rejected(Refusal::Size);
         let text = m.render();
         assert!(text.ends_with('\n'));
         let mut declared: Vec<(String, String)> = Vec::new();
@@ -653,9 +611,9 @@ mod tests {
         m.in_flow_delayed();
         m.message_received(100);
         m.message_received(23);
-        m.message_rejected(RejectReason::RelayDenied);
-        m.message_rejected(RejectReason::TooManyErrors);
-        m.message_rejected(RejectReason::TooManyErrors);
+        m.message_rejected(Refusal::RelayDenied);
+        m.message_rejected(Refusal::TooManyErrors);
+        m.message_rejected(Refusal::TooManyErrors);
         m.recipient_delivered();
         m.recipient_deferred();
         m.recipient_deferred();

@@ -241,7 +241,7 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         if !holds_it()? {
             return Err(gone());
         }
-        let h = spool::slot::read_message_headers(&f, slot.base, env.size, 65536)?;
+        let h = spool::slot::read_message_headers(&f, slot.base, (env.size, env.head), 65536)?;
         if holds_it()? { Ok(h) } else { Err(gone()) }
     });
     match headers {

@@ -229,6 +229,7 @@ impl Relay {
                 in_flow,
                 metrics,
                 events,
+                transforms: crate::transform::Transforms::new(Vec::new(), 256 * 1024),
             },
         )?;
         if let Some(t) = &tls {

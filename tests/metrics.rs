@@ -11,7 +11,8 @@ use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mxrelay::metrics::{self, Metrics, RejectReason};
+use mxrelay::metrics::{self, Metrics};
+use mxrelay::smtp::session::Refusal;
 
 /// A running endpoint, stopped when dropped.
 struct Endpoint {
@@ -105,9 +106,9 @@ fn a_scrape_shows_what_was_counted() {
     m.connection_accepted();
     m.connection_accepted();
     m.message_received(1000);
-    m.message_rejected(RejectReason::Size);
-    m.message_rejected(RejectReason::RelayDenied);
-    m.message_rejected(RejectReason::RelayDenied);
+    m.message_rejected(Refusal::Size);
+    m.message_rejected(Refusal::RelayDenied);
+    m.message_rejected(Refusal::RelayDenied);
     m.recipient_delivered();
     m.bytes_delivered(1000);
     m.observe_delivery_latency(0.3);
@@ -260,7 +261,7 @@ fn promtool_accepts_the_output() {
     m.connection_accepted();
     m.connection_refused();
     m.message_received(512);
-    for reason in RejectReason::ALL {
+    for reason in Refusal::ALL {
         m.message_rejected(reason);
     }
     m.recipient_delivered();

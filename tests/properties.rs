@@ -13,6 +13,7 @@ fn session(relay_allowed: bool, auth: bool) -> Session {
     Session::new(SessionConfig {
         hostname: "relay.test".into(),
         max_message_size: 1000,
+        max_hops: 50,
         max_recipients: 5,
         max_errors: 1000,
         relay_allowed,
@@ -121,16 +122,23 @@ proptest! {
         let mut s = session(relay, auth);
         for line in &lines {
             let step = s.feed(line);
+            // A refusal, and only a refusal, says why.
+            prop_assert_eq!(
+                step.refused.is_some(),
+                step.reply.as_ref().is_some_and(|r| r.code >= 400),
+                "{:?}", &step
+            );
             match step.effect {
                 Effect::BeginData => {
                     // DATA is only ever started with at least one accepted recipient.
                     prop_assert!(!s.transaction().unwrap().recipients.is_empty());
-                    let r = s.data_done(Ok("ID".into()));
+                    let r = s.data_done(Ok("ID".into())).reply.unwrap();
                     prop_assert_eq!(r.code, 250);
                 }
                 Effect::Authenticate { .. } => {
-                    let r = s.auth_result(false, Vec::new());
-                    prop_assert_eq!(r.code, 535);
+                    let step = s.auth_result(false, Vec::new());
+                    prop_assert_eq!(step.reply.unwrap().code, 535);
+                    prop_assert_eq!(step.refused.map(|r| r.command), Some("AUTH".to_string()));
                 }
                 Effect::StartTls => s.tls_started(),
                 Effect::Close => break,

@@ -9,10 +9,9 @@
 //! | `# text`              | comment; the first one says which rule the file pins                |
 //! | `! config k=v ...`    | `relay=allowed\|denied`, `max-recipients=N`, `max-errors=N`, `max-size=N`, `auth=on` (account alice/secret, AUTH allowed without TLS from loopback) |
 //! | `! socket-only`       | skipped by the pure run (the rule needs the real DATA reader)       |
-//! | `! data refused NNN`  | pure run only: the DATA just sent ends with this refusal (552 size, 554 hops), as the driver would report it |
 //! | `C: line`             | one command, sent with CRLF                                         |
 //! | `P: a\|b\|c`          | a pipelined group, sent in one write                                |
-//! | `D: line`             | message content after 354, then "." (the pure run calls `data_done`) |
+//! | `D: line`             | message content after 354, then "." (the pure run reads it with the DATA reader and asks the session for its verdict) |
 //! | `S: text`, `S: text*` | one reply line, exact or by prefix                                  |
 //! | `S: <EOF>`            | the server has closed the connection                                |
 
@@ -26,7 +25,8 @@ use std::time::Duration;
 use mxrelay::config::{Parsed, parse_args};
 use mxrelay::relay::Relay;
 use mxrelay::smtp::address::Mailbox;
-use mxrelay::smtp::reply::{self, Reply};
+use mxrelay::smtp::data::DataReader;
+use mxrelay::smtp::reply::Reply;
 use mxrelay::smtp::session::{Effect, Session, SessionConfig};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,10 +56,7 @@ impl Default for Limits {
 
 enum Item {
     Send(Vec<String>),
-    Data {
-        lines: Vec<String>,
-        refused: Option<u16>,
-    },
+    Data(Vec<String>),
     Expect(String),
     Eof,
 }
@@ -101,14 +98,11 @@ fn parse(path: &Path) -> Result<Transcript, String> {
             "S" if arg == "<EOF>" => Item::Eof,
             "S" => Item::Expect(arg.to_string()),
             "D" => {
-                if let Some((_, Item::Data { lines, .. })) = t.items.last_mut() {
+                if let Some((_, Item::Data(lines))) = t.items.last_mut() {
                     lines.push(arg.to_string());
                     continue;
                 }
-                Item::Data {
-                    lines: vec![arg.to_string()],
-                    refused: None,
-                }
+                Item::Data(vec![arg.to_string()])
             }
             _ => return Err(bad("unknown line type")),
         };
@@ -121,12 +115,6 @@ fn directive(t: &mut Transcript, d: &str) -> Result<(), String> {
     let words: Vec<&str> = d.split_whitespace().collect();
     match words.as_slice() {
         ["socket-only"] => t.socket_only = true,
-        ["data", "refused", code] => match t.items.last_mut() {
-            Some((_, Item::Data { refused, .. })) => {
-                *refused = Some(code.parse().map_err(|_| "bad reply code")?)
-            }
-            _ => return Err("`data refused` must follow the D: lines".into()),
-        },
         ["config", settings @ ..] => {
             for s in settings {
                 let l = &mut t.limits;
@@ -150,7 +138,7 @@ fn directive(t: &mut Transcript, d: &str) -> Result<(), String> {
 /// The client side of a run: the pure session or a socket.
 trait Peer {
     fn send(&mut self, commands: &[String]) -> Result<(), String>;
-    fn send_data(&mut self, lines: &[String], refused: Option<u16>) -> Result<(), String>;
+    fn send_data(&mut self, lines: &[String]) -> Result<(), String>;
     /// The next reply line without CRLF, or `None` once the server has closed.
     fn next_line(&mut self) -> Result<Option<String>, String>;
     /// Checks run after the last item.
@@ -163,7 +151,7 @@ fn run(t: &Transcript, peer: &mut dyn Peer) -> Result<(), String> {
     for (n, item) in &t.items {
         let result = match item {
             Item::Send(commands) => peer.send(commands),
-            Item::Data { lines, refused } => peer.send_data(lines, *refused),
+            Item::Data(lines) => peer.send_data(lines),
             Item::Expect(want) => match peer.next_line() {
                 Ok(Some(got)) if line_matches(want, &got) => Ok(()),
                 Ok(got) => Err(format!(
@@ -200,8 +188,23 @@ enum PureState {
     Closed { eof_seen: bool },
 }
 
+/// D: lines as they go on the wire: dot-stuffed, then the end marker.
+fn data_wire(lines: &[String]) -> String {
+    let mut wire = String::new();
+    for l in lines {
+        if l.starts_with('.') {
+            wire.push('.');
+        }
+        wire.push_str(l);
+        wire.push_str("\r\n");
+    }
+    wire.push_str(".\r\n");
+    wire
+}
+
 struct Pure {
     session: Session,
+    max_size: u64,
     pending: VecDeque<String>,
     state: PureState,
 }
@@ -211,6 +214,8 @@ impl Pure {
         let session = Session::new(SessionConfig {
             hostname: "relay.test".into(),
             max_message_size: l.max_size,
+            // The relay's default, as in the socket run.
+            max_hops: 50,
             max_recipients: l.max_recipients,
             max_errors: l.max_errors,
             relay_allowed: l.relay_allowed,
@@ -222,6 +227,7 @@ impl Pure {
             plaintext_auth: l.auth,
         });
         let mut pure = Pure {
+            max_size: l.max_size,
             pending: VecDeque::new(),
             state: PureState::Commands,
             session,
@@ -246,6 +252,9 @@ impl Peer for Pure {
                 PureState::Closed { .. } => return Err(format!("{c:?} sent after the close")),
             }
             let step = self.session.feed(c.as_bytes());
+            if step.refused.is_some() != step.reply.as_ref().is_some_and(|r| r.code >= 400) {
+                return Err(format!("refused is not set exactly for refusals: {step:?}"));
+            }
             if let Some(r) = &step.reply {
                 self.push(r);
             }
@@ -256,8 +265,8 @@ impl Peer for Pure {
                 Effect::StartTls => return Err("STARTTLS cannot be scripted in transcripts".into()),
                 Effect::Authenticate { user, password } => {
                     let ok = user == ACCOUNT.0 && password.as_deref() == Some(ACCOUNT.1.as_bytes());
-                    let r = self.session.auth_result(ok, Vec::new());
-                    self.push(&r);
+                    let step = self.session.auth_result(ok, Vec::new());
+                    self.push(step.reply.as_ref().expect("AUTH is answered"));
                     PureState::Commands
                 }
             };
@@ -265,19 +274,26 @@ impl Peer for Pure {
         Ok(())
     }
 
-    fn send_data(&mut self, _: &[String], refused: Option<u16>) -> Result<(), String> {
+    fn send_data(&mut self, lines: &[String]) -> Result<(), String> {
         if self.state != PureState::InData {
             return Err("D: lines, but the session is not reading DATA".into());
         }
-        let result = match refused {
-            None => Ok("TESTID".to_string()),
-            Some(552) => Err(reply::message_too_big()),
-            Some(554) => Err(reply::too_many_hops()),
-            Some(451) => Err(reply::local_error()),
-            Some(code) => return Err(format!("no canned DATA refusal {code}")),
-        };
-        let r = self.session.data_done(result);
-        self.push(&r);
+        let mut reader = DataReader::new(self.max_size);
+        let mut content = Vec::new();
+        if reader
+            .feed(data_wire(lines).as_bytes(), &mut content)
+            .is_none()
+        {
+            return Err("the DATA reader missed the end of the message".into());
+        }
+        let verdict = self.session.data_verdict(reader.summary());
+        let step = self
+            .session
+            .data_done(verdict.map(|()| "TESTID".to_string()));
+        if step.refused.is_some() != step.reply.as_ref().is_some_and(|r| r.code >= 400) {
+            return Err(format!("refused is not set exactly for refusals: {step:?}"));
+        }
+        self.push(step.reply.as_ref().expect("DATA is answered"));
         self.state = PureState::Commands;
         Ok(())
     }
@@ -337,17 +353,8 @@ impl Peer for Socket {
         self.write(wire.as_bytes())
     }
 
-    fn send_data(&mut self, lines: &[String], _: Option<u16>) -> Result<(), String> {
-        let mut wire = String::new();
-        for l in lines {
-            if l.starts_with('.') {
-                wire.push('.');
-            }
-            wire.push_str(l);
-            wire.push_str("\r\n");
-        }
-        wire.push_str(".\r\n");
-        self.write(wire.as_bytes())
+    fn send_data(&mut self, lines: &[String]) -> Result<(), String> {
+        self.write(data_wire(lines).as_bytes())
     }
 
     fn next_line(&mut self) -> Result<Option<String>, String> {

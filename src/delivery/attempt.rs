@@ -680,7 +680,7 @@ fn send_body(c: &mut Client, job: &Job, body: &Stored) -> io::Result<()> {
             "deleted from the queue",
         ));
     }
-    let mut file = body.reader(job.size);
+    let mut file = body.reader(job.size, job.head);
     BUFFERS.with_borrow_mut(|(chunk, wire)| {
         chunk.resize(CHUNK, 0);
         wire.clear();

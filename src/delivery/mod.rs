@@ -46,6 +46,8 @@ pub struct Job {
     /// leaves its transaction unfinished, so the message never goes out.
     pub cancelled: Arc<AtomicBool>,
     pub size: u64,
+    /// Of `size`, the header section stored after the body (see `Envelope::head`).
+    pub head: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
 }
@@ -68,6 +70,7 @@ impl Job {
             received: env.received,
             cancelled,
             size: env.size,
+            head: env.head,
             eight_bit: env.eight_bit,
             smtputf8: env.smtputf8,
         }

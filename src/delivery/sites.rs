@@ -578,6 +578,7 @@ mod tests {
             received: 0,
             cancelled: Arc::default(),
             size: 1,
+            head: 0,
             eight_bit: false,
             smtputf8: false,
         }

@@ -7,8 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::{Events, V, rfc3339};
 use crate::delivery::clock::now_ms;
 use crate::delivery::scheduler::human;
-use crate::metrics::RejectReason;
 use crate::smtp::reply::Reply;
+use crate::smtp::session::Refused;
 
 pub enum Event<'a> {
     /// A message committed to the spool.
@@ -28,8 +28,7 @@ pub enum Event<'a> {
     /// A command refused.
     Rejected {
         client_ip: &'a str,
-        command: &'a str,
-        argument: Option<&'a str>,
+        refused: &'a Refused,
         reply: &'a Reply,
     },
     /// One recipient delivered.
@@ -133,17 +132,16 @@ impl Events {
             }
             Event::Rejected {
                 client_ip,
-                command,
-                argument,
+                refused,
                 reply,
             } => {
-                m.message_rejected(reject_reason(command, reply));
+                m.message_rejected(refused.reason);
                 self.emit(
                     "rejected",
                     &[
                         ("client_ip", V::Str(client_ip)),
-                        ("command", V::Str(command)),
-                        ("argument", V::OptStr(argument)),
+                        ("command", V::Str(&refused.command)),
+                        ("argument", V::OptStr(refused.argument.as_deref())),
                         ("reply", V::Str(&reply.summary())),
                     ],
                 );
@@ -261,18 +259,5 @@ impl Events {
                 );
             }
         }
-    }
-}
-
-/// The metric's reason for a refused command, from the reply and the command.
-fn reject_reason(command: &str, reply: &Reply) -> RejectReason {
-    match (reply.code, reply.enhanced.map(|e| (e.1, e.2))) {
-        (_, Some((7, 1))) if command == "RCPT" => RejectReason::RelayDenied,
-        (552, _) | (_, Some((3, 4))) => RejectReason::Size,
-        (_, Some((4, 6))) => RejectReason::Hops,
-        (_, Some((7, _))) => RejectReason::Auth,
-        (421, _) => RejectReason::TooManyErrors,
-        (500..=504, _) | (555, _) => RejectReason::Syntax,
-        _ => RejectReason::Other,
     }
 }

@@ -1,35 +1,19 @@
 //! Drives one `smtp::Session` over a client socket: reads bounded lines, writes replies
-//! (flushing only when no pipelined input is waiting), upgrades to TLS, checks credentials,
-//! streams DATA into the spool and commits it before answering 250.
+//! (flushing only when no pipelined input is waiting) and reports refusals, upgrades to TLS,
+//! checks credentials, and hands DATA to `accept`.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::{Shared, reply_map};
+use super::Shared;
+use super::accept::{self, Client, DataOutcome};
 use crate::config::Role;
+use crate::events::Event;
 use crate::net::{Line, LineReader, Stream, TakePlain};
-use crate::smtp::data::DataReader;
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::session::{Effect, Session, SessionConfig, Transaction};
-use crate::spool::{Envelope, Kind, RcptState, Recipient};
-
-enum DataOutcome {
-    Queued(String),
-    Refused(Reply),
-    /// Timeout or lost connection: answered (or not) already; end the session.
-    Gone,
-}
-
-/// What the `Received:` header and the log say about the client.
-struct Trace<'a> {
-    helo: &'a str,
-    esmtp: bool,
-    tls: Option<&'a str>,
-    auth_user: Option<&'a str>,
-    ip: IpAddr,
-}
+use crate::smtp::session::{Effect, Session, SessionConfig, Step};
 
 pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let cfg = &shared.cfg;
@@ -53,19 +37,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     } else {
         Stream::Plain(stream)
     };
-    let mut session = Session::new(SessionConfig {
-        hostname: cfg.hostname.clone(),
-        max_message_size: cfg.max_message_size,
-        max_recipients: cfg.max_recipients,
-        max_errors: cfg.max_errors,
-        relay_allowed: trusted && role == Role::Smtp,
-        postmaster: cfg.postmaster.clone(),
-        tls_available: shared.services.tls.is_some(),
-        implicit_tls: role == Role::Smtps,
-        auth_available: shared.services.users.is_some(),
-        require_auth: role != Role::Smtp,
-        plaintext_auth: cfg.plaintext_auth_loopback && peer_ip.is_loopback(),
-    });
+    let mut session = Session::new(session_config(shared, role, trusted, peer_ip));
     log::debug!(
         "connect from [{peer_ip}] to the {} port (trusted: {trusted})",
         role.name()
@@ -73,6 +45,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let mut conn = Conn {
         reader: LineReader::new(stream, line_buffer(cfg.max_line_length)),
         out: Vec::new(),
+        ip: peer_ip,
     };
     conn.reply(&session.greeting());
     let mut commands = 0u32;
@@ -88,31 +61,9 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                     let _ = conn.flush();
                     return;
                 }
-                let in_auth = session.in_auth_exchange();
-                let step = session.feed(line);
-                if step.effect == Effect::MailAccepted {
-                    // A new message starts; hold it back while delivery lags.
-                    if let Some(waited) = shared.services.in_flow.pace() {
-                        shared.services.metrics.in_flow_delayed();
-                        log::info!(
-                            "in-flow delay for [{peer_ip}]: MAIL held back {} ms",
-                            waited.as_millis()
-                        );
-                    }
-                }
-                // Only a refusal is described (for the event log): nothing extra per command.
-                if let Some(r) = step.reply.as_ref().filter(|r| r.code >= 400) {
-                    rejected(shared, peer_ip, &describe_command(line, in_auth), r);
-                }
-                step
+                session.feed(line)
             }
-            Ok(Line::TooLong) => {
-                let step = session.line_too_long();
-                if let Some(r) = &step.reply {
-                    rejected(shared, peer_ip, &("(line too long)".to_string(), None), r);
-                }
-                step
-            }
+            Ok(Line::TooLong) => session.line_too_long(),
             Ok(Line::Eof) => break,
             Err(e) => {
                 if crate::net::is_timeout(&e) {
@@ -123,11 +74,10 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                 break;
             }
         };
-        if let Some(r) = &step.reply {
-            conn.reply(r);
-        }
+        conn.answer(shared, &step);
         match step.effect {
-            Effect::None | Effect::MailAccepted => {}
+            Effect::None => {}
+            Effect::MailAccepted => pace(shared, peer_ip),
             Effect::Close => {
                 let _ = conn.flush();
                 break;
@@ -136,19 +86,19 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                 if conn.flush().is_err() {
                     return;
                 }
-                let Some(info) = starttls(&mut conn, shared, peer_ip) else {
+                let Some(info) = starttls(&mut conn, shared) else {
                     return;
                 };
                 tls_info = Some(info);
                 session.tls_started();
             }
             Effect::Authenticate { user, password } => {
-                let (reply, locked) = authenticate(shared, &user, password.as_deref(), peer_ip);
-                let r = session.auth_result(reply.is_some(), reply.unwrap_or_default());
-                if r.code >= 400 {
-                    rejected(shared, peer_ip, &("AUTH".to_string(), None), &r);
-                }
-                conn.reply(&r);
+                let (verdict, locked) = authenticate(shared, &user, password.as_deref(), peer_ip);
+                let ok = verdict.is_some();
+                conn.answer(
+                    shared,
+                    &session.auth_result(ok, verdict.unwrap_or_default()),
+                );
                 if locked {
                     conn.reply(&reply::auth_locked_out());
                     let _ = conn.flush();
@@ -159,26 +109,27 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
                 if conn.flush().is_err() {
                     return;
                 }
-                let tx = session
-                    .transaction()
-                    .expect("DATA has a transaction")
-                    .clone();
-                let trace = Trace {
+                let client = Client {
+                    ip: peer_ip,
+                    role,
+                    trusted,
                     helo: session.helo().unwrap_or(""),
                     esmtp: session.is_esmtp(),
                     tls: tls_info.as_deref(),
                     auth_user: session.auth_user(),
-                    ip: peer_ip,
                 };
-                let outcome = receive_data(&mut conn, shared, &tx, &trace);
-                match outcome {
-                    DataOutcome::Queued(id) => conn.reply(&session.data_done(Ok(id))),
-                    DataOutcome::Refused(r) => {
-                        rejected(shared, peer_ip, &("DATA".to_string(), None), &r);
-                        conn.reply(&session.data_done(Err(r)));
+                let result = match accept::receive(&mut conn.reader, shared, &session, &client) {
+                    DataOutcome::Queued(id) => Ok(id),
+                    DataOutcome::Refused(why, r) => Err((why, r)),
+                    DataOutcome::Gone { timed_out } => {
+                        if timed_out {
+                            conn.reply(&reply::timeout());
+                            let _ = conn.flush();
+                        }
+                        return;
                     }
-                    DataOutcome::Gone => return,
-                }
+                };
+                conn.answer(shared, &session.data_done(result));
             }
         }
     }
@@ -187,40 +138,33 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     log::debug!("disconnect from [{peer_ip}] after {commands} commands");
 }
 
-/// The verb (and for MAIL/RCPT the path) of a command, for the event log. Lines of a SASL
-/// exchange are secrets and never described.
-fn describe_command(line: &[u8], in_auth: bool) -> (String, Option<String>) {
-    if in_auth {
-        return ("AUTH".into(), None);
+fn session_config(shared: &Shared, role: Role, trusted: bool, ip: IpAddr) -> SessionConfig {
+    let cfg = &shared.cfg;
+    SessionConfig {
+        hostname: cfg.hostname.clone(),
+        max_message_size: cfg.max_message_size,
+        max_hops: cfg.max_hops,
+        max_recipients: cfg.max_recipients,
+        max_errors: cfg.max_errors,
+        relay_allowed: trusted && role == Role::Smtp,
+        postmaster: cfg.postmaster.clone(),
+        tls_available: shared.services.tls.is_some(),
+        implicit_tls: role == Role::Smtps,
+        auth_available: shared.services.users.is_some(),
+        require_auth: role != Role::Smtp,
+        plaintext_auth: cfg.plaintext_auth_loopback && ip.is_loopback(),
     }
-    let text = String::from_utf8_lossy(&line[..line.len().min(600)]);
-    let mut words = text.splitn(2, ' ');
-    let verb = words.next().unwrap_or("").to_ascii_uppercase();
-    let arg = match verb.as_str() {
-        "MAIL" | "RCPT" => words.next().map(|a| {
-            let a = a.trim();
-            // Drop the FROM:/TO: keyword; keep the path and parameters.
-            a.find(':')
-                .filter(|&i| i <= 4)
-                .map_or(a, |i| a[i + 1..].trim_start())
-                .to_string()
-        }),
-        _ => None,
-    };
-    (verb.chars().take(16).collect(), arg)
 }
 
-/// Counts and records a refusal (4xx/5xx) at SMTP time.
-fn rejected(shared: &Shared, ip: IpAddr, command: &(String, Option<String>), reply: &Reply) {
-    shared
-        .services
-        .events
-        .report(&crate::events::Event::Rejected {
-            client_ip: &ip.to_string(),
-            command: &command.0,
-            argument: command.1.as_deref(),
-            reply,
-        });
+/// A new message starts: hold it back while delivery lags.
+fn pace(shared: &Shared, ip: IpAddr) {
+    if let Some(waited) = shared.services.in_flow.pace() {
+        shared.services.metrics.in_flow_delayed();
+        log::info!(
+            "in-flow delay for [{ip}]: MAIL held back {} ms",
+            waited.as_millis()
+        );
+    }
 }
 
 fn line_buffer(max_line: usize) -> usize {
@@ -230,11 +174,25 @@ fn line_buffer(max_line: usize) -> usize {
 struct Conn {
     reader: LineReader<Stream>,
     out: Vec<u8>,
+    ip: IpAddr,
 }
 
 impl Conn {
     fn reply(&mut self, r: &Reply) {
         self.out.extend_from_slice(r.render().as_bytes());
+    }
+
+    /// Queues the step's reply; a refusal is also reported (event, metric, log).
+    fn answer(&mut self, shared: &Shared, step: &Step) {
+        let Some(r) = &step.reply else { return };
+        if let Some(refused) = &step.refused {
+            shared.services.events.report(&Event::Rejected {
+                client_ip: &self.ip.to_string(),
+                refused,
+                reply: r,
+            });
+        }
+        self.reply(r);
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -272,7 +230,8 @@ fn handshake(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Option<(Stream, Str
 
 /// STARTTLS after its 220 went out. Anything the client sent after STARTTLS without waiting
 /// for the 220 is plaintext injected before the handshake (CVE-2011-0411): drop the client.
-fn starttls(conn: &mut Conn, shared: &Shared, ip: IpAddr) -> Option<String> {
+fn starttls(conn: &mut Conn, shared: &Shared) -> Option<String> {
+    let ip = conn.ip;
     let tcp = match conn.reader.take_plain() {
         Ok(tcp) => tcp,
         Err(TakePlain::Unavailable) => return None,
@@ -327,201 +286,6 @@ fn authenticate(
         .auth_guard
         .record_failure(ip, Instant::now());
     (None, locked)
-}
-
-fn receive_data(conn: &mut Conn, shared: &Shared, tx: &Transaction, trace: &Trace) -> DataOutcome {
-    let peer_ip = trace.ip;
-    let cfg = &shared.cfg;
-    let mut incoming = shared.services.spool.create();
-    let id = incoming.id.clone();
-    let received = received_header(&cfg.hostname, trace, tx, &id);
-    let mut write_error = incoming.write_all(received.as_bytes()).err();
-    // After a write error, the rest is still read to its end (into this scratch buffer), so
-    // the session stays in step with the client.
-    let mut discard = Vec::new();
-    let mut reader = DataReader::new(cfg.max_message_size);
-    loop {
-        let avail = conn.reader.buffered();
-        if !avail.is_empty() {
-            // The reader writes straight into the spool's buffer.
-            let end = if write_error.is_none() {
-                let end = incoming.fill(|out| reader.feed(avail, out));
-                if let Err(e) = incoming.write_if_full() {
-                    write_error = Some(e);
-                }
-                end
-            } else {
-                discard.clear();
-                reader.feed(avail, &mut discard)
-            };
-            match end {
-                Some(n) => {
-                    conn.reader.consume(n);
-                    break;
-                }
-                None => {
-                    let n = avail.len();
-                    conn.reader.consume(n);
-                }
-            }
-        } else {
-            match conn.reader.fill() {
-                Ok(0) => {
-                    return abandon(shared, incoming, "connection closed during DATA", peer_ip);
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    if crate::net::is_timeout(&e) {
-                        conn.reply(&reply::timeout());
-                        let _ = conn.flush();
-                    }
-                    return abandon(shared, incoming, &format!("DATA interrupted: {e}"), peer_ip);
-                }
-            }
-        }
-    }
-    let summary = reader.summary();
-    let refuse = |r: Reply, why: &str, incoming| {
-        shared.services.spool.abort(incoming);
-        log::info!("rejected message from [{peer_ip}]: {why}");
-        DataOutcome::Refused(r)
-    };
-    if summary.oversize {
-        return refuse(
-            reply::message_too_big(),
-            &format!("{} bytes exceed the limit", summary.size),
-            incoming,
-        );
-    }
-    if summary.received_headers + 1 > cfg.max_hops {
-        return refuse(
-            reply::too_many_hops(),
-            &format!("{} Received: headers", summary.received_headers),
-            incoming,
-        );
-    }
-    if let Some(e) = write_error {
-        log::error!("{id}: spool write failed: {e}");
-        return refuse(
-            reply_map::spool_error(&e),
-            &format!("spool write failed: {e}"),
-            incoming,
-        );
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    let env = Envelope {
-        id: id.clone(),
-        kind: Kind::Message,
-        received: now,
-        client: peer_ip.to_string(),
-        helo: trace.helo.to_string(),
-        sender: tx
-            .sender
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_default(),
-        size: summary.size + received.len() as u64,
-        eight_bit: summary.eight_bit,
-        smtputf8: tx.smtputf8,
-        attempts: 0,
-        next_attempt: 0,
-        last_error: String::new(),
-        held: false,
-        recipients: tx
-            .recipients
-            .iter()
-            .map(|m| Recipient {
-                address: m.to_string(),
-                state: RcptState::Pending,
-            })
-            .collect(),
-    };
-    let place = match shared.services.spool.commit(incoming, &env) {
-        Ok(place) => place,
-        Err(e) => {
-            log::error!("{id}: spool commit failed: {e}");
-            return DataOutcome::Refused(reply_map::spool_error(&e));
-        }
-    };
-    let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
-    shared
-        .services
-        .events
-        .report(&crate::events::Event::Received {
-            id: &id,
-            client_ip: &peer_ip.to_string(),
-            helo: trace.helo,
-            auth_user: trace.auth_user,
-            tls: trace.tls,
-            sender: &env.sender,
-            recipients: &recipients,
-            size: env.size,
-            message_id: summary.message_id.as_deref(),
-            bare_line_ends: summary.bare_line_ends,
-        });
-    if shared.services.intake.submit(env, place).is_err() {
-        // The scheduler is gone (shutting down): the message is safe on disk for the next start.
-        log::warn!("{id}: queued on disk; delivery starts at the next start-up");
-    }
-    DataOutcome::Queued(id)
-}
-
-fn abandon(
-    shared: &Shared,
-    incoming: crate::spool::Incoming<'_>,
-    why: &str,
-    peer_ip: IpAddr,
-) -> DataOutcome {
-    shared.services.spool.abort(incoming);
-    log::info!("message from [{peer_ip}] abandoned: {why}");
-    DataOutcome::Gone
-}
-
-/// RFC 5321 4.4 trace field, with the RFC 3848 / 6531 protocol keyword (ESMTPSA and
-/// friends). The client's HELO name is shown but never trusted as its identity.
-fn received_header(hostname: &str, trace: &Trace, tx: &Transaction, id: &str) -> String {
-    let helo: String = trace
-        .helo
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect();
-    let ip = match trace.ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("IPv6:{v6}"),
-    };
-    let base = match (tx.smtputf8, trace.esmtp) {
-        (true, _) => "UTF8SMTP",
-        (false, true) => "ESMTP",
-        (false, false) => "SMTP",
-    };
-    let suffix = match (trace.tls.is_some(), trace.auth_user.is_some()) {
-        (true, true) => "SA",
-        (true, false) => "S",
-        (false, true) => "A",
-        (false, false) => "",
-    };
-    let mut comments = String::new();
-    if let Some(tls) = trace.tls {
-        comments.push_str(&format!("\r\n\t(using {tls})"));
-    }
-    if let Some(user) = trace.auth_user {
-        let user: String = user
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-            .collect();
-        comments.push_str(&format!("\r\n\t(Authenticated sender: {user})"));
-    }
-    let for_clause = match tx.recipients.as_slice() {
-        [one] => format!("\r\n\tfor <{one}>"),
-        _ => String::new(),
-    };
-    format!(
-        "Received: from {helo} ([{ip}]){comments}\r\n\tby {hostname} (mxrelay) with {base}{suffix} id {id}{for_clause};\r\n\t{}\r\n",
-        crate::date::rfc5322(SystemTime::now())
-    )
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -7,6 +7,7 @@
 //! wake-up of an accept thread plus a hand-off to a session thread. A thread with no client
 //! for a while exits unless it is the last one waiting.
 
+pub mod accept;
 pub mod conn;
 pub mod reply_map;
 
@@ -55,6 +56,8 @@ pub struct Services {
     pub in_flow: Arc<crate::delivery::flow::InFlow>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
+    /// The transform stage every accepted message passes through.
+    pub transforms: crate::transform::Transforms,
 }
 
 /// What every connection thread shares.

@@ -3,6 +3,8 @@
 use std::io;
 
 use crate::smtp::reply::{self, Enhanced, Reply};
+use crate::smtp::session::Refusal;
+use crate::transform::TransformError;
 
 /// A spool failure while accepting a message: out of space is its own code (RFC 3463 4.3.1).
 pub fn spool_error(e: &io::Error) -> Reply {
@@ -10,6 +12,32 @@ pub fn spool_error(e: &io::Error) -> Reply {
         Reply::new(452, Some(Enhanced(4, 3, 1)), "Insufficient system storage")
     } else {
         reply::local_error()
+    }
+}
+
+/// A transform that would not (or could not) take the message.
+pub fn transform_error(e: &TransformError) -> (Refusal, Reply) {
+    match e {
+        TransformError::HeaderTooLarge => (
+            Refusal::Size,
+            Reply::new(
+                552,
+                Some(Enhanced(5, 3, 4)),
+                "Message header section too large",
+            ),
+        ),
+        TransformError::Refused(why) => (
+            Refusal::Other,
+            Reply::new(
+                550,
+                Some(Enhanced(5, 7, 1)),
+                format!("Message refused: {why}"),
+            ),
+        ),
+        TransformError::Failed(why) => {
+            log::error!("transform failed: {why}");
+            (Refusal::Other, reply::local_error())
+        }
     }
 }
 

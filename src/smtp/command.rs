@@ -32,6 +32,28 @@ pub enum Command {
     Unknown,
 }
 
+impl Command {
+    /// The verb, for the event log; `None` for verbs we do not know or offer.
+    pub fn verb(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Ehlo(_) => "EHLO",
+            Command::Helo(_) => "HELO",
+            Command::Mail { .. } => "MAIL",
+            Command::Rcpt { .. } => "RCPT",
+            Command::Data => "DATA",
+            Command::Rset => "RSET",
+            Command::Noop => "NOOP",
+            Command::Quit => "QUIT",
+            Command::Vrfy => "VRFY",
+            Command::Expn => "EXPN",
+            Command::Help => "HELP",
+            Command::StartTls => "STARTTLS",
+            Command::Auth { .. } => "AUTH",
+            Command::NotImplemented | Command::Unknown => return None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandError {
     /// 501 with the expected syntax.

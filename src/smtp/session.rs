@@ -1,10 +1,11 @@
 //! The server-side SMTP session as a pure state machine: `feed` takes one line and returns
-//! at most one reply plus at most one effect for the driver to carry out. Outcomes come back
-//! by method call: `tls_started`, `auth_result`, `data_done`. No sockets, files, threads or
-//! clocks here.
+//! at most one reply plus at most one effect for the driver to carry out, and says why when it
+//! refuses. Outcomes come back by method call: `tls_started`, `auth_result`, `data_verdict`,
+//! `data_done`. No sockets, files, threads or clocks here.
 
 use super::address::{ForwardPath, Mailbox, Param};
 use super::command::{self, Command, CommandError};
+use super::data::Summary;
 use super::ehlo::Extensions;
 use super::reply::{self, Reply};
 use super::sasl::{self, Exchange, SaslError};
@@ -13,6 +14,8 @@ use super::sasl::{self, Exchange, SaslError};
 pub struct SessionConfig {
     pub hostname: String,
     pub max_message_size: u64,
+    /// `Received:` fields a message may carry before it is refused as a loop.
+    pub max_hops: u32,
     pub max_recipients: usize,
     /// Bad commands tolerated before 421 and disconnect.
     pub max_errors: u32,
@@ -57,6 +60,55 @@ pub enum Effect {
 pub struct Step {
     pub reply: Option<Reply>,
     pub effect: Effect,
+    /// Set when the reply refuses something (4xx/5xx): what, and why.
+    pub refused: Option<Refused>,
+}
+
+/// Why the session refused something: the label of the rejection metric and event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    RelayDenied,
+    Size,
+    Hops,
+    Auth,
+    Syntax,
+    TooManyErrors,
+    Other,
+}
+
+impl Refusal {
+    /// Every reason, in the order they are rendered.
+    pub const ALL: [Refusal; 7] = [
+        Refusal::RelayDenied,
+        Refusal::Size,
+        Refusal::Hops,
+        Refusal::Auth,
+        Refusal::Syntax,
+        Refusal::TooManyErrors,
+        Refusal::Other,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::RelayDenied => "relay_denied",
+            Refusal::Size => "size",
+            Refusal::Hops => "hops",
+            Refusal::Auth => "auth",
+            Refusal::Syntax => "syntax",
+            Refusal::TooManyErrors => "too_many_errors",
+            Refusal::Other => "other",
+        }
+    }
+}
+
+/// A refusal, for the event log: the command refused and, for MAIL and RCPT, its path and
+/// parameters. Lines of a SASL exchange are secrets and never described.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: Refusal,
+    pub command: String,
+    pub argument: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,9 +220,11 @@ impl Session {
     /// A line the driver could not even read as a command (too long): counts as an error.
     pub fn line_too_long(&mut self) -> Step {
         if self.sasl.take().is_some() {
-            return step(reply::auth_malformed("line too long"));
+            return refuse(Refusal::Syntax, reply::auth_malformed("line too long"))
+                .about("AUTH".into(), None);
         }
-        self.error(reply::line_too_long())
+        self.error(Refusal::Syntax, reply::line_too_long())
+            .about("(line too long)".into(), None)
     }
 
     pub fn feed(&mut self, line: &[u8]) -> Step {
@@ -180,10 +234,17 @@ impl Session {
         }
         let cmd = match command::parse(line) {
             Ok(c) => c,
-            Err(CommandError::Syntax(s)) => return self.error(reply::syntax(s)),
-            Err(CommandError::Address(why)) => return self.error(reply::bad_address(why)),
+            Err(e) => {
+                let r = match e {
+                    CommandError::Syntax(s) => reply::syntax(s),
+                    CommandError::Address(why) => reply::bad_address(why),
+                };
+                let (verb, argument) = describe_unparsed(line);
+                return self.error(Refusal::Syntax, r).about(verb, argument);
+            }
         };
-        match cmd {
+        let verb = cmd.verb();
+        let step = match cmd {
             Command::Ehlo(name) => {
                 let greet = reply::helo_ok(&self.cfg.hostname, &name);
                 self.greeted(name, true);
@@ -203,15 +264,25 @@ impl Session {
             }
             Command::Noop => step(reply::ok()),
             Command::Quit => Step {
-                reply: Some(reply::bye()),
                 effect: Effect::Close,
+                ..step(reply::bye())
             },
             Command::Vrfy => step(reply::vrfy()),
             Command::Help => step(reply::help()),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
-            Command::Expn | Command::NotImplemented => self.error(reply::not_implemented()),
-            Command::Unknown => self.error(reply::unrecognized()),
+            Command::Expn | Command::NotImplemented => {
+                self.error(Refusal::Syntax, reply::not_implemented())
+            }
+            Command::Unknown => self.error(Refusal::Syntax, reply::unrecognized()),
+        };
+        match verb {
+            Some(verb) => step.about_command(verb),
+            None if step.refused.is_some() => {
+                let verb = describe_unparsed(line).0;
+                step.about_command(&verb)
+            }
+            None => step,
         }
     }
 
@@ -228,26 +299,39 @@ impl Session {
 
     /// The verdict on the credentials from `Effect::Authenticate`; `sender_domains` are the
     /// envelope sender domains the user may use (empty = any).
-    pub fn auth_result(&mut self, ok: bool, sender_domains: Vec<String>) -> Reply {
+    pub fn auth_result(&mut self, ok: bool, sender_domains: Vec<String>) -> Step {
         let user = self.pending_user.take();
         if ok {
             self.auth_user = user;
             self.sender_domains = sender_domains;
-            reply::auth_ok()
+            step(reply::auth_ok())
         } else {
-            reply::auth_failed()
+            refuse(Refusal::Auth, reply::auth_failed()).about_command("AUTH")
         }
     }
 
-    /// Reports the end of DATA: `Ok(queue id)` once the message is durably queued, or the
-    /// reply that says why not. Either way the transaction is over.
-    pub fn data_done(&mut self, result: Result<String, Reply>) -> Reply {
+    /// Whether the message just read may be committed, from what the DATA reader found.
+    pub fn data_verdict(&self, summary: &Summary) -> Result<(), (Refusal, Reply)> {
+        debug_assert_eq!(self.state, State::InData);
+        if summary.oversize {
+            return Err((Refusal::Size, reply::message_too_big()));
+        }
+        // Ours will be one more.
+        if summary.received_headers + 1 > self.cfg.max_hops {
+            return Err((Refusal::Hops, reply::too_many_hops()));
+        }
+        Ok(())
+    }
+
+    /// Reports the end of DATA: `Ok(queue id)` once the message is durably queued, or why
+    /// not. Either way the transaction is over.
+    pub fn data_done(&mut self, result: Result<String, (Refusal, Reply)>) -> Step {
         debug_assert_eq!(self.state, State::InData);
         self.state = State::Greeted;
         self.tx = None;
         match result {
-            Ok(id) => reply::queued(&id),
-            Err(r) => r,
+            Ok(id) => step(reply::queued(&id)),
+            Err((why, r)) => refuse(why, r).about_command("DATA"),
         }
     }
 
@@ -258,48 +342,49 @@ impl Session {
         self.tx = None;
     }
 
-    fn error(&mut self, r: Reply) -> Step {
+    /// A refusal that counts towards the error limit.
+    fn error(&mut self, why: Refusal, r: Reply) -> Step {
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
             return Step {
-                reply: Some(reply::too_many_errors()),
                 effect: Effect::Close,
+                ..refuse(Refusal::TooManyErrors, reply::too_many_errors())
             };
         }
-        step(r)
+        refuse(why, r)
     }
 
     fn starttls(&mut self) -> Step {
         if self.tls {
-            return self.error(reply::tls_already_active());
+            return self.error(Refusal::Syntax, reply::tls_already_active());
         }
         if !self.cfg.tls_available {
-            return self.error(reply::not_implemented());
+            return self.error(Refusal::Syntax, reply::not_implemented());
         }
         Step {
-            reply: Some(reply::ready_for_tls()),
             effect: Effect::StartTls,
+            ..step(reply::ready_for_tls())
         }
     }
 
     fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Step {
         if !self.cfg.auth_available {
-            return self.error(reply::not_implemented());
+            return self.error(Refusal::Syntax, reply::not_implemented());
         }
         if self.state != State::Greeted || !self.esmtp {
-            return self.error(reply::need_helo());
+            return self.error(Refusal::Syntax, reply::need_helo());
         }
         if self.auth_user.is_some() {
-            return self.error(reply::already_authenticated());
+            return self.error(Refusal::Syntax, reply::already_authenticated());
         }
         if self.tx.is_some() {
-            return self.error(reply::auth_during_transaction());
+            return self.error(Refusal::Syntax, reply::auth_during_transaction());
         }
         if !self.auth_offered() {
-            return self.error(reply::encryption_required());
+            return self.error(Refusal::Auth, reply::encryption_required());
         }
         match Exchange::start(mechanism, initial) {
-            None => self.error(reply::mechanism_unsupported()),
+            None => self.error(Refusal::Syntax, reply::mechanism_unsupported()),
             Some((ex, first)) => {
                 self.sasl = Some(ex);
                 self.sasl_step(first)
@@ -312,7 +397,7 @@ impl Session {
             Ok(text) => self.sasl.as_mut().expect("in SASL").respond(text),
             Err(_) => sasl::Step::Failed(SaslError::Malformed("invalid base64")),
         };
-        self.sasl_step(step)
+        self.sasl_step(step).about_command("AUTH")
     }
 
     fn sasl_step(&mut self, s: sasl::Step) -> Step {
@@ -327,6 +412,7 @@ impl Session {
                         user,
                         password: Some(password),
                     },
+                    refused: None,
                 }
             }
             sasl::Step::Failed(SaslError::IdentitySwitch) => {
@@ -342,13 +428,16 @@ impl Session {
                         user,
                         password: None,
                     },
+                    refused: None,
                 }
             }
             sasl::Step::Failed(e) => {
                 self.sasl = None;
                 match e {
-                    SaslError::Cancelled => self.error(reply::auth_cancelled()),
-                    SaslError::Malformed(why) => self.error(reply::auth_malformed(why)),
+                    SaslError::Cancelled => self.error(Refusal::Syntax, reply::auth_cancelled()),
+                    SaslError::Malformed(why) => {
+                        self.error(Refusal::Syntax, reply::auth_malformed(why))
+                    }
                     SaslError::IdentitySwitch => unreachable!("handled above"),
                 }
             }
@@ -356,17 +445,40 @@ impl Session {
     }
 
     fn mail(&mut self, from: Option<Mailbox>, params: Vec<Param>) -> Step {
+        match self.check_mail(from.as_ref(), &params) {
+            Ok(mut tx) => {
+                tx.sender = from;
+                self.tx = Some(tx);
+                Step {
+                    effect: Effect::MailAccepted,
+                    ..step(reply::sender_ok())
+                }
+            }
+            Err(refusal) => {
+                let path = from.as_ref().map(Mailbox::to_string).unwrap_or_default();
+                refusal.with_argument(path_argument(&path, &params))
+            }
+        }
+    }
+
+    /// The transaction MAIL would start (its sender still to be filled in), or the refusal.
+    #[allow(clippy::result_large_err)] // Returned by value once per command, like any Step.
+    fn check_mail(
+        &mut self,
+        from: Option<&Mailbox>,
+        params: &[Param],
+    ) -> Result<Transaction, Step> {
         if self.state != State::Greeted {
-            return self.error(reply::need_helo());
+            return Err(self.error(Refusal::Syntax, reply::need_helo()));
         }
         if self.cfg.require_auth && self.auth_user.is_none() {
-            return self.error(reply::auth_required());
+            return Err(self.error(Refusal::Auth, reply::auth_required()));
         }
         if self.tx.is_some() {
-            return self.error(reply::nested_mail());
+            return Err(self.error(Refusal::Syntax, reply::nested_mail()));
         }
         let mut tx = Transaction {
-            sender: from,
+            sender: None,
             declared_size: None,
             body: BodyType::SevenBit,
             smtputf8: false,
@@ -374,53 +486,75 @@ impl Session {
         };
         for p in params {
             if !self.esmtp {
-                return self.error(reply::param_not_recognized(&p.keyword));
+                return Err(self.error(Refusal::Syntax, reply::param_not_recognized(&p.keyword)));
             }
             match (p.keyword.as_str(), p.value.as_deref()) {
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
-                    Ok(n) if n > self.cfg.max_message_size => return step(reply::message_too_big()),
+                    Ok(n) if n > self.cfg.max_message_size => {
+                        return Err(refuse(Refusal::Size, reply::message_too_big()));
+                    }
                     Ok(n) => tx.declared_size = Some(n),
-                    Err(_) => return self.error(reply::bad_param_value("SIZE")),
+                    Err(_) => {
+                        return Err(self.error(Refusal::Syntax, reply::bad_param_value("SIZE")));
+                    }
                 },
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => tx.body = BodyType::SevenBit,
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
                     tx.body = BodyType::EightBitMime
                 }
                 ("BODY", _) | ("SIZE", None) => {
-                    return self.error(reply::bad_param_value(&p.keyword));
+                    return Err(self.error(Refusal::Syntax, reply::bad_param_value(&p.keyword)));
                 }
                 ("SMTPUTF8", None) => tx.smtputf8 = true,
                 // RFC 4954 5: AUTH=<> or an identity we cannot vouch for is accepted and ignored.
                 ("AUTH", Some(_)) if self.auth_user.is_some() => {}
-                (k, _) => return self.error(reply::param_not_recognized(k)),
+                (k, _) => return Err(self.error(Refusal::Syntax, reply::param_not_recognized(k))),
             }
         }
-        if tx.sender.as_ref().is_some_and(|m| !m.is_ascii()) && !tx.smtputf8 {
-            return step(reply::utf8_address_without_smtputf8());
+        if from.is_some_and(|m| !m.is_ascii()) && !tx.smtputf8 {
+            return Err(refuse(
+                Refusal::Other,
+                reply::utf8_address_without_smtputf8(),
+            ));
         }
         if self.auth_user.is_some() && !self.sender_domains.is_empty() {
-            let allowed = tx.sender.as_ref().is_some_and(|m| {
+            let allowed = from.is_some_and(|m| {
                 self.sender_domains
                     .iter()
                     .any(|d| d.eq_ignore_ascii_case(&m.domain))
             });
             if !allowed {
-                return step(reply::sender_not_allowed());
+                return Err(refuse(Refusal::Auth, reply::sender_not_allowed()));
             }
         }
-        self.tx = Some(tx);
-        Step {
-            reply: Some(reply::sender_ok()),
-            effect: Effect::MailAccepted,
-        }
+        Ok(tx)
     }
 
     fn rcpt(&mut self, to: ForwardPath, params: Vec<Param>) -> Step {
+        match self.check_rcpt(&to, &params) {
+            Ok(mailbox) => {
+                let tx = self.tx.as_mut().expect("checked");
+                tx.recipients.push(mailbox);
+                step(reply::recipient_ok())
+            }
+            Err(refusal) => {
+                let path = match &to {
+                    ForwardPath::Postmaster => "Postmaster".to_string(),
+                    ForwardPath::Mailbox(m) => m.to_string(),
+                };
+                refusal.with_argument(path_argument(&path, &params))
+            }
+        }
+    }
+
+    /// The recipient RCPT adds, or the refusal.
+    #[allow(clippy::result_large_err)] // As check_mail.
+    fn check_rcpt(&mut self, to: &ForwardPath, params: &[Param]) -> Result<Mailbox, Step> {
         let Some(tx) = self.tx.as_ref() else {
-            return self.error(reply::need_mail());
+            return Err(self.error(Refusal::Syntax, reply::need_mail()));
         };
         if let Some(p) = params.first() {
-            return self.error(reply::param_not_recognized(&p.keyword));
+            return Err(self.error(Refusal::Syntax, reply::param_not_recognized(&p.keyword)));
         }
         let mailbox = match to {
             ForwardPath::Postmaster => self.cfg.postmaster.clone(),
@@ -432,37 +566,106 @@ impl Session {
             }
             ForwardPath::Mailbox(m) => {
                 if !self.cfg.relay_allowed && self.auth_user.is_none() {
-                    return step(reply::relay_denied());
+                    return Err(refuse(Refusal::RelayDenied, reply::relay_denied()));
                 }
-                m
+                m.clone()
             }
         };
         if !mailbox.is_ascii() && !tx.smtputf8 {
-            return step(reply::utf8_address_without_smtputf8());
+            return Err(refuse(
+                Refusal::Other,
+                reply::utf8_address_without_smtputf8(),
+            ));
         }
         if tx.recipients.len() >= self.cfg.max_recipients {
-            return step(reply::too_many_recipients());
+            return Err(refuse(Refusal::Other, reply::too_many_recipients()));
         }
-        self.tx
-            .as_mut()
-            .expect("checked above")
-            .recipients
-            .push(mailbox);
-        step(reply::recipient_ok())
+        Ok(mailbox)
     }
 
     fn data(&mut self) -> Step {
         match &self.tx {
-            None => self.error(reply::need_mail()),
-            Some(tx) if tx.recipients.is_empty() => step(reply::no_valid_recipients()),
+            None => self.error(Refusal::Syntax, reply::need_mail()),
+            Some(tx) if tx.recipients.is_empty() => {
+                refuse(Refusal::Other, reply::no_valid_recipients())
+            }
             Some(_) => {
                 self.state = State::InData;
                 Step {
-                    reply: Some(reply::start_data()),
                     effect: Effect::BeginData,
+                    ..step(reply::start_data())
                 }
             }
         }
+    }
+}
+
+impl Step {
+    /// Names the refused command, unless already named.
+    fn about_command(mut self, verb: &str) -> Step {
+        if let Some(r) = self.refused.as_mut().filter(|r| r.command.is_empty()) {
+            r.command = verb.to_string();
+        }
+        self
+    }
+
+    fn about(mut self, command: String, argument: Option<String>) -> Step {
+        if let Some(r) = self.refused.as_mut() {
+            r.command = command;
+            r.argument = argument;
+        }
+        self
+    }
+
+    fn with_argument(mut self, argument: String) -> Step {
+        if let Some(r) = self.refused.as_mut() {
+            r.argument = Some(argument);
+        }
+        self
+    }
+}
+
+/// `<path> PARAM=VALUE ...`, as a MAIL or RCPT argument is described.
+fn path_argument(path: &str, params: &[Param]) -> String {
+    let mut out = format!("<{path}>");
+    for p in params {
+        out.push(' ');
+        out.push_str(&p.keyword);
+        if let Some(v) = &p.value {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    out
+}
+
+/// The verb (and for MAIL/RCPT the rest) of a line that did not parse as a command.
+fn describe_unparsed(line: &[u8]) -> (String, Option<String>) {
+    let text = String::from_utf8_lossy(&line[..line.len().min(600)]);
+    let mut words = text.splitn(2, ' ');
+    let verb: String = words.next().unwrap_or("").to_ascii_uppercase();
+    let argument = match verb.as_str() {
+        "MAIL" | "RCPT" => words.next().map(|a| {
+            let a = a.trim();
+            // Drop the FROM:/TO: keyword; keep the path and parameters.
+            a.find(':')
+                .filter(|&i| i <= 4)
+                .map_or(a, |i| a[i + 1..].trim_start())
+                .to_string()
+        }),
+        _ => None,
+    };
+    (verb.chars().take(16).collect(), argument)
+}
+
+fn refuse(why: Refusal, reply: Reply) -> Step {
+    Step {
+        refused: Some(Refused {
+            reason: why,
+            command: String::new(),
+            argument: None,
+        }),
+        ..step(reply)
     }
 }
 
@@ -470,6 +673,7 @@ fn step(reply: Reply) -> Step {
     Step {
         reply: Some(reply),
         effect: Effect::None,
+        refused: None,
     }
 }
 
@@ -477,11 +681,11 @@ fn step(reply: Reply) -> Step {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_an_accepted_mail_says_a_transaction_started() {
-        let mut s = Session::new(SessionConfig {
+    fn config() -> SessionConfig {
+        SessionConfig {
             hostname: "relay.test".into(),
             max_message_size: 1000,
+            max_hops: 30,
             max_recipients: 10,
             max_errors: 10,
             relay_allowed: true,
@@ -491,7 +695,12 @@ mod tests {
             auth_available: false,
             require_auth: false,
             plaintext_auth: false,
-        });
+        }
+    }
+
+    #[test]
+    fn only_an_accepted_mail_says_a_transaction_started() {
+        let mut s = Session::new(config());
         let effect = |s: &mut Session, line: &str| s.feed(line.as_bytes()).effect;
         assert_eq!(
             effect(&mut s, "MAIL FROM:<a@b.test>"),
@@ -509,5 +718,92 @@ mod tests {
         );
         assert_eq!(effect(&mut s, "RSET"), Effect::None);
         assert_eq!(effect(&mut s, "MAIL FROM:<>"), Effect::MailAccepted);
+    }
+
+    #[test]
+    fn refusals_say_what_and_why() {
+        let mut s = Session::new(SessionConfig {
+            max_hops: 3,
+            max_recipients: 1,
+            max_errors: 4,
+            relay_allowed: false,
+            ..config()
+        });
+        type Want = Option<(Refusal, &'static str, Option<&'static str>)>;
+        let cases: &[(&str, Want)] = &[
+            (
+                "MAIL FROM:<a@b.test>",
+                Some((Refusal::Syntax, "MAIL", Some("<a@b.test>"))),
+            ),
+            ("EHLO client.test", None),
+            (
+                "MAIL FROM:<a@b.test> SIZE=5000",
+                Some((Refusal::Size, "MAIL", Some("<a@b.test> SIZE=5000"))),
+            ),
+            (
+                "MAIL FROM:<a@b.test",
+                Some((Refusal::Syntax, "MAIL", Some("<a@b.test"))),
+            ),
+            ("XYZZY", Some((Refusal::Syntax, "XYZZY", None))),
+            ("MAIL FROM:<>", None),
+            (
+                "RCPT TO:<x@elsewhere.test>",
+                Some((Refusal::RelayDenied, "RCPT", Some("<x@elsewhere.test>"))),
+            ),
+            ("RCPT TO:<Postmaster>", None),
+            (
+                "RCPT TO:<postmaster@relay.test>",
+                Some((Refusal::Other, "RCPT", Some("<postmaster@relay.test>"))),
+            ),
+            ("AUTH PLAIN", Some((Refusal::TooManyErrors, "AUTH", None))),
+        ];
+        for (line, want) in cases {
+            let step = s.feed(line.as_bytes());
+            let got = step
+                .refused
+                .as_ref()
+                .map(|r| (r.reason, r.command.as_str(), r.argument.as_deref()));
+            assert_eq!(got, *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn the_session_gives_the_data_verdict() {
+        let mut s = Session::new(SessionConfig {
+            max_hops: 3,
+            ..config()
+        });
+        for line in [
+            "EHLO c.test",
+            "MAIL FROM:<a@b.test>",
+            "RCPT TO:<c@d.test>",
+            "DATA",
+        ] {
+            s.feed(line.as_bytes());
+        }
+        let fine = Summary {
+            size: 100,
+            received_headers: 2,
+            ..Summary::default()
+        };
+        assert_eq!(s.data_verdict(&fine), Ok(()));
+        let looped = Summary {
+            received_headers: 3,
+            ..fine.clone()
+        };
+        assert_eq!(s.data_verdict(&looped).unwrap_err().0, Refusal::Hops);
+        let big = Summary {
+            oversize: true,
+            ..fine
+        };
+        let (why, reply) = s.data_verdict(&big).unwrap_err();
+        assert_eq!((why, reply.code), (Refusal::Size, 552));
+        let step = s.data_done(Err((why, reply)));
+        let refused = step.refused.unwrap();
+        assert_eq!(
+            (refused.reason, refused.command.as_str()),
+            (Refusal::Size, "DATA")
+        );
+        assert!(s.transaction().is_none());
     }
 }

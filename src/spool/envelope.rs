@@ -40,6 +40,10 @@ pub struct Envelope {
     /// Empty for the null sender `<>`.
     pub sender: String,
     pub size: u64,
+    /// Of `size`, the bytes of the header section stored after the body (written there by the
+    /// transform stage, which ends the header block only after the body has streamed); 0:
+    /// the message is stored in order.
+    pub head: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
     pub attempts: u32,
@@ -71,6 +75,7 @@ impl Envelope {
             helo: String::new(),
             sender: String::new(),
             size: 0,
+            head: 0,
             eight_bit: false,
             smtputf8: false,
             attempts: 0,
@@ -140,6 +145,9 @@ impl Envelope {
             one_line(&self.last_error),
             yn(self.held),
         );
+        if self.head > 0 {
+            let _ = writeln!(s, "head-after-body: {}", self.head);
+        }
         for r in &self.recipients {
             let state = match r.state {
                 RcptState::Pending => "pending",
@@ -196,6 +204,7 @@ impl Envelope {
                 "helo" => e.helo = value.to_string(),
                 "sender" => e.sender = value.to_string(),
                 "size" => e.size = num(value)?,
+                "head-after-body" => e.head = num(value)?,
                 "8bit" => e.eight_bit = flag(value)?,
                 "smtputf8" => e.smtputf8 = flag(value)?,
                 "attempts" => e.attempts = num(value)? as u32,
@@ -226,6 +235,9 @@ impl Envelope {
         if e.id.is_empty() || e.recipients.is_empty() {
             return err("missing id or recipients".into());
         }
+        if e.head > e.size {
+            return err("head-after-body longer than the message".into());
+        }
         Ok(e)
     }
 }
@@ -255,6 +267,7 @@ mod tests {
             helo: "client.test".into(),
             sender: "a@b.test".into(),
             size: 1234,
+            head: 200,
             eight_bit: true,
             smtputf8: false,
             attempts: 2,
@@ -286,8 +299,10 @@ mod tests {
             sender: String::new(),
             kind: Kind::Bounce,
             last_error: String::new(),
+            head: 0,
             ..e
         };
+        assert!(!String::from_utf8_lossy(&null.encode()).contains("head"));
         assert_eq!(Envelope::decode(&null.encode()), Ok(null));
     }
 
@@ -321,6 +336,11 @@ mod tests {
             (
                 text.replace("rcpt: pending", "rcpt: lost").into_bytes(),
                 "unknown recipient state",
+            ),
+            (
+                text.replace("head-after-body: 200", "head-after-body: 2000")
+                    .into_bytes(),
+                "longer than the message",
             ),
             (b"end\n".to_vec(), "no version"),
             (vec![0xff, 0xfe], "not UTF-8"),

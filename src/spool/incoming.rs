@@ -30,6 +30,11 @@ pub struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
+    /// Message bytes so far.
+    pub fn written(&self) -> u64 {
+        self.msg_len
+    }
+
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.msg_len += bytes.len() as u64;
         self.append(bytes)

@@ -101,9 +101,9 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// The message's `size` bytes.
-    pub fn reader(&self, size: u64) -> slot::MessageReader<'_> {
-        slot::MessageReader::new(&self.file, self.base, size)
+    /// The message's `size` bytes, in order (`head`: the envelope's `head-after-body`).
+    pub fn reader(&self, size: u64, head: u64) -> slot::MessageReader<'_> {
+        slot::message_reader(&self.file, self.base, size, head)
     }
 }
 
@@ -241,9 +241,9 @@ impl Spool {
     }
 
     /// The header section of a queued message (up to `max` bytes), for DSNs.
-    pub fn read_headers(&self, place: Place, size: u64, max: usize) -> io::Result<Vec<u8>> {
+    pub fn read_headers(&self, place: Place, len: (u64, u64), max: usize) -> io::Result<Vec<u8>> {
         let stored = self.open_message(place)?;
-        slot::read_message_headers(&stored.file, stored.base, size, max)
+        slot::read_message_headers(&stored.file, stored.base, len, max)
     }
 
     /// Removes a finished message: its slot is marked free and reused. Not synced: if a

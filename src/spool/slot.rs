@@ -5,7 +5,9 @@
 //! its own (`queue/<n>`, any size).
 //!
 //! Layout, from the slot's start: a 256-byte header, the message, then its envelope as first
-//! written. The header is one line,
+//! written. A message that went through the transform stage has its header section stored
+//! after its body (the envelope's `head-after-body` says how long it is); it is read back in
+//! order. The header is one line,
 //! `mxrelay-slot 1 <state> <id> <message length> <envelope length> <crc32>`, padded with
 //! spaces to 255 bytes plus a newline. State `L`: a queued message; `F`: free.
 //!
@@ -120,7 +122,7 @@ pub fn read(file: &File, base: u64, room: Option<u64>, verify: bool) -> io::Resu
     let shorter = || Ok(Content::Damaged("shorter than its header says".into()));
     let mut crc = crc32fast::Hasher::new();
     if verify {
-        let mut message = MessageReader::new(file, base, header.msg_len);
+        let mut message = StoredReader::new(file, base, 0, header.msg_len);
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             match message.read(&mut chunk) {
@@ -170,18 +172,18 @@ pub fn read_full_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Reads the message in a slot: `size` bytes after the header of the slot at `base`
-/// (positioned reads, so one open file serves any number of readers).
-pub struct MessageReader<'a> {
+/// Reads stored bytes of a slot: `size` bytes from `HEADER_LEN + skip` into the slot at
+/// `base` (positioned reads, so one open file serves any number of readers).
+pub struct StoredReader<'a> {
     file: &'a File,
     pos: u64,
     end: u64,
 }
 
-impl<'a> MessageReader<'a> {
-    pub fn new(file: &'a File, base: u64, size: u64) -> MessageReader<'a> {
-        let pos = base + HEADER_LEN as u64;
-        MessageReader {
+impl<'a> StoredReader<'a> {
+    pub fn new(file: &'a File, base: u64, skip: u64, size: u64) -> StoredReader<'a> {
+        let pos = base + HEADER_LEN as u64 + skip;
+        StoredReader {
             file,
             pos,
             end: pos + size,
@@ -189,7 +191,16 @@ impl<'a> MessageReader<'a> {
     }
 }
 
-impl Read for MessageReader<'_> {
+/// The message in a slot, in order: its `size` bytes, of which the last `head` are stored
+/// first (the header section a transform stage wrote after the body).
+pub type MessageReader<'a> = io::Chain<StoredReader<'a>, StoredReader<'a>>;
+
+pub fn message_reader(file: &File, base: u64, size: u64, head: u64) -> MessageReader<'_> {
+    let body = size - head;
+    StoredReader::new(file, base, body, head).chain(StoredReader::new(file, base, 0, body))
+}
+
+impl Read for StoredReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len().min((self.end - self.pos) as usize);
         if want == 0 {
@@ -206,9 +217,16 @@ impl Read for MessageReader<'_> {
 
 /// The header section of the message in the slot at `base` (up to `max` bytes), for DSNs
 /// and `queue show`.
-pub fn read_message_headers(file: &File, base: u64, size: u64, max: usize) -> io::Result<Vec<u8>> {
+pub fn read_message_headers(
+    file: &File,
+    base: u64,
+    (size, head): (u64, u64),
+    max: usize,
+) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    MessageReader::new(file, base, size.min(max as u64)).read_to_end(&mut buf)?;
+    message_reader(file, base, size, head)
+        .take(max as u64)
+        .read_to_end(&mut buf)?;
     if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
         buf.truncate(end + 2);
     }

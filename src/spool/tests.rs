@@ -140,7 +140,7 @@ fn commit_recover_record_remove() {
     assert!(kept.starts_with(&bytes), "the damaged cell is kept");
     assert!(!holds(&other_at, &other.id), "its cell is free");
     assert_eq!(
-        spool.read_headers(place, e.size, 1000).unwrap(),
+        spool.read_headers(place, (e.size, e.head), 1000).unwrap(),
         b"Subject: hi\r\n"
     );
     // A state record overrides the envelope as committed, for recovery, loading and listing,
@@ -320,7 +320,7 @@ fn a_message_that_fits_a_cell_gets_one_and_a_larger_one_a_slot_file() {
     assert_eq!(names(&root.join("queue")), ["0", "1", "cells"]);
     let mut read = Vec::new();
     let stored = spool.open_message(fits_at).unwrap();
-    std::io::Read::read_to_end(&mut stored.reader(fits.size), &mut read).unwrap();
+    std::io::Read::read_to_end(&mut stored.reader(fits.size, fits.head), &mut read).unwrap();
     assert_eq!(read, vec![b'f'; room]);
     // Its state records fit too.
     let mut deferred = fits.clone();
@@ -505,7 +505,7 @@ fn pieces_large_and_small_are_stored_in_order() {
     assert_eq!(recover(&spool), vec![e.clone()], "the checksum matches");
     let mut stored = Vec::new();
     let s = spool.open_message(place).unwrap();
-    std::io::Read::read_to_end(&mut s.reader(e.size), &mut stored).unwrap();
+    std::io::Read::read_to_end(&mut s.reader(e.size, e.head), &mut stored).unwrap();
     assert_eq!(stored, whole);
     fs::remove_dir_all(root).unwrap();
 }
@@ -646,4 +646,35 @@ fn a_batch_records_many_states_and_syncs_once() {
     }
     assert!(recover(&Spool::open(&root).unwrap()).iter().all(|e| e.held));
     fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_header_section_stored_after_the_body_reads_back_in_order() {
+    let head = b"DKIM-Signature: v=1\r\nFrom: a@b.test\r\n\r\n";
+    for body_len in [10, 300_000] {
+        let root = temp_dir("head-after-body");
+        let spool = Spool::open(&root).unwrap();
+        let body = vec![b'b'; body_len];
+        let mut inc = spool.create();
+        inc.write_all(&body).unwrap();
+        inc.write_all(head).unwrap();
+        let mut e = env(&inc.id.clone());
+        e.size = (body.len() + head.len()) as u64;
+        e.head = head.len() as u64;
+        let place = spool.commit(inc, &e).unwrap();
+        let mut want = head.to_vec();
+        want.extend_from_slice(&body);
+        let mut read = Vec::new();
+        let stored = spool.open_message(place).unwrap();
+        std::io::Read::read_to_end(&mut stored.reader(e.size, e.head), &mut read).unwrap();
+        assert_eq!(read, want, "{body_len}");
+        assert_eq!(
+            spool.read_headers(place, (e.size, e.head), 1000).unwrap(),
+            &head[..head.len() - 2]
+        );
+        drop(spool);
+        // Recovery checks the slot as stored and gives the envelope back as written.
+        let spool = Spool::open(&root).unwrap();
+        assert_eq!(recover(&spool), [e], "{body_len}");
+    }
 }

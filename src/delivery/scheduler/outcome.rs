@@ -256,7 +256,7 @@ impl Scheduler {
         let headers = self
             .s
             .spool
-            .read_headers(place, env.size, DSN_HEADER_LIMIT)
+            .read_headers(place, (env.size, env.head), DSN_HEADER_LIMIT)
             .unwrap_or_default();
         let dsn_id = id::new_id();
         let now = self.s.clock.now_ms();
