@@ -208,11 +208,11 @@ fn setup(extra: &[&str]) -> Setup {
 }
 
 fn addr(relay: &Relay, role: &str) -> SocketAddr {
+    // Listeners are logged one after another: the relay counts as started at the first.
+    let is_it = |l: &str| l.contains("listening on") && l.ends_with(&format!("({role})"));
+    support::wait_until(WAIT, || relay.log().lines().any(is_it));
     let log = relay.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("listening on") && l.ends_with(&format!("({role})")))
-        .expect("listener");
+    let line = log.lines().find(|l| is_it(l)).expect("listener");
     line.split("listening on ")
         .nth(1)
         .unwrap()

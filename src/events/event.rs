@@ -89,6 +89,13 @@ pub enum Event<'a> {
 impl Events {
     /// Reports an event: its log line, its metric and its JSON event.
     pub fn report(&self, event: &Event) {
+        self.log_and_count(event);
+        if let Some((name, fields)) = event.record() {
+            self.emit(name, &fields);
+        }
+    }
+
+    fn log_and_count(&self, event: &Event) {
         let m = &self.metrics;
         match *event {
             Event::Received {
@@ -100,8 +107,8 @@ impl Events {
                 sender,
                 recipients,
                 size,
-                message_id,
                 bare_line_ends,
+                ..
             } => {
                 log::info!(
                     "{id}: received from {helo}[{client_ip}]{}{} sender=<{sender}> nrcpt={} \
@@ -116,36 +123,8 @@ impl Events {
                     }
                 );
                 m.message_received(size);
-                self.emit(
-                    "received",
-                    &[
-                        ("id", V::Str(id)),
-                        ("client_ip", V::Str(client_ip)),
-                        ("auth_user", V::OptStr(auth_user)),
-                        ("tls", V::Bool(tls.is_some())),
-                        ("sender", V::Str(sender)),
-                        ("recipients", V::List(recipients)),
-                        ("size", V::Num(size)),
-                        ("message_id", V::OptStr(message_id)),
-                    ],
-                );
             }
-            Event::Rejected {
-                client_ip,
-                refused,
-                reply,
-            } => {
-                m.message_rejected(refused.reason);
-                self.emit(
-                    "rejected",
-                    &[
-                        ("client_ip", V::Str(client_ip)),
-                        ("command", V::Str(&refused.command)),
-                        ("argument", V::OptStr(refused.argument.as_deref())),
-                        ("reply", V::Str(&reply.summary())),
-                    ],
-                );
-            }
+            Event::Rejected { refused, .. } => m.message_rejected(refused.reason),
             Event::Delivered {
                 id,
                 recipient,
@@ -154,24 +133,12 @@ impl Events {
                 tls,
                 received,
             } => {
-                let delay_s = now_ms().saturating_sub(received) as f64 / 1000.0;
                 log::info!(
                     "{id}: delivered to=<{recipient}> relay={relay}{} reply=\"{reply}\"",
                     if tls { " tls" } else { "" }
                 );
                 m.recipient_delivered();
-                m.observe_delivery_latency(delay_s);
-                self.emit(
-                    "delivered",
-                    &[
-                        ("id", V::Str(id)),
-                        ("recipient", V::Str(recipient)),
-                        ("relay", V::Str(relay)),
-                        ("reply", V::Str(reply)),
-                        ("tls", V::Bool(tls)),
-                        ("delay_s", V::Float(delay_s)),
-                    ],
-                );
+                m.observe_delivery_latency(since_s(received));
             }
             Event::RecipientDeferred {
                 id,
@@ -191,28 +158,106 @@ impl Events {
             }
             Event::Deferred {
                 id,
-                recipients,
                 reason,
                 attempt,
-                next_try,
                 delay,
+                ..
             } => {
                 log::info!(
                     "{id}: deferred, attempt {attempt} failed, next try in {}: {reason}",
                     human(delay)
                 );
-                let next_try = rfc3339(UNIX_EPOCH + Duration::from_millis(next_try));
-                self.emit(
-                    "deferred",
-                    &[
-                        ("id", V::Str(id)),
-                        ("recipients", V::List(recipients)),
-                        ("reason", V::Str(reason)),
-                        ("attempt", V::Num(attempt as u64)),
-                        ("next_try", V::Str(&next_try)),
-                    ],
-                );
             }
+            Event::Bounced { .. } => m.recipient_bounced(),
+            Event::Expired { id, reason, .. } => {
+                log::info!("{id}: expired: {reason}");
+                m.message_expired();
+            }
+            Event::Deleted { id, .. } => log::info!("{id}: deleted by the operator"),
+        }
+    }
+}
+
+impl Event<'_> {
+    /// The JSON event: its name and fields; `None` for steps that are only logged and
+    /// counted (one recipient's result inside a round).
+    pub fn record(&self) -> Option<(&'static str, Vec<(&'static str, V<'_>)>)> {
+        Some(match *self {
+            Event::Received {
+                id,
+                client_ip,
+                auth_user,
+                tls,
+                sender,
+                recipients,
+                size,
+                message_id,
+                ..
+            } => (
+                "received",
+                vec![
+                    ("id", V::Str(id)),
+                    ("client_ip", V::Str(client_ip)),
+                    ("auth_user", V::OptStr(auth_user)),
+                    ("tls", V::Bool(tls.is_some())),
+                    ("sender", V::Str(sender)),
+                    ("recipients", V::List(recipients)),
+                    ("size", V::Num(size)),
+                    ("message_id", V::OptStr(message_id)),
+                ],
+            ),
+            Event::Rejected {
+                client_ip,
+                refused,
+                reply,
+            } => (
+                "rejected",
+                vec![
+                    ("client_ip", V::Str(client_ip)),
+                    ("command", V::Str(&refused.command)),
+                    ("argument", V::OptStr(refused.argument.as_deref())),
+                    ("reply", V::Text(reply.summary())),
+                ],
+            ),
+            Event::Delivered {
+                id,
+                recipient,
+                relay,
+                reply,
+                tls,
+                received,
+            } => (
+                "delivered",
+                vec![
+                    ("id", V::Str(id)),
+                    ("recipient", V::Str(recipient)),
+                    ("relay", V::Str(relay)),
+                    ("reply", V::Str(reply)),
+                    ("tls", V::Bool(tls)),
+                    ("delay_s", V::Float(since_s(received))),
+                ],
+            ),
+            Event::RecipientDeferred { .. } | Event::RecipientFailed { .. } => return None,
+            Event::Deferred {
+                id,
+                recipients,
+                reason,
+                attempt,
+                next_try,
+                ..
+            } => (
+                "deferred",
+                vec![
+                    ("id", V::Str(id)),
+                    ("recipients", V::List(recipients)),
+                    ("reason", V::Str(reason)),
+                    ("attempt", V::Num(attempt as u64)),
+                    (
+                        "next_try",
+                        V::Text(rfc3339(UNIX_EPOCH + Duration::from_millis(next_try))),
+                    ),
+                ],
+            ),
             Event::Bounced {
                 id,
                 recipient,
@@ -220,44 +265,39 @@ impl Events {
                 reason,
                 relay,
                 dsn_id,
-            } => {
-                m.recipient_bounced();
-                self.emit(
-                    "bounced",
-                    &[
-                        ("id", V::Str(id)),
-                        ("recipient", V::Str(recipient)),
-                        ("status", V::Str(status)),
-                        ("reason", V::OptStr(reason)),
-                        ("relay", V::OptStr(relay)),
-                        ("dsn_id", V::OptStr(dsn_id)),
-                    ],
-                );
-            }
+            } => (
+                "bounced",
+                vec![
+                    ("id", V::Str(id)),
+                    ("recipient", V::Str(recipient)),
+                    ("status", V::Str(status)),
+                    ("reason", V::OptStr(reason)),
+                    ("relay", V::OptStr(relay)),
+                    ("dsn_id", V::OptStr(dsn_id)),
+                ],
+            ),
             Event::Expired {
                 id,
                 recipients,
                 age_s,
-                reason,
-            } => {
-                log::info!("{id}: expired: {reason}");
-                m.message_expired();
-                self.emit(
-                    "expired",
-                    &[
-                        ("id", V::Str(id)),
-                        ("recipients", V::List(recipients)),
-                        ("age_s", V::Num(age_s)),
-                    ],
-                );
-            }
-            Event::Deleted { id, recipients } => {
-                log::info!("{id}: deleted by the operator");
-                self.emit(
-                    "deleted",
-                    &[("id", V::Str(id)), ("recipients", V::List(recipients))],
-                );
-            }
-        }
+                ..
+            } => (
+                "expired",
+                vec![
+                    ("id", V::Str(id)),
+                    ("recipients", V::List(recipients)),
+                    ("age_s", V::Num(age_s)),
+                ],
+            ),
+            Event::Deleted { id, recipients } => (
+                "deleted",
+                vec![("id", V::Str(id)), ("recipients", V::List(recipients))],
+            ),
+        })
     }
+}
+
+/// Seconds since `received` (unix ms).
+fn since_s(received: u64) -> f64 {
+    now_ms().saturating_sub(received) as f64 / 1000.0
 }

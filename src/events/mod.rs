@@ -46,6 +46,7 @@ pub struct Events {
 /// A JSON value as the events need them.
 pub enum V<'a> {
     Str(&'a str),
+    Text(String),
     OptStr(Option<&'a str>),
     Num(u64),
     Float(f64),
@@ -119,6 +120,7 @@ pub fn to_json(kind: &str, time: SystemTime, fields: &[(&str, V)]) -> String {
         s.push(':');
         match v {
             V::Str(x) => string(&mut s, x),
+            V::Text(x) => string(&mut s, x),
             V::OptStr(Some(x)) => string(&mut s, x),
             V::OptStr(None) => s.push_str("null"),
             V::Num(n) => {

@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Shared, reply_map};
 use crate::config::Role;
+use crate::events::Event;
 use crate::net::{LineReader, Stream};
-use crate::smtp::data::DataReader;
+use crate::smtp::data::{DataReader, Summary};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Refusal, Session, Transaction};
 use crate::spool::{Envelope, Incoming, Kind, RcptState, Recipient};
@@ -76,31 +77,20 @@ pub fn receive(
         };
     }
     let summary = data.summary();
-    let mut head = 0;
-    let verdict = session.data_verdict(summary).and_then(|()| {
-        if let Some(e) = write_error.take() {
-            log::error!("{id}: spool write failed: {e}");
-            return Err((Refusal::Other, reply_map::spool_error(&e)));
+    let head = match finish(session, summary, &mut incoming, stage, write_error, &id) {
+        Ok(head) => head,
+        Err((why, reply)) => {
+            shared.services.spool.abort(incoming);
+            log::info!(
+                "rejected message from [{}]: {} ({} bytes, {} Received: fields)",
+                client.ip,
+                reply.summary(),
+                summary.size,
+                summary.received_headers
+            );
+            return DataOutcome::Refused(why, reply);
         }
-        let Some(stage) = stage else { return Ok(()) };
-        let block = stage.end().map_err(|e| reply_map::transform_error(&e))?;
-        head = block.len() as u64;
-        incoming.write_all(&block).map_err(|e| {
-            log::error!("{id}: spool write failed: {e}");
-            (Refusal::Other, reply_map::spool_error(&e))
-        })
-    });
-    if let Err((why, reply)) = verdict {
-        shared.services.spool.abort(incoming);
-        log::info!(
-            "rejected message from [{}]: {} ({} bytes, {} Received: fields)",
-            client.ip,
-            reply.summary(),
-            summary.size,
-            summary.received_headers
-        );
-        return DataOutcome::Refused(why, reply);
-    }
+    };
     let mut env = envelope(&id, client, tx, incoming.written());
     env.head = head;
     env.eight_bit = summary.eight_bit;
@@ -112,26 +102,47 @@ pub fn receive(
         }
     };
     let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
-    shared
-        .services
-        .events
-        .report(&crate::events::Event::Received {
-            id: &id,
-            client_ip: &client.ip.to_string(),
-            helo: client.helo,
-            auth_user: client.auth_user,
-            tls: client.tls,
-            sender: &env.sender,
-            recipients: &recipients,
-            size: env.size,
-            message_id: summary.message_id.as_deref(),
-            bare_line_ends: summary.bare_line_ends,
-        });
+    shared.services.events.report(&Event::Received {
+        id: &id,
+        client_ip: &client.ip.to_string(),
+        helo: client.helo,
+        auth_user: client.auth_user,
+        tls: client.tls,
+        sender: &env.sender,
+        recipients: &recipients,
+        size: env.size,
+        message_id: summary.message_id.as_deref(),
+        bare_line_ends: summary.bare_line_ends,
+    });
     if shared.services.intake.submit(env, place).is_err() {
         // The scheduler is gone (shutting down): the message is safe on disk for the next start.
         log::warn!("{id}: queued on disk; delivery starts at the next start-up");
     }
     DataOutcome::Queued(id)
+}
+
+/// After the end of DATA: the session's verdict, then the spool's and the transforms'. On
+/// success, the header block is written (after the body) and its length returned.
+fn finish(
+    session: &Session,
+    summary: &Summary,
+    incoming: &mut Incoming,
+    stage: Option<Stage>,
+    write_error: Option<io::Error>,
+    id: &str,
+) -> Result<u64, (Refusal, Reply)> {
+    session.data_verdict(summary)?;
+    let write_failed = |e: io::Error| {
+        log::error!("{id}: spool write failed: {e}");
+        (Refusal::Other, reply_map::spool_error(&e))
+    };
+    if let Some(e) = write_error {
+        return Err(write_failed(e));
+    }
+    let Some(stage) = stage else { return Ok(0) };
+    let block = stage.end().map_err(|e| reply_map::transform_error(&e))?;
+    incoming.write_all(&block).map_err(write_failed)?;
+    Ok(block.len() as u64)
 }
 
 /// Reads DATA to its end marker into the spool (through the stage, if there is one). After a

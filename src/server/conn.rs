@@ -23,119 +23,57 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     {
         return;
     }
-    let peer_ip = canonical(peer.ip());
-    let trusted = cfg.trusted.iter().any(|n| n.contains(peer_ip));
-    let mut tls_info = None;
-    let stream = if role == Role::Smtps {
-        match handshake(shared, stream, peer_ip) {
-            Some((s, info)) => {
-                tls_info = Some(info);
-                s
-            }
+    let ip = canonical(peer.ip());
+    let trusted = cfg.trusted.iter().any(|n| n.contains(ip));
+    let (stream, tls) = if role == Role::Smtps {
+        match handshake(shared, stream, ip) {
+            Some((s, info)) => (s, Some(info)),
             None => return,
         }
     } else {
-        Stream::Plain(stream)
+        (Stream::Plain(stream), None)
     };
-    let mut session = Session::new(session_config(shared, role, trusted, peer_ip));
     log::debug!(
-        "connect from [{peer_ip}] to the {} port (trusted: {trusted})",
+        "connect from [{ip}] to the {} port (trusted: {trusted})",
         role.name()
     );
     let mut conn = Conn {
+        shared,
+        session: Session::new(session_config(shared, role, trusted, ip)),
         reader: LineReader::new(stream, line_buffer(cfg.max_line_length)),
         out: Vec::new(),
-        ip: peer_ip,
+        ip,
+        role,
+        trusted,
+        tls,
+        commands: 0,
     };
-    conn.reply(&session.greeting());
-    let mut commands = 0u32;
+    let greeting = conn.session.greeting();
+    conn.reply(&greeting);
     loop {
         if !conn.reader.buffered().contains(&b'\n') && conn.flush().is_err() {
             return;
         }
-        let step = match conn.reader.read_line(cfg.max_line_length) {
-            Ok(Line::Line(line)) => {
-                commands += 1;
-                if shared.stopping.load(Ordering::SeqCst) {
-                    conn.reply(&reply::shutting_down(&cfg.hostname));
-                    let _ = conn.flush();
-                    return;
-                }
-                session.feed(line)
-            }
-            Ok(Line::TooLong) => session.line_too_long(),
-            Ok(Line::Eof) => break,
-            Err(e) => {
-                if crate::net::is_timeout(&e) {
-                    log::info!("timeout from [{peer_ip}] after {commands} commands");
-                    conn.reply(&reply::timeout());
-                    let _ = conn.flush();
-                }
-                break;
-            }
-        };
-        conn.answer(shared, &step);
-        match step.effect {
-            Effect::None => {}
-            Effect::MailAccepted => pace(shared, peer_ip),
-            Effect::Close => {
-                let _ = conn.flush();
-                break;
-            }
-            Effect::StartTls => {
-                if conn.flush().is_err() {
-                    return;
-                }
-                let Some(info) = starttls(&mut conn, shared) else {
-                    return;
-                };
-                tls_info = Some(info);
-                session.tls_started();
-            }
-            Effect::Authenticate { user, password } => {
-                let (verdict, locked) = authenticate(shared, &user, password.as_deref(), peer_ip);
-                let ok = verdict.is_some();
-                conn.answer(
-                    shared,
-                    &session.auth_result(ok, verdict.unwrap_or_default()),
-                );
-                if locked {
-                    conn.reply(&reply::auth_locked_out());
-                    let _ = conn.flush();
-                    return;
-                }
-            }
-            Effect::BeginData => {
-                if conn.flush().is_err() {
-                    return;
-                }
-                let client = Client {
-                    ip: peer_ip,
-                    role,
-                    trusted,
-                    helo: session.helo().unwrap_or(""),
-                    esmtp: session.is_esmtp(),
-                    tls: tls_info.as_deref(),
-                    auth_user: session.auth_user(),
-                };
-                let result = match accept::receive(&mut conn.reader, shared, &session, &client) {
-                    DataOutcome::Queued(id) => Ok(id),
-                    DataOutcome::Refused(why, r) => Err((why, r)),
-                    DataOutcome::Gone { timed_out } => {
-                        if timed_out {
-                            conn.reply(&reply::timeout());
-                            let _ = conn.flush();
-                        }
-                        return;
-                    }
-                };
-                conn.answer(shared, &session.data_done(result));
-            }
+        let Some(step) = conn.next_step() else { break };
+        conn.answer(&step);
+        match conn.carry_out(step.effect) {
+            Flow::Go => {}
+            Flow::End => break,
+            Flow::Drop => return,
         }
     }
     let _ = conn.flush();
     conn.reader.get_mut().close();
-    log::debug!("disconnect from [{peer_ip}] after {commands} commands");
+    log::debug!("disconnect from [{ip}] after {} commands", conn.commands);
+}
+
+/// What the session loop does after a step.
+enum Flow {
+    Go,
+    /// Flush what is queued and close.
+    End,
+    /// The connection is unusable or the client must not hear more: just drop it.
+    Drop,
 }
 
 fn session_config(shared: &Shared, role: Role, trusted: bool, ip: IpAddr) -> SessionConfig {
@@ -171,28 +109,150 @@ fn line_buffer(max_line: usize) -> usize {
     (max_line + 2).max(16 * 1024)
 }
 
-struct Conn {
+struct Conn<'a> {
+    shared: &'a Shared,
+    session: Session,
     reader: LineReader<Stream>,
     out: Vec<u8>,
     ip: IpAddr,
+    role: Role,
+    trusted: bool,
+    /// The TLS session, described, once there is one.
+    tls: Option<String>,
+    commands: u32,
 }
 
-impl Conn {
+impl Conn<'_> {
+    /// Reads the next command and feeds it to the session; `None` when the client is gone
+    /// (or timed out: then it has been told).
+    fn next_step(&mut self) -> Option<Step> {
+        let cfg = &self.shared.cfg;
+        match self.reader.read_line(cfg.max_line_length) {
+            Ok(Line::Line(line)) => {
+                self.commands += 1;
+                if self.shared.stopping.load(Ordering::SeqCst) {
+                    let r = reply::shutting_down(&cfg.hostname);
+                    self.out.extend_from_slice(r.render().as_bytes());
+                    return None;
+                }
+                Some(self.session.feed(line))
+            }
+            Ok(Line::TooLong) => Some(self.session.line_too_long()),
+            Ok(Line::Eof) => None,
+            Err(e) => {
+                if crate::net::is_timeout(&e) {
+                    log::info!(
+                        "timeout from [{}] after {} commands",
+                        self.ip,
+                        self.commands
+                    );
+                    self.reply(&reply::timeout());
+                }
+                None
+            }
+        }
+    }
+
+    fn carry_out(&mut self, effect: Effect) -> Flow {
+        match effect {
+            Effect::None => Flow::Go,
+            Effect::MailAccepted => {
+                pace(self.shared, self.ip);
+                Flow::Go
+            }
+            Effect::Close => Flow::End,
+            Effect::StartTls => {
+                if self.flush().is_err() {
+                    return Flow::Drop;
+                }
+                let Some(info) = self.starttls() else {
+                    return Flow::Drop;
+                };
+                self.tls = Some(info);
+                self.session.tls_started();
+                Flow::Go
+            }
+            Effect::Authenticate { user, password } => {
+                let (verdict, locked) =
+                    authenticate(self.shared, &user, password.as_deref(), self.ip);
+                let ok = verdict.is_some();
+                let step = self.session.auth_result(ok, verdict.unwrap_or_default());
+                self.answer(&step);
+                if locked {
+                    self.reply(&reply::auth_locked_out());
+                    let _ = self.flush();
+                    return Flow::Drop;
+                }
+                Flow::Go
+            }
+            Effect::BeginData => self.data(),
+        }
+    }
+
+    /// DATA after its 354: the message is read and committed (or refused) by `accept`.
+    fn data(&mut self) -> Flow {
+        if self.flush().is_err() {
+            return Flow::Drop;
+        }
+        let client = Client {
+            ip: self.ip,
+            role: self.role,
+            trusted: self.trusted,
+            helo: self.session.helo().unwrap_or(""),
+            esmtp: self.session.is_esmtp(),
+            tls: self.tls.as_deref(),
+            auth_user: self.session.auth_user(),
+        };
+        let result = match accept::receive(&mut self.reader, self.shared, &self.session, &client) {
+            DataOutcome::Queued(id) => Ok(id),
+            DataOutcome::Refused(why, r) => Err((why, r)),
+            DataOutcome::Gone { timed_out } => {
+                if timed_out {
+                    self.reply(&reply::timeout());
+                    let _ = self.flush();
+                }
+                return Flow::Drop;
+            }
+        };
+        let step = self.session.data_done(result);
+        self.answer(&step);
+        Flow::Go
+    }
+
     fn reply(&mut self, r: &Reply) {
         self.out.extend_from_slice(r.render().as_bytes());
     }
 
     /// Queues the step's reply; a refusal is also reported (event, metric, log).
-    fn answer(&mut self, shared: &Shared, step: &Step) {
+    fn answer(&mut self, step: &Step) {
         let Some(r) = &step.reply else { return };
         if let Some(refused) = &step.refused {
-            shared.services.events.report(&Event::Rejected {
+            self.shared.services.events.report(&Event::Rejected {
                 client_ip: &self.ip.to_string(),
                 refused,
                 reply: r,
             });
         }
         self.reply(r);
+    }
+
+    /// STARTTLS after its 220 went out. Anything the client sent after STARTTLS without
+    /// waiting for the 220 is plaintext injected before the handshake (CVE-2011-0411): drop
+    /// the client.
+    fn starttls(&mut self) -> Option<String> {
+        let ip = self.ip;
+        let tcp = match self.reader.take_plain() {
+            Ok(tcp) => tcp,
+            Err(TakePlain::Unavailable) => return None,
+            Err(TakePlain::ReadAhead) => {
+                log::warn!("client [{ip}] pipelined commands after STARTTLS; disconnecting");
+                return None;
+            }
+        };
+        let (stream, info) = handshake(self.shared, tcp, ip)?;
+        let buffer = line_buffer(self.shared.cfg.max_line_length);
+        self.reader = LineReader::new(stream, buffer);
+        Some(info)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -226,23 +286,6 @@ fn handshake(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Option<(Stream, Str
             None
         }
     }
-}
-
-/// STARTTLS after its 220 went out. Anything the client sent after STARTTLS without waiting
-/// for the 220 is plaintext injected before the handshake (CVE-2011-0411): drop the client.
-fn starttls(conn: &mut Conn, shared: &Shared) -> Option<String> {
-    let ip = conn.ip;
-    let tcp = match conn.reader.take_plain() {
-        Ok(tcp) => tcp,
-        Err(TakePlain::Unavailable) => return None,
-        Err(TakePlain::ReadAhead) => {
-            log::warn!("client [{ip}] pipelined commands after STARTTLS; disconnecting");
-            return None;
-        }
-    };
-    let (stream, info) = handshake(shared, tcp, ip)?;
-    conn.reader = LineReader::new(stream, line_buffer(shared.cfg.max_line_length));
-    Some(info)
 }
 
 /// Checks credentials: `Some(sender domains)` on success. A failure is paused on and
