@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::Shared;
 use super::accept::{self, Client, DataOutcome};
+use super::{ServerConfig, Shared};
 use crate::config::Role;
 use crate::events::Event;
 use crate::net::{Line, LineReader, Stream, TakePlain};
@@ -39,7 +39,16 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     );
     let mut conn = Conn {
         shared,
-        session: Session::new(session_config(shared, role, trusted, ip)),
+        session: Session::new(session_config(
+            cfg,
+            Offers {
+                tls: shared.services.tls.is_some(),
+                auth: shared.services.users.is_some(),
+            },
+            role,
+            trusted,
+            ip,
+        )),
         reader: LineReader::new(stream, line_buffer(cfg.max_line_length)),
         out: Vec::new(),
         ip,
@@ -76,8 +85,22 @@ enum Flow {
     Drop,
 }
 
-fn session_config(shared: &Shared, role: Role, trusted: bool, ip: IpAddr) -> SessionConfig {
-    let cfg = &shared.cfg;
+/// What the relay can offer a client, whoever it is.
+#[derive(Clone, Copy)]
+struct Offers {
+    tls: bool,
+    auth: bool,
+}
+
+/// The session's rules for this client: relaying needs a trusted address on the relay
+/// port (or AUTH); submission ports require AUTH.
+fn session_config(
+    cfg: &ServerConfig,
+    offers: Offers,
+    role: Role,
+    trusted: bool,
+    ip: IpAddr,
+) -> SessionConfig {
     SessionConfig {
         hostname: cfg.hostname.clone(),
         max_message_size: cfg.max_message_size,
@@ -86,9 +109,9 @@ fn session_config(shared: &Shared, role: Role, trusted: bool, ip: IpAddr) -> Ses
         max_errors: cfg.max_errors,
         relay_allowed: trusted && role == Role::Smtp,
         postmaster: cfg.postmaster.clone(),
-        tls_available: shared.services.tls.is_some(),
+        tls_available: offers.tls,
         implicit_tls: role == Role::Smtps,
-        auth_available: shared.services.users.is_some(),
+        auth_available: offers.auth,
         require_auth: role != Role::Smtp,
         plaintext_auth: cfg.plaintext_auth_loopback && ip.is_loopback(),
     }
@@ -335,5 +358,83 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::Mailbox;
+
+    fn server_config() -> ServerConfig {
+        ServerConfig {
+            hostname: "relay.test".into(),
+            trusted: vec![crate::config::parse_cidr("10.0.0.0/8").unwrap()],
+            postmaster: Mailbox::parse("postmaster@relay.test").unwrap(),
+            max_connections: 10,
+            max_message_size: 1000,
+            max_recipients: 10,
+            max_errors: 10,
+            max_line_length: 1000,
+            max_hops: 50,
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            plaintext_auth_loopback: true,
+            auth_fail_delay: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn relaying_needs_a_trusted_client_on_the_relay_port_or_auth() {
+        let cfg = server_config();
+        let offers = Offers {
+            tls: true,
+            auth: true,
+        };
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        // role, trusted, ip -> relay_allowed, require_auth, implicit_tls, plaintext_auth
+        let cases = [
+            (Role::Smtp, true, loopback, (true, false, false, true)),
+            (Role::Smtp, false, remote, (false, false, false, false)),
+            (Role::Submission, true, loopback, (false, true, false, true)),
+            (Role::Submission, false, remote, (false, true, false, false)),
+            (Role::Smtps, true, remote, (false, true, true, false)),
+        ];
+        for (role, trusted, ip, want) in cases {
+            let c = session_config(&cfg, offers, role, trusted, ip);
+            let got = (
+                c.relay_allowed,
+                c.require_auth,
+                c.implicit_tls,
+                c.plaintext_auth,
+            );
+            assert_eq!(got, want, "{role:?} trusted={trusted} {ip}");
+        }
+        let bare = session_config(
+            &cfg,
+            Offers {
+                tls: false,
+                auth: false,
+            },
+            Role::Smtp,
+            true,
+            loopback,
+        );
+        assert!(!bare.tls_available && !bare.auth_available);
+    }
+
+    #[test]
+    fn mapped_ipv4_addresses_are_seen_as_ipv4() {
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(canonical(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn the_line_buffer_holds_a_longest_line() {
+        assert_eq!(line_buffer(1000), 16 * 1024);
+        assert_eq!(line_buffer(100_000), 100_002);
     }
 }
