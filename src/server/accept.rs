@@ -140,7 +140,11 @@ fn finish(
         return Err(write_failed(e));
     }
     let Some(stage) = stage else { return Ok(0) };
-    let block = stage.end().map_err(|e| reply_map::transform_error(&e))?;
+    let block = stage
+        .end()
+        .map_err(|e| reply_map::transform_error(&e))?
+        .block
+        .to_bytes();
     incoming.write_all(&block).map_err(write_failed)?;
     Ok(block.len() as u64)
 }

@@ -40,16 +40,32 @@ pub trait Transform: Send + Sync {
     fn begin(&self, cx: &Context) -> Option<Box<dyn Pass>>;
 }
 
+/// The message's header block as the transforms shape it, and what they note about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    pub block: HeaderBlock,
+    pub notes: Notes,
+}
+
+/// What transforms tell the rest of the relay about a message (for its events and log).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// The client's tag for the message (a control header), copied into its events.
+    pub tag: Option<String>,
+    /// One entry per signature added, e.g. `d=example.com s=mail a=rsa-sha256`.
+    pub signatures: Vec<String>,
+}
+
 /// One transform's pass over one message.
 pub trait Pass {
     /// The header block is complete: read or edit it.
-    fn header(&mut self, _block: &mut HeaderBlock, _cx: &Context) -> Result<(), TransformError> {
+    fn header(&mut self, _msg: &mut Message, _cx: &Context) -> Result<(), TransformError> {
         Ok(())
     }
     /// The next piece of the body, as it will be stored.
     fn body(&mut self, _piece: &[u8]) {}
     /// The body has ended: the last edits (a signature is added here).
-    fn finish(&mut self, _block: &mut HeaderBlock, _cx: &Context) -> Result<(), TransformError> {
+    fn finish(&mut self, _msg: &mut Message, _cx: &Context) -> Result<(), TransformError> {
         Ok(())
     }
 }
@@ -98,7 +114,7 @@ impl Transforms {
             cx,
             passes,
             head: Some(HeadReader::new(received, self.header_limit)),
-            block: HeaderBlock::default(),
+            msg: Message::default(),
             error: None,
         })
     }
@@ -110,7 +126,7 @@ pub struct Stage<'a> {
     passes: Vec<Box<dyn Pass>>,
     /// Reading the header section; `None` once the body has started.
     head: Option<HeadReader>,
-    block: HeaderBlock,
+    msg: Message,
     error: Option<TransformError>,
 }
 
@@ -139,9 +155,9 @@ impl Stage<'_> {
 
     fn header_done(&mut self) {
         let Some(head) = self.head.take() else { return };
-        self.block = head.finish();
+        self.msg.block = head.finish();
         for pass in &mut self.passes {
-            if let Err(e) = pass.header(&mut self.block, &self.cx) {
+            if let Err(e) = pass.header(&mut self.msg, &self.cx) {
                 self.error = Some(e);
                 return;
             }
@@ -160,8 +176,9 @@ impl Stage<'_> {
         piece
     }
 
-    /// The message has ended: the header block as it is to be stored (before the body).
-    pub fn end(mut self) -> Result<Vec<u8>, TransformError> {
+    /// The message has ended: its header block as it is to be stored (before the body), and
+    /// the transforms' notes.
+    pub fn end(mut self) -> Result<Message, TransformError> {
         if self.head.is_some() {
             // The whole message was header section.
             self.header_done();
@@ -170,9 +187,9 @@ impl Stage<'_> {
             return Err(e);
         }
         for pass in &mut self.passes {
-            pass.finish(&mut self.block, &self.cx)?;
+            pass.finish(&mut self.msg, &self.cx)?;
         }
-        Ok(self.block.to_bytes())
+        Ok(self.msg)
     }
 }
 

@@ -54,7 +54,8 @@ struct RulesPass {
 }
 
 impl Pass for RulesPass {
-    fn header(&mut self, block: &mut HeaderBlock, _: &Context) -> Result<(), TransformError> {
+    fn header(&mut self, msg: &mut Message, _: &Context) -> Result<(), TransformError> {
+        let block = &mut msg.block;
         self.log
             .lock()
             .unwrap()
@@ -95,7 +96,7 @@ struct SignerPass {
 }
 
 impl Pass for SignerPass {
-    fn header(&mut self, _: &mut HeaderBlock, _: &Context) -> Result<(), TransformError> {
+    fn header(&mut self, _: &mut Message, _: &Context) -> Result<(), TransformError> {
         self.log.lock().unwrap().push("header signer".into());
         Ok(())
     }
@@ -103,7 +104,8 @@ impl Pass for SignerPass {
         self.body.update(piece);
         self.len += piece.len();
     }
-    fn finish(&mut self, block: &mut HeaderBlock, _: &Context) -> Result<(), TransformError> {
+    fn finish(&mut self, msg: &mut Message, _: &Context) -> Result<(), TransformError> {
+        let block = &mut msg.block;
         let names: Vec<&str> = block.fields().iter().map(|f| f.name()).collect();
         let value = format!(
             "l={}; c={:08x}; h={}",
@@ -112,6 +114,7 @@ impl Pass for SignerPass {
             names.join(":")
         );
         block.prepend(Field::new("X-Signature", &value));
+        msg.notes.signatures.push("d=test".into());
         Ok(())
     }
 }
@@ -150,9 +153,10 @@ fn run(t: &Transforms, message: &[u8], piece: usize) -> (Result<Vec<u8>, Transfo
         largest = largest.max(out.len());
         body.extend_from_slice(out);
     }
-    let stored = stage.end().map(|mut block| {
-        block.extend_from_slice(&body);
-        block
+    let stored = stage.end().map(|msg| {
+        let mut stored = msg.block.to_bytes();
+        stored.extend_from_slice(&body);
+        stored
     });
     (stored, largest)
 }
