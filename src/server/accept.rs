@@ -171,27 +171,34 @@ fn read_data(
             }
             continue;
         }
-        let end = match (&mut stage, write_error.is_some()) {
-            (None, false) => {
-                // The plain path: the DATA reader writes straight into the spool's buffer.
-                let end = incoming.fill(|out| data.feed(avail, out));
-                if let Err(e) = incoming.write_if_full() {
-                    *write_error = Some(e);
+        let in_head = stage.as_ref().is_some_and(|s| !s.in_body());
+        let end = if write_error.is_some() {
+            scratch.clear();
+            data.feed(avail, &mut scratch)
+        } else if in_head {
+            // The header section stays with the stage; what follows it is written out.
+            scratch.clear();
+            let end = data.feed(avail, &mut scratch);
+            let stage = stage.as_mut().expect("in the header section");
+            if let Err(e) = incoming.write_all(stage.feed(&scratch)) {
+                *write_error = Some(e);
+            }
+            end
+        } else {
+            // The DATA reader writes straight into the spool's buffer; passes see the body
+            // there.
+            let end = incoming.fill(|out| {
+                let from = out.len();
+                let end = data.feed(avail, out);
+                if let Some(stage) = stage.as_mut() {
+                    stage.body_written(&out[from..]);
                 }
                 end
+            });
+            if let Err(e) = incoming.write_if_full() {
+                *write_error = Some(e);
             }
-            (Some(stage), false) => {
-                scratch.clear();
-                let end = data.feed(avail, &mut scratch);
-                if let Err(e) = incoming.write_all(stage.feed(&scratch)) {
-                    *write_error = Some(e);
-                }
-                end
-            }
-            (_, true) => {
-                scratch.clear();
-                data.feed(avail, &mut scratch)
-            }
+            end
         };
         let n = end.unwrap_or(avail.len());
         reader.consume(n);

@@ -5,6 +5,8 @@
 //! stage is not entered at all, and the message takes the plain path into the spool.
 
 pub mod head;
+pub mod headers;
+pub mod submission;
 
 use std::sync::Arc;
 
@@ -25,6 +27,8 @@ pub struct Context<'a> {
 /// Where a transform runs: stages in this order, and in the order given within one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Order {
+    /// Control headers: read (and removed) before anything else looks at the block.
+    Control,
     /// The operator's header rules.
     HeaderRules,
     /// RFC 6409 section 8 fix-ups for submitted mail.
@@ -168,12 +172,25 @@ impl Stage<'_> {
         if self.error.is_some() {
             return &[];
         }
+        self.body_written(piece);
+        piece
+    }
+
+    /// Whether the header block is complete (and nothing has gone wrong): from here on all
+    /// the message is body, which the caller may write out first and then show the passes
+    /// with `body_written`, saving a copy.
+    pub fn in_body(&self) -> bool {
+        self.head.is_none() && self.error.is_none()
+    }
+
+    /// Shows the passes a piece of body that has been written out (only while `in_body`).
+    pub fn body_written(&mut self, piece: &[u8]) {
+        debug_assert!(self.in_body());
         if !piece.is_empty() {
             for pass in &mut self.passes {
                 pass.body(piece);
             }
         }
-        piece
     }
 
     /// The message has ended: its header block as it is to be stored (before the body), and
