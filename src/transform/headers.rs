@@ -123,35 +123,13 @@ fn tag_value(raw: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::head::HeadReader;
+    use super::super::tests::header_pass;
     use super::*;
     use crate::config::Role;
-    use crate::smtp::session::{BodyType, Transaction};
 
     fn run(t: &dyn Transform, trusted: bool, header: &[u8]) -> Option<Message> {
-        let tx = Transaction {
-            sender: None,
-            declared_size: None,
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            recipients: Vec::new(),
-        };
-        let cx = Context {
-            id: "ID",
-            role: Role::Smtp,
-            trusted,
-            auth_user: None,
-            tx: &tx,
-        };
-        let mut pass = t.begin(&cx)?;
-        let mut head = HeadReader::new(b"", 10_000);
-        head.feed(header);
-        let mut msg = Message {
-            block: head.finish(),
-            ..Message::default()
-        };
-        pass.header(&mut msg, &cx).unwrap();
-        pass.finish(&mut msg, &cx).unwrap();
+        let mut msg = header_pass(t, (Role::Smtp, trusted, None), header)?;
+        msg.block.remove("Received");
         Some(msg)
     }
 

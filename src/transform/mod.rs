@@ -211,4 +211,4 @@ impl Stage<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -50,36 +50,14 @@ impl Pass for FixupPass {
 
 #[cfg(test)]
 mod tests {
-    use super::super::head::HeadReader;
+    use super::super::tests::header_pass;
     use super::*;
-    use crate::smtp::session::{BodyType, Transaction};
 
     fn run(role: Role, auth_user: Option<&str>, header: &[u8]) -> Option<Vec<u8>> {
-        let tx = Transaction {
-            sender: None,
-            declared_size: None,
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            recipients: Vec::new(),
-        };
-        let cx = Context {
-            id: "0006613118200133-0015",
-            role,
-            trusted: true,
-            auth_user,
-            tx: &tx,
-        };
         let fixups = SubmissionFixups {
             hostname: "relay.test".into(),
         };
-        let mut pass = fixups.begin(&cx)?;
-        let mut head = HeadReader::new(b"Received: by relay.test\r\n", 10_000);
-        head.feed(header);
-        let mut msg = Message {
-            block: head.finish(),
-            ..Message::default()
-        };
-        pass.header(&mut msg, &cx).unwrap();
+        let msg = header_pass(&fixups, (role, true, auth_user), header)?;
         Some(msg.block.to_bytes())
     }
 

@@ -4,7 +4,7 @@ use super::head::Field;
 use super::*;
 use crate::smtp::session::BodyType;
 
-fn tx() -> Transaction {
+pub(super) fn tx() -> Transaction {
     Transaction {
         sender: None,
         declared_size: None,
@@ -25,6 +25,33 @@ fn cx(tx: &Transaction) -> Context<'_> {
 }
 
 const RECEIVED: &[u8] = b"Received: by relay.test\r\n";
+
+/// Runs one transform's pass over a message of just `header` (after our `Received:`), as
+/// the client `(role, trusted, auth_user)`; `None` if it does not take part.
+pub(super) fn header_pass(
+    t: &dyn Transform,
+    (role, trusted, auth_user): (Role, bool, Option<&str>),
+    header: &[u8],
+) -> Option<Message> {
+    let tx = tx();
+    let cx = Context {
+        id: "0006613118200133-0015",
+        role,
+        trusted,
+        auth_user,
+        tx: &tx,
+    };
+    let mut pass = t.begin(&cx)?;
+    let mut head = HeadReader::new(RECEIVED, 10_000);
+    head.feed(header);
+    let mut msg = Message {
+        block: head.finish(),
+        ..Message::default()
+    };
+    pass.header(&mut msg, &cx).unwrap();
+    pass.finish(&mut msg, &cx).unwrap();
+    Some(msg)
+}
 
 /// Removes a field and adds one, at the header stage.
 struct Rules {
