@@ -110,6 +110,7 @@ impl Intake {
                     reply,
                     tls: *tls,
                     received: job.received,
+                    tag: crate::events::tag(&job.tag),
                 });
             }
         }

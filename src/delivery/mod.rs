@@ -45,6 +45,8 @@ pub struct Job {
     /// Set when the operator deletes the message: a delivery that has not sent the body yet
     /// leaves its transaction unfinished, so the message never goes out.
     pub cancelled: Arc<AtomicBool>,
+    /// The message's tag, for its events; empty: none.
+    pub tag: String,
     pub size: u64,
     /// Of `size`, the header section stored after the body (see `Envelope::head`).
     pub head: u64,
@@ -69,6 +71,7 @@ impl Job {
             place,
             received: env.received,
             cancelled,
+            tag: env.tag.clone(),
             size: env.size,
             head: env.head,
             eight_bit: env.eight_bit,

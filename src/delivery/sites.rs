@@ -577,6 +577,7 @@ mod tests {
             place: crate::spool::test_place(),
             received: 0,
             cancelled: Arc::default(),
+            tag: String::new(),
             size: 1,
             head: 0,
             eight_bit: false,

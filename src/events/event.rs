@@ -24,6 +24,9 @@ pub enum Event<'a> {
         size: u64,
         message_id: Option<&'a str>,
         bare_line_ends: u64,
+        tag: Option<&'a str>,
+        /// The DKIM signatures added, e.g. `d=example.com s=mail a=rsa-sha256`.
+        signatures: &'a [String],
     },
     /// A command refused.
     Rejected {
@@ -34,6 +37,7 @@ pub enum Event<'a> {
     /// One recipient delivered.
     Delivered {
         id: &'a str,
+        tag: Option<&'a str>,
         recipient: &'a str,
         relay: &'a str,
         reply: &'a str,
@@ -57,6 +61,7 @@ pub enum Event<'a> {
     /// A message's round ended with recipients still pending.
     Deferred {
         id: &'a str,
+        tag: Option<&'a str>,
         recipients: &'a [String],
         reason: &'a str,
         attempt: u32,
@@ -68,6 +73,7 @@ pub enum Event<'a> {
     /// One recipient reported to the sender (or dropped, for a double bounce).
     Bounced {
         id: &'a str,
+        tag: Option<&'a str>,
         recipient: &'a str,
         status: &'a str,
         reason: Option<&'a str>,
@@ -76,12 +82,14 @@ pub enum Event<'a> {
     },
     Expired {
         id: &'a str,
+        tag: Option<&'a str>,
         recipients: &'a [String],
         age_s: u64,
         reason: &'a str,
     },
     Deleted {
         id: &'a str,
+        tag: Option<&'a str>,
         recipients: &'a [String],
     },
 }
@@ -90,7 +98,10 @@ impl Events {
     /// Reports an event: its log line, its metric and its JSON event.
     pub fn report(&self, event: &Event) {
         self.log_and_count(event);
-        if let Some((name, fields)) = event.record() {
+        if let Some((name, mut fields)) = event.record() {
+            if let Some(tag) = event.tag() {
+                fields.push(("tag", V::Str(tag)));
+            }
             self.emit(name, &fields);
         }
     }
@@ -108,11 +119,13 @@ impl Events {
                 recipients,
                 size,
                 bare_line_ends,
+                tag,
+                signatures,
                 ..
             } => {
                 log::info!(
                     "{id}: received from {helo}[{client_ip}]{}{} sender=<{sender}> nrcpt={} \
-                     size={size}{}",
+                     size={size}{}{}{}",
                     auth_user.map(|u| format!(" user={u}")).unwrap_or_default(),
                     tls.map(|t| format!(" tls={}", t.split(' ').next().unwrap_or(t)))
                         .unwrap_or_default(),
@@ -120,7 +133,12 @@ impl Events {
                     match bare_line_ends {
                         0 => String::new(),
                         n => format!(" bare-line-ends={n}"),
-                    }
+                    },
+                    tag.map(|t| format!(" tag=\"{t}\"")).unwrap_or_default(),
+                    signatures
+                        .iter()
+                        .map(|s| format!(" dkim=({s})"))
+                        .collect::<String>(),
                 );
                 m.message_received(size);
             }
@@ -132,6 +150,7 @@ impl Events {
                 reply,
                 tls,
                 received,
+                ..
             } => {
                 log::info!(
                     "{id}: delivered to=<{recipient}> relay={relay}{} reply=\"{reply}\"",
@@ -179,6 +198,21 @@ impl Events {
 }
 
 impl Event<'_> {
+    /// The tag of the message the event is about, if it has one.
+    pub fn tag(&self) -> Option<&str> {
+        match *self {
+            Event::Received { tag, .. }
+            | Event::Delivered { tag, .. }
+            | Event::Deferred { tag, .. }
+            | Event::Bounced { tag, .. }
+            | Event::Expired { tag, .. }
+            | Event::Deleted { tag, .. } => tag,
+            Event::Rejected { .. }
+            | Event::RecipientDeferred { .. }
+            | Event::RecipientFailed { .. } => None,
+        }
+    }
+
     /// The JSON event: its name and fields; `None` for steps that are only logged and
     /// counted (one recipient's result inside a round).
     pub fn record(&self) -> Option<(&'static str, Vec<(&'static str, V<'_>)>)> {
@@ -192,6 +226,7 @@ impl Event<'_> {
                 recipients,
                 size,
                 message_id,
+                signatures,
                 ..
             } => (
                 "received",
@@ -204,6 +239,7 @@ impl Event<'_> {
                     ("recipients", V::List(recipients)),
                     ("size", V::Num(size)),
                     ("message_id", V::OptStr(message_id)),
+                    ("dkim", V::List(signatures)),
                 ],
             ),
             Event::Rejected {
@@ -226,6 +262,7 @@ impl Event<'_> {
                 reply,
                 tls,
                 received,
+                ..
             } => (
                 "delivered",
                 vec![
@@ -265,6 +302,7 @@ impl Event<'_> {
                 reason,
                 relay,
                 dsn_id,
+                ..
             } => (
                 "bounced",
                 vec![
@@ -289,7 +327,7 @@ impl Event<'_> {
                     ("age_s", V::Num(age_s)),
                 ],
             ),
-            Event::Deleted { id, recipients } => (
+            Event::Deleted { id, recipients, .. } => (
                 "deleted",
                 vec![("id", V::Str(id)), ("recipients", V::List(recipients))],
             ),

@@ -54,6 +54,11 @@ pub enum V<'a> {
     List(&'a [String]),
 }
 
+/// A message's tag as events carry it: `None` when it has none.
+pub fn tag(tag: &str) -> Option<&str> {
+    Some(tag).filter(|t| !t.is_empty())
+}
+
 impl Events {
     /// `None`: no event log. `-`: standard output. Otherwise a file, appended to.
     pub fn open(target: Option<&str>, metrics: Arc<Metrics>) -> io::Result<Events> {

@@ -14,7 +14,7 @@ use crate::smtp::data::{DataReader, Summary};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Refusal, Session, Transaction};
 use crate::spool::{Envelope, Incoming, Kind, RcptState, Recipient};
-use crate::transform::{Context, Stage};
+use crate::transform::{Context, Notes, Stage};
 
 pub enum DataOutcome {
     Queued(String),
@@ -77,8 +77,8 @@ pub fn receive(
         };
     }
     let summary = data.summary();
-    let head = match finish(session, summary, &mut incoming, stage, write_error, &id) {
-        Ok(head) => head,
+    let (head, notes) = match finish(session, summary, &mut incoming, stage, write_error, &id) {
+        Ok(done) => done,
         Err((why, reply)) => {
             shared.services.spool.abort(incoming);
             log::info!(
@@ -94,6 +94,7 @@ pub fn receive(
     let mut env = envelope(&id, client, tx, incoming.written());
     env.head = head;
     env.eight_bit = summary.eight_bit;
+    env.tag = notes.tag.unwrap_or_default();
     let place = match shared.services.spool.commit(incoming, &env) {
         Ok(place) => place,
         Err(e) => {
@@ -113,6 +114,8 @@ pub fn receive(
         size: env.size,
         message_id: summary.message_id.as_deref(),
         bare_line_ends: summary.bare_line_ends,
+        tag: crate::events::tag(&env.tag),
+        signatures: &notes.signatures,
     });
     if shared.services.intake.submit(env, place).is_err() {
         // The scheduler is gone (shutting down): the message is safe on disk for the next start.
@@ -122,7 +125,8 @@ pub fn receive(
 }
 
 /// After the end of DATA: the session's verdict, then the spool's and the transforms'. On
-/// success, the header block is written (after the body) and its length returned.
+/// success, the header block is written (after the body); its length is returned with the
+/// transforms' notes.
 fn finish(
     session: &Session,
     summary: &Summary,
@@ -130,7 +134,7 @@ fn finish(
     stage: Option<Stage>,
     write_error: Option<io::Error>,
     id: &str,
-) -> Result<u64, (Refusal, Reply)> {
+) -> Result<(u64, Notes), (Refusal, Reply)> {
     session.data_verdict(summary)?;
     let write_failed = |e: io::Error| {
         log::error!("{id}: spool write failed: {e}");
@@ -139,14 +143,13 @@ fn finish(
     if let Some(e) = write_error {
         return Err(write_failed(e));
     }
-    let Some(stage) = stage else { return Ok(0) };
-    let block = stage
-        .end()
-        .map_err(|e| reply_map::transform_error(&e))?
-        .block
-        .to_bytes();
+    let Some(stage) = stage else {
+        return Ok((0, Notes::default()));
+    };
+    let msg = stage.end().map_err(|e| reply_map::transform_error(&e))?;
+    let block = msg.block.to_bytes();
     incoming.write_all(&block).map_err(write_failed)?;
-    Ok(block.len() as u64)
+    Ok((block.len() as u64, msg.notes))
 }
 
 /// Reads DATA to its end marker into the spool (through the stage, if there is one). After a

@@ -50,6 +50,8 @@ pub struct Envelope {
     /// Unix time in milliseconds; 0 = as soon as possible.
     pub next_attempt: u64,
     pub last_error: String,
+    /// The client's tag (`X-MxRelay-Tag`), copied into the message's events; empty: none.
+    pub tag: String,
     /// Put on hold by the operator: not delivered until released.
     pub held: bool,
     pub recipients: Vec<Recipient>,
@@ -81,6 +83,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: 0,
             last_error: String::new(),
+            tag: String::new(),
             held: false,
             recipients: Vec::new(),
         }
@@ -148,6 +151,9 @@ impl Envelope {
         if self.head > 0 {
             let _ = writeln!(s, "head-after-body: {}", self.head);
         }
+        if !self.tag.is_empty() {
+            let _ = writeln!(s, "tag: {}", one_line(&self.tag));
+        }
         for r in &self.recipients {
             let state = match r.state {
                 RcptState::Pending => "pending",
@@ -205,6 +211,7 @@ impl Envelope {
                 "sender" => e.sender = value.to_string(),
                 "size" => e.size = num(value)?,
                 "head-after-body" => e.head = num(value)?,
+                "tag" => e.tag = value.to_string(),
                 "8bit" => e.eight_bit = flag(value)?,
                 "smtputf8" => e.smtputf8 = flag(value)?,
                 "attempts" => e.attempts = num(value)? as u32,
@@ -273,6 +280,7 @@ mod tests {
             attempts: 2,
             next_attempt: 1_790_000_060_000,
             last_error: "451 4.7.1 try later".into(),
+            tag: "welcome".into(),
             held: true,
             recipients: vec![
                 Recipient {
@@ -300,9 +308,11 @@ mod tests {
             kind: Kind::Bounce,
             last_error: String::new(),
             head: 0,
+            tag: String::new(),
             ..e
         };
-        assert!(!String::from_utf8_lossy(&null.encode()).contains("head"));
+        let text = String::from_utf8(null.encode()).unwrap();
+        assert!(!text.contains("head") && !text.contains("tag"), "{text}");
         assert_eq!(Envelope::decode(&null.encode()), Ok(null));
     }
 

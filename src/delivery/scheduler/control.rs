@@ -156,18 +156,19 @@ impl Scheduler {
             return false;
         }
         let text = id.to_string();
-        let pending = match self.active.get(&id) {
-            Some(entry) => entry.env.pending_addresses(),
+        let (pending, tag) = match self.active.get(&id) {
+            Some(entry) => (entry.env.pending_addresses(), entry.env.tag.clone()),
             None => self
                 .s
                 .spool
                 .load(record.place, &text)
-                .map(|(env, _)| env.pending_addresses())
+                .map(|(env, _)| (env.pending_addresses(), env.tag))
                 .unwrap_or_default(),
         };
         self.s.events.report(&Event::Deleted {
             id: &text,
             recipients: &pending,
+            tag: crate::events::tag(&tag),
         });
         self.s.ledger.remove(id);
         let Some(mut entry) = self.active.remove(&id) else {

@@ -45,6 +45,7 @@ impl Scheduler {
                         reply: &reply,
                         tls,
                         received: entry.env.received,
+                        tag: crate::events::tag(&entry.env.tag),
                     });
                     rcpt.state = RcptState::Delivered;
                     changed = true;
@@ -153,6 +154,7 @@ impl Scheduler {
                 recipients: &expired,
                 age_s: now.saturating_sub(entry.env.received) / 1000,
                 reason: &reason,
+                tag: crate::events::tag(&entry.env.tag),
             });
         }
         let failed = std::mem::take(&mut entry.failed);
@@ -201,6 +203,7 @@ impl Scheduler {
             attempt: entry.env.attempts,
             next_try: entry.env.next_attempt,
             delay: Duration::from_millis(entry.env.next_attempt - now),
+            tag: crate::events::tag(&entry.env.tag),
         });
         self.persist(id);
         self.deactivate(id);
@@ -320,6 +323,7 @@ impl Scheduler {
                 reason: f.diagnostic.as_ref().map(Diagnostic::text),
                 relay: f.remote_mta.as_deref(),
                 dsn_id,
+                tag: crate::events::tag(&env.tag),
             });
         }
     }
