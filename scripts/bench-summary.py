@@ -3,8 +3,13 @@
 limit, from the suite's JSON lines (one record per run, see the harness's
 bench.py), plus the idle-connection and latency results if given.
 
-  bench-summary.py RESULTS.jsonl [--relay mxrelay] [--postfix postfix]
-                   [--limit limit] [--idle idle.json] [--latency latency.json]
+  bench-summary.py RESULTS.jsonl [--relay mxrelay] [--postfix postfix|none]
+                   [--limit limit] [--base NAME] [--idle idle.json]
+                   [--latency latency.json]
+
+With --base, each case also compares the relay with target NAME (an A/B run:
+an earlier build, or the unsigned relay of the dkim part): the e2e and
+injection rate ratios and the CPU per message ratio, per round, median.
 
 Ratios are taken per round (runs of one round ran back to back) and the
 median over rounds is shown, as the harness's report.py does.
@@ -46,6 +51,7 @@ def main():
     ap.add_argument("--limit", default="limit")
     ap.add_argument("--idle", default="")
     ap.add_argument("--latency", default="")
+    ap.add_argument("--base", default="")
     g = ap.parse_args()
 
     peak50 = None
@@ -73,6 +79,12 @@ def main():
                   f"CPU {f2(cpu)} ms/msg; peak RSS {f2(rss / 1024 if rss else None, 1)} MiB; "
                   f"non-bench CPU {f2(nb, 0)} %"
                   + (f"; {failed} FAILED run(s)" if failed else ""))
+            if g.base:
+                print(f"    against {g.base}: e2e x{f2(ratio(by_t, g.relay, g.base, 'e2e_rate'), 3)}, "
+                      f"inject x{f2(ratio(by_t, g.relay, g.base, 'inj_rate'), 3)}, "
+                      f"CPU/msg x{f2(ratio(by_t, g.relay, g.base, 'relay_cpu_ms_per_msg'), 3)} "
+                      f"({g.base} e2e {f2(med([r['e2e_rate'] for r in by_t.get(g.base, []) if r['ok']]), 0)} msg/s, "
+                      f"CPU {f2(med([r.get('relay_cpu_ms_per_msg') for r in by_t.get(g.base, []) if r['ok']]))} ms/msg)")
         # peak RSS over every 50-session run of the relay (probe runs included)
         p = [r.get("relay_peak_rss_kb") for r in recs
              if r["target"] == g.relay and r.get("sessions") == 50 and r.get("relay_peak_rss_kb")]
