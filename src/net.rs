@@ -339,6 +339,33 @@ mod tests {
         assert_eq!(reader.take_plain().err(), Some(TakePlain::ReadAhead));
     }
 
+    #[test]
+    fn reads_replies_with_a_bound_and_a_timeout() {
+        let (mut reader, mut peer) = pair();
+        let t = std::time::Duration::from_millis(200);
+        peer.write_all(b"250-mx.test\r\n250 PIPELINING\r\n")
+            .unwrap();
+        let r = reader.read_reply(100, t).unwrap();
+        assert_eq!((r.code, r.lines.len()), (250, 2));
+        peer.write_all(&[b"550 ", &b"x".repeat(200)[..], b"\r\n"].concat())
+            .unwrap();
+        assert!(matches!(
+            reader.read_reply(100, t),
+            Err(ReplyError::TooLong)
+        ));
+        peer.write_all(b"hello\r\n").unwrap();
+        assert!(matches!(
+            reader.read_reply(100, t),
+            Err(ReplyError::Malformed(_))
+        ));
+        assert!(matches!(
+            reader.read_reply(100, t),
+            Err(ReplyError::Timeout)
+        ));
+        drop(peer);
+        assert!(matches!(reader.read_reply(100, t), Err(ReplyError::Closed)));
+    }
+
     /// A reader that hands out its input in small pieces, as a socket might.
     struct Trickle<'a>(&'a [u8], usize);
     impl Read for Trickle<'_> {

@@ -693,3 +693,6 @@ fn send_body(w: &mut Wire, job: &Job, body: &impl Body) -> io::Result<()> {
         w.reader.get_mut().write_all(wire)
     })
 }
+
+#[cfg(test)]
+mod tests;
