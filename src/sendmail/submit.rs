@@ -301,4 +301,102 @@ mod tests {
         assert_eq!(shown(&r(&["a", "b"])), "550 5.1.1 a 5.1.1 b");
         assert_eq!(shown(&Reply::new(250, None, "")), "250 ");
     }
+
+    /// A daemon on loopback that answers each command with the reply of the first
+    /// `(prefix, reply)` that matches (else 250), 354 to DATA then 250 after the body, and
+    /// returns the commands it got.
+    fn daemon(
+        script: &'static [(&'static str, &'static str)],
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let handle = std::thread::spawn(move || {
+            let (mut out, _) = listener.accept().unwrap();
+            let mut lines = BufReader::new(out.try_clone().unwrap()).lines();
+            let mut got = Vec::new();
+            out.write_all(b"220 d.test ESMTP\r\n").unwrap();
+            while let Some(Ok(line)) = lines.next() {
+                got.push(line.clone());
+                let found = script.iter().find(|(p, _)| line.starts_with(p));
+                let default = if line == "DATA" {
+                    "354 go ahead"
+                } else {
+                    "250 ok"
+                };
+                let answer = found.map_or(default, |f| f.1);
+                out.write_all(format!("{answer}\r\n").as_bytes()).unwrap();
+                if answer.starts_with("354") {
+                    while lines.next().is_some_and(|l| l.is_ok_and(|l| l != ".")) {}
+                    out.write_all(b"250 2.0.0 queued\r\n").unwrap();
+                }
+                if line == "QUIT" {
+                    break;
+                }
+            }
+            got
+        });
+        (target, handle)
+    }
+
+    fn submitted(
+        script: &'static [(&'static str, &'static str)],
+        rcpts: &[&str],
+    ) -> (Result<(), Failure>, Vec<String>) {
+        let (target, daemon) = daemon(script);
+        let rcpts: Vec<String> = rcpts.iter().map(|r| r.to_string()).collect();
+        let result = submit(
+            &target,
+            "h.test",
+            Some("a@h.test"),
+            &rcpts,
+            b"Subject: x\r\n\r\n",
+        );
+        let commands = daemon.join().unwrap();
+        (
+            result.map_err(|f| fail(f.code, f.message.replace(&target, "D"))),
+            commands,
+        )
+    }
+
+    #[test]
+    fn submission_over_the_wire() {
+        let (result, commands) = submitted(
+            &[("EHLO", "502 5.5.2 no"), ("HELO", "250 d.test")],
+            &["b@x.test"],
+        );
+        assert_eq!(result, Ok(()));
+        let want = [
+            "EHLO h.test",
+            "HELO h.test",
+            "MAIL FROM:<a@h.test>",
+            "RCPT TO:<b@x.test>",
+            "DATA",
+            "QUIT",
+        ];
+        assert_eq!(commands, want);
+        // One refused recipient: no DATA, nothing queued.
+        let (result, commands) = submitted(
+            &[
+                ("EHLO", "250-d.test\r\n250-PIPELINING\r\n250 SIZE 100"),
+                ("RCPT TO:<c", "550 5.1.1 unknown"),
+            ],
+            &["b@x.test", "c@x.test"],
+        );
+        let message = "the mail daemon at D refused the recipient <c@x.test>: 550 5.1.1 unknown\n\
+                       nothing was queued";
+        assert_eq!(result, Err(fail(EX_NOUSER, message)));
+        let want = [
+            "EHLO h.test",
+            "MAIL FROM:<a@h.test> SIZE=16",
+            "RCPT TO:<b@x.test>",
+            "RCPT TO:<c@x.test>",
+            "QUIT",
+        ];
+        assert_eq!(commands, want);
+        // A refused MAIL names the command; a 4xx is temporary.
+        let (result, _) = submitted(&[("MAIL", "451 4.3.0 later")], &["b@x.test"]);
+        let message = "the mail daemon at D refused MAIL FROM:<a@h.test>: 451 4.3.0 later";
+        assert_eq!(result, Err(fail(EX_TEMPFAIL, message)));
+    }
 }

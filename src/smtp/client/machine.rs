@@ -186,6 +186,7 @@ struct Transaction {
     pipelined: bool,
 }
 
+/// One connection's client side: `start` it, then answer each `Action` as it says.
 pub struct Client {
     config: Config,
     state: State,
@@ -234,6 +235,7 @@ impl Client {
         self.state == State::Ready
     }
 
+    /// The TLS handshake asked for by `StartTls` succeeded.
     pub fn tls_done(&mut self) -> Action {
         self.tls = true;
         if self.state == State::ImplicitHandshake {
@@ -246,6 +248,7 @@ impl Client {
         self.hello()
     }
 
+    /// The body and its end marker went out.
     pub fn body_sent(&mut self) -> Action {
         self.expect(State::Body, "body_sent");
         self.state = State::DataEnd;
@@ -294,6 +297,7 @@ impl Client {
         }
     }
 
+    /// Ends the connection politely, in any state but after QUIT.
     pub fn quit(&mut self) -> Action {
         if matches!(self.state, State::Quitting | State::Closed) {
             panic!("client: quit in state {:?}", self.state);
@@ -302,6 +306,7 @@ impl Client {
         Action::Send("QUIT\r\n".into(), Wait::Quit)
     }
 
+    /// The reply a `Send`, `Read` or `Skip` asked for.
     pub fn on_reply(&mut self, r: Reply) -> Action {
         match self.state {
             State::Greeting if r.code == 220 => self.hello(),
