@@ -6,6 +6,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::smtp::reply::{ParseError, Reply, ReplyParser};
 
 /// Wakes a thread blocked in `accept()` on `addr` by connecting to it once (to loopback
 /// when the listener is on a wildcard address), so it can see a stop flag.
@@ -167,11 +170,54 @@ impl LineReader<Stream> {
     }
 }
 
+/// Why a reply could not be read off a connection.
+#[derive(Debug)]
+pub enum ReplyError {
+    /// A line longer than the bound.
+    TooLong,
+    /// The peer closed the connection.
+    Closed,
+    /// Nothing within the timeout.
+    Timeout,
+    Io(io::Error),
+    Malformed(ParseError),
+}
+
+impl LineReader<Stream> {
+    /// Reads one SMTP reply (all its lines) on the client side: lines of at most `max_line`
+    /// bytes, each read waiting at most `timeout`.
+    pub fn read_reply(&mut self, max_line: usize, timeout: Duration) -> Result<Reply, ReplyError> {
+        if self.timeout != Some(timeout) {
+            let tcp = self.inner.tcp();
+            tcp.set_read_timeout(Some(timeout))
+                .map_err(ReplyError::Io)?;
+            self.timeout = Some(timeout);
+        }
+        let mut parser = ReplyParser::default();
+        loop {
+            let line = match self.read_line(max_line) {
+                Ok(Line::Line(l)) => String::from_utf8_lossy(l).into_owned(),
+                Ok(Line::TooLong) => return Err(ReplyError::TooLong),
+                Ok(Line::Eof) => return Err(ReplyError::Closed),
+                Err(e) if is_timeout(&e) => return Err(ReplyError::Timeout),
+                Err(e) => return Err(ReplyError::Io(e)),
+            };
+            match parser.feed(&line) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(ReplyError::Malformed(e)),
+            }
+        }
+    }
+}
+
 pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The read timeout `read_reply` last set on the socket.
+    timeout: Option<Duration>,
 }
 
 impl<R: Read> LineReader<R> {
@@ -182,6 +228,7 @@ impl<R: Read> LineReader<R> {
             buf: vec![0; capacity],
             start: 0,
             end: 0,
+            timeout: None,
         }
     }
 
@@ -290,6 +337,33 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(matches!(reader.read_line(100), Ok(Line::Line(b"STARTTLS"))));
         assert_eq!(reader.take_plain().err(), Some(TakePlain::ReadAhead));
+    }
+
+    #[test]
+    fn reads_replies_with_a_bound_and_a_timeout() {
+        let (mut reader, mut peer) = pair();
+        let t = std::time::Duration::from_millis(200);
+        peer.write_all(b"250-mx.test\r\n250 PIPELINING\r\n")
+            .unwrap();
+        let r = reader.read_reply(100, t).unwrap();
+        assert_eq!((r.code, r.lines.len()), (250, 2));
+        peer.write_all(&[b"550 ", &b"x".repeat(200)[..], b"\r\n"].concat())
+            .unwrap();
+        assert!(matches!(
+            reader.read_reply(100, t),
+            Err(ReplyError::TooLong)
+        ));
+        peer.write_all(b"hello\r\n").unwrap();
+        assert!(matches!(
+            reader.read_reply(100, t),
+            Err(ReplyError::Malformed(_))
+        ));
+        assert!(matches!(
+            reader.read_reply(100, t),
+            Err(ReplyError::Timeout)
+        ));
+        drop(peer);
+        assert!(matches!(reader.read_reply(100, t), Err(ReplyError::Closed)));
     }
 
     /// A reader that hands out its input in small pieces, as a socket might.

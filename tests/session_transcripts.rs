@@ -15,6 +15,8 @@
 //! | `S: text`, `S: text*` | one reply line, exact or by prefix                                  |
 //! | `S: <EOF>`            | the server has closed the connection                                |
 
+mod support;
+
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
@@ -447,15 +449,7 @@ fn start_relay(t: &Transcript, spool: &Path) -> Relay {
 // ---- the tests ---------------------------------------------------------------------------
 
 fn transcripts() -> Vec<Transcript> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
-    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "smtp"))
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no transcripts in {}", dir.display());
-    paths
+    support::smtp_files("tests/transcripts")
         .iter()
         .map(|p| parse(p).unwrap_or_else(|e| panic!("{e}")))
         .collect()

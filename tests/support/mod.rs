@@ -41,6 +41,19 @@ impl Drop for TempDir {
 }
 
 /// Polls `f` every 20 ms until it returns true or `timeout` passes.
+/// The `*.smtp` transcript files in `dir` (relative to the crate), sorted; never none.
+pub fn smtp_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "smtp"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no transcripts in {}", dir.display());
+    paths
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

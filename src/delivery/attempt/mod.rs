@@ -11,12 +11,10 @@ use super::route::{self, Candidate, Destination, RouteError};
 use super::sites::Feedback;
 use super::{Context, Job, RcptResult};
 use crate::config::{SmarthostTls, TlsOutbound};
-use crate::net::{Line, LineReader, Stream, TakePlain};
-use crate::smtp::client::{self, Needs};
+use crate::net::{LineReader, ReplyError, Stream, TakePlain};
+use crate::smtp::client::{self, Action, Ending, Envelope, Failure, Needs, Report, Tls, Wait};
 use crate::smtp::data::DotStuffer;
-use crate::smtp::ehlo::Extensions;
-use crate::smtp::reply::{Reply, ReplyParser};
-use crate::smtp::sasl;
+use crate::smtp::reply::Reply;
 use crate::spool::Stored;
 
 /// RFC 5321 4.5.3.2 timeouts (minimums): 5 minutes for the greeting, MAIL and RCPT, 3 per
@@ -24,11 +22,12 @@ use crate::spool::Stored;
 /// minutes; it waits 5 like the other commands, which saves a socket option change per
 /// message.
 const GREETING: Duration = Duration::from_secs(300);
-const MAIL: Duration = Duration::from_secs(300);
-const RCPT: Duration = MAIL;
-const DATA_INIT: Duration = MAIL;
+const COMMAND: Duration = Duration::from_secs(300);
 const DATA_BLOCK: Duration = Duration::from_secs(180);
 const DATA_END: Duration = Duration::from_secs(600);
+const QUIT: Duration = Duration::from_secs(5);
+/// The longest reply line read.
+const MAX_REPLY_LINE: usize = 1000;
 
 pub type Results = Vec<(usize, RcptResult)>;
 
@@ -125,7 +124,31 @@ impl From<String> for HostError {
     }
 }
 
-pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> Attempt {
+impl TlsMode {
+    /// What the client machine does, and whether the certificate is checked.
+    fn client(self) -> (Tls, bool) {
+        match self {
+            TlsMode::Off => (Tls::Off, false),
+            TlsMode::Opportunistic => (Tls::Opportunistic, false),
+            TlsMode::Required { verify } => (Tls::Required, verify),
+            TlsMode::Implicit { verify } => (Tls::Implicit, verify),
+        }
+    }
+}
+
+/// A message body as the attempt reads it: the spooled message, or bytes in tests.
+pub trait Body {
+    /// The message's `size` bytes, in order (`head`: see `Envelope::head`).
+    fn open(&self, size: u64, head: u64) -> impl Read + '_;
+}
+
+impl Body for Stored {
+    fn open(&self, size: u64, head: u64) -> impl Read + '_ {
+        self.reader(size, head)
+    }
+}
+
+pub fn deliver(job: &Job, body: &impl Body, ctx: &Context, cache: &mut Cache) -> Attempt {
     cache.expire(false);
     if let Some(mut conn) = cache.0.take_if(|c| c.dest == job.dest) {
         match transaction(&mut conn, job, body) {
@@ -137,13 +160,7 @@ pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> At
             Err(e) => log::debug!("{}: kept connection unusable: {}", job.id, e.reason),
         }
     }
-    let all = |r: RcptResult| {
-        job.rcpts
-            .iter()
-            .map(|(i, _)| (*i, r.clone()))
-            .collect::<Results>()
-    };
-    let neutral = |r: RcptResult| Attempt::new(all(r), Feedback::Neutral);
+    let neutral = |r: RcptResult| Attempt::new(all(job, r), Feedback::Neutral);
     let mut hosts = match route::candidates(
         &job.dest,
         ctx.resolver.as_ref(),
@@ -160,32 +177,60 @@ pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> At
         }
         Err(RouteError::Temporary(reason)) => return neutral(RcptResult::Deferred { reason }),
     };
-    let smarthost = matches!(job.dest, Destination::Smarthost(_));
-    if smarthost {
+    if matches!(job.dest, Destination::Smarthost(_)) {
         ctx.hosts.order(&mut hosts);
     }
-    let mx_site = match &job.dest {
-        Destination::Mx(_) => {
-            let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-            names.sort_unstable();
-            Some(format!("mx {}", names.join(",")))
-        }
-        _ => None,
+    try_hosts(job, body, ctx, &hosts, cache)
+}
+
+/// Every recipient of the job with the same result.
+fn all(job: &Job, r: RcptResult) -> Results {
+    job.rcpts.iter().map(|(i, _)| (*i, r.clone())).collect()
+}
+
+/// For MX delivery: the site the domain's MX hosts make, named after them.
+fn mx_site(dest: &Destination, hosts: &[Candidate]) -> Option<String> {
+    let Destination::Mx(_) = dest else {
+        return None;
     };
+    let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    names.sort_unstable();
+    Some(format!("mx {}", names.join(",")))
+}
+
+/// What a failed host adds to what the hosts tried so far said about the site: none
+/// answered, or some pushed back.
+fn feedback(so_far: Feedback, connect_failed: bool) -> Feedback {
+    match (so_far, connect_failed) {
+        (Feedback::Throttled, _) | (_, false) => Feedback::Throttled,
+        _ => Feedback::Unreachable,
+    }
+}
+
+/// Tries each address of each host in order until one reaches a verdict per recipient.
+fn try_hosts(
+    job: &Job,
+    body: &impl Body,
+    ctx: &Context,
+    hosts: &[Candidate],
+    cache: &mut Cache,
+) -> Attempt {
+    let smarthost = matches!(job.dest, Destination::Smarthost(_));
+    let mx_site = mx_site(&job.dest, hosts);
     let implicit_mx =
         matches!(&job.dest, Destination::Mx(d) if hosts.len() == 1 && &hosts[0].name == d);
     let mode = tls_mode(&job.dest, ctx);
     let mut last_error = String::from("no usable host");
-    // What the hosts tried said about the site: none answered, or some pushed back.
-    let mut feedback = Feedback::Neutral;
-    for host in &hosts {
+    let mut feedback_so_far = Feedback::Neutral;
+    for host in hosts {
         let addrs = match route::addresses(host, ctx.resolver.as_ref()) {
             Ok(a) if a.is_empty() && implicit_mx => {
-                return neutral(RcptResult::Failed {
+                let failed = RcptResult::Failed {
                     status: "5.1.2".into(),
                     relay: None,
                     reason: format!("{} has no MX and no address records", host.name),
-                });
+                };
+                return Attempt::new(all(job, failed), Feedback::Neutral);
             }
             Ok(a) if a.is_empty() => {
                 last_error = format!("{} has no address records", host.name);
@@ -221,47 +266,46 @@ pub fn deliver(job: &Job, body: &Stored, ctx: &Context, cache: &mut Cache) -> At
                 }
                 Err(e) => {
                     log::debug!("{}: {}[{}]: {}", job.id, host.name, addr, e.reason);
-                    feedback = match (feedback, e.connect) {
-                        (Feedback::Throttled, _) | (_, false) => Feedback::Throttled,
-                        _ => Feedback::Unreachable,
-                    };
+                    feedback_so_far = feedback(feedback_so_far, e.connect);
                     last_error = e.reason;
                 }
             }
         }
     }
-    let mut attempt = Attempt::new(
-        all(RcptResult::Deferred {
-            reason: last_error.clone(),
-        }),
-        feedback,
-    );
+    let deferred = RcptResult::Deferred {
+        reason: last_error.clone(),
+    };
+    let mut attempt = Attempt::new(all(job, deferred), feedback_so_far);
     attempt.error = last_error;
     attempt.mx_site = mx_site;
     attempt
 }
 
+/// Whether a connection that carried `sent` transactions takes another.
+fn keep(reusable: bool, sent: usize, per_connection: usize) -> bool {
+    reusable && sent < per_connection
+}
+
 /// Keeps a connection for the next job, unless it is not clean or carried its share.
 fn keep_or_close(mut conn: Connection, reusable: bool, ctx: &Context, cache: &mut Cache) {
     conn.sent += 1;
-    if reusable && conn.sent < ctx.messages_per_connection {
+    if keep(reusable, conn.sent, ctx.messages_per_connection) {
         conn.idle_since = Instant::now();
         cache.expire(true);
         cache.0 = Some(conn);
     } else {
-        conn.client.quit();
+        conn.quit();
     }
 }
 
-struct Client {
+/// The socket side of a connection: writes commands, reads replies, upgrades to TLS.
+struct Wire {
     reader: LineReader<Stream>,
     cap: Option<Duration>,
     relay: String,
-    /// The read timeout currently set on the socket.
-    timeout: Option<Duration>,
 }
 
-impl Client {
+impl Wire {
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.reader
             .get_mut()
@@ -274,65 +318,42 @@ impl Client {
             })
     }
 
-    fn read_reply(&mut self, timeout: Duration) -> Result<Reply, String> {
+    fn read_reply(&mut self, wait: Wait) -> Result<Reply, String> {
+        let timeout = match wait {
+            Wait::Greeting => GREETING,
+            Wait::Command => COMMAND,
+            Wait::DataEnd => DATA_END,
+            Wait::Quit => QUIT,
+        };
         let t = self.cap.map_or(timeout, |c| c.min(timeout));
-        if self.timeout != Some(t) {
-            self.reader
-                .get_ref()
-                .tcp()
-                .set_read_timeout(Some(t))
-                .map_err(|e| e.to_string())?;
-            self.timeout = Some(t);
-        }
-        let mut parser = ReplyParser::default();
-        loop {
-            let line = match self.reader.read_line(1000) {
-                Ok(Line::Line(l)) => String::from_utf8_lossy(l).into_owned(),
-                Ok(Line::TooLong) => {
-                    return Err(format!("{} sent an over-long reply line", self.relay));
+        let relay = &self.relay;
+        self.reader
+            .read_reply(MAX_REPLY_LINE, t)
+            .map_err(|e| match e {
+                ReplyError::TooLong => format!("{relay} sent an over-long reply line"),
+                ReplyError::Closed => format!("{relay} closed the connection"),
+                ReplyError::Timeout => {
+                    format!("{relay} timed out: no reply within {}s", t.as_secs())
                 }
-                Ok(Line::Eof) => return Err(format!("{} closed the connection", self.relay)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(format!(
-                        "{} timed out: no reply within {}s",
-                        self.relay,
-                        t.as_secs()
-                    ));
-                }
-                Err(e) => return Err(format!("reading from {} failed: {e}", self.relay)),
-            };
-            match parser.feed(&line) {
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => {}
-                Err(e) => return Err(format!("{} sent a malformed reply: {e:?}", self.relay)),
+                ReplyError::Io(e) => format!("reading from {relay} failed: {e}"),
+                ReplyError::Malformed(e) => format!("{relay} sent a malformed reply: {e:?}"),
+            })
+    }
+
+    /// Does the I/O a `Send`, `Read` or `Skip` asks for and passes the reply on.
+    fn exchange(&mut self, m: &mut client::Client, action: Action) -> Result<Action, String> {
+        Ok(match action {
+            Action::Send(command, wait) => {
+                self.send(command.as_bytes())?;
+                m.on_reply(self.read_reply(wait)?)
             }
-        }
-    }
-
-    fn command(&mut self, line: &str, timeout: Duration) -> Result<Reply, String> {
-        self.send(format!("{line}\r\n").as_bytes())?;
-        self.read_reply(timeout)
-    }
-
-    fn ehlo(&mut self, hostname: &str) -> Result<Extensions, String> {
-        let mut ehlo = self.command(&format!("EHLO {hostname}"), MAIL)?;
-        if ehlo.code >= 500 {
-            ehlo = self.command(&format!("HELO {hostname}"), MAIL)?;
-            ehlo.lines.truncate(1);
-        }
-        if ehlo.code != 250 {
-            return Err(format!(
-                "{} refused EHLO/HELO: {}",
-                self.relay,
-                ehlo.summary()
-            ));
-        }
-        Ok(Extensions::parse(&ehlo))
+            Action::Read(wait) => m.on_reply(self.read_reply(wait)?),
+            Action::Skip(wait) => {
+                let _ = self.read_reply(wait);
+                m.skipped()
+            }
+            other => unreachable!("not an exchange: {other:?}"),
+        })
     }
 
     /// Wraps the connection in TLS; `name` is checked against the certificate when verifying.
@@ -346,37 +367,39 @@ impl Client {
                 return Err(format!("cannot start TLS with {}", self.relay).into());
             }
         };
-        let connector = ctx.tls.connector(verify).map_err(|e| HostError {
-            reason: e,
+        let tls_error = |reason| HostError {
+            reason,
             tls: true,
             connect: false,
-        })?;
-        let tls = connector.connect(name, tcp).map_err(|e| HostError {
-            reason: format!("TLS handshake with {} failed: {e}", self.relay),
-            tls: true,
-            connect: false,
-        })?;
+        };
+        let connector = ctx.tls.connector(verify).map_err(tls_error)?;
+        let tls = connector
+            .connect(name, tcp)
+            .map_err(|e| tls_error(format!("TLS handshake with {} failed: {e}", self.relay)))?;
         self.reader = LineReader::new(Stream::Client(Box::new(tls)), 8192);
         Ok(())
-    }
-
-    fn quit(mut self) {
-        let _ = self.send(b"QUIT\r\n");
-        let _ = self.read_reply(Duration::from_secs(5));
-        self.reader.get_mut().close();
     }
 }
 
 /// An open, greeted (and, as policy wants, encrypted and logged-in) connection, ready for
 /// MAIL. Workers keep one between jobs for the same destination (`Cache`).
 pub struct Connection {
-    client: Client,
-    ext: Extensions,
-    tls: bool,
+    wire: Wire,
+    client: client::Client,
     dest: Destination,
     idle_since: Instant,
     /// Transactions carried so far (see `--dest-messages-per-connection`).
     sent: usize,
+}
+
+impl Connection {
+    fn quit(mut self) {
+        if let Action::Send(command, wait) = self.client.quit() {
+            let _ = self.wire.send(command.as_bytes());
+            let _ = self.wire.read_reply(wait);
+        }
+        self.wire.reader.get_mut().close();
+    }
 }
 
 /// One kept connection per worker: the next job for the same destination skips the
@@ -397,7 +420,7 @@ impl Cache {
             .is_some_and(|c| force || c.idle_since.elapsed() >= KEEP_IDLE)
             && let Some(c) = self.0.take()
         {
-            c.client.quit();
+            c.quit();
         }
     }
 
@@ -409,7 +432,7 @@ impl Cache {
 /// `Ok` when the transaction reached a verdict per recipient; `Err` to try the next host.
 fn try_host(
     job: &Job,
-    body: &Stored,
+    body: &impl Body,
     ctx: &Context,
     host: &Candidate,
     addr: SocketAddr,
@@ -441,59 +464,108 @@ fn open(
         .map_or(DATA_BLOCK, |c| c.min(DATA_BLOCK));
     tcp.set_write_timeout(Some(write_timeout))
         .map_err(|e| e.to_string())?;
-    let mut c = Client {
-        reader: LineReader::new(Stream::Plain(tcp), 8192),
-        cap: ctx.delivery_timeout,
-        relay: relay.clone(),
-        timeout: None,
+    let (tls, verify) = mode.client();
+    let auth = match (&job.dest, &ctx.smarthost_auth) {
+        (Destination::Smarthost(_), Some((user, password))) => Some(client::Credentials {
+            user: user.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
     };
-    if let TlsMode::Implicit { verify } = mode {
-        c.start_tls(ctx, &host.name, verify)?;
-    }
-
-    let greeting = c.read_reply(GREETING)?;
-    if greeting.code != 220 {
-        c.quit();
-        return Err(format!("{relay} greeted with {}", greeting.summary()).into());
-    }
-    let mut ext = c.ehlo(&ctx.hostname)?;
-    match mode {
-        TlsMode::Opportunistic | TlsMode::Required { .. } if ext.starttls => {
-            let r = c.command("STARTTLS", MAIL)?;
-            if r.code != 220 {
-                c.quit();
-                return Err(HostError {
-                    reason: format!("{relay} refused STARTTLS: {}", r.summary()),
-                    tls: true,
-                    connect: false,
-                });
-            }
-            let verify = matches!(mode, TlsMode::Required { verify: true });
-            c.start_tls(ctx, &host.name, verify)?;
-            ext = c.ehlo(&ctx.hostname)?;
-        }
-        TlsMode::Required { .. } => {
-            c.quit();
-            return Err(format!("TLS is required but {relay} does not offer STARTTLS").into());
-        }
-        _ => {}
-    }
-    let tls = c.reader.get_ref().is_tls();
-    if let (Destination::Smarthost(_), Some((user, password))) = (&job.dest, &ctx.smarthost_auth) {
-        if !tls && !addr.ip().is_loopback() {
-            c.quit();
-            return Err(format!("not sending credentials to {relay} without TLS").into());
-        }
-        login(&mut c, &ext, user, password)?;
-    }
-    Ok(Connection {
-        client: c,
-        ext,
-        tls,
+    let mut conn = Connection {
+        wire: Wire {
+            reader: LineReader::new(Stream::Plain(tcp), 8192),
+            cap: ctx.delivery_timeout,
+            relay,
+        },
+        client: client::Client::new(client::Config {
+            helo: ctx.hostname.clone(),
+            tls,
+            auth,
+            auth_in_clear: addr.ip().is_loopback(),
+            pipelining: true,
+            all_recipients: false,
+        }),
         dest: job.dest.clone(),
         idle_since: Instant::now(),
         sent: 0,
-    })
+    };
+    let mut action = conn.client.start();
+    loop {
+        action = match action {
+            Action::StartTls => {
+                conn.wire.start_tls(ctx, &host.name, verify)?;
+                conn.client.tls_done()
+            }
+            Action::Ready => return Ok(conn),
+            Action::Failed(f) => return Err(setup_failed(conn, f)),
+            other => conn.wire.exchange(&mut conn.client, other)?,
+        };
+    }
+}
+
+/// The error for a connection that could not be set up; some say QUIT first.
+fn setup_failed(conn: Connection, f: Failure) -> HostError {
+    let relay = conn.wire.relay.clone();
+    let user = conn
+        .client
+        .config()
+        .auth
+        .as_ref()
+        .map(|c| c.user.clone())
+        .unwrap_or_default();
+    let (reason, quit) = match f {
+        Failure::Greeting(r) => (format!("{relay} greeted with {}", r.summary()), true),
+        Failure::Ehlo(r) | Failure::Helo(r) => {
+            (format!("{relay} refused EHLO/HELO: {}", r.summary()), false)
+        }
+        Failure::StartTls(r) => {
+            conn.quit();
+            return HostError {
+                reason: format!("{relay} refused STARTTLS: {}", r.summary()),
+                tls: true,
+                connect: false,
+            };
+        }
+        Failure::NoStartTls => (
+            format!("TLS is required but {relay} does not offer STARTTLS"),
+            true,
+        ),
+        Failure::AuthNeedsTls => (
+            format!("not sending credentials to {relay} without TLS"),
+            true,
+        ),
+        Failure::NoAuthMechanism => (format!("{relay} offers no AUTH PLAIN or LOGIN"), false),
+        Failure::AuthLogin(r) => (
+            format!("{relay} refused AUTH LOGIN: {}", r.summary()),
+            false,
+        ),
+        Failure::AuthUser(r) => (
+            format!("{relay} refused the user name: {}", r.summary()),
+            false,
+        ),
+        Failure::Auth(r) => (
+            format!(
+                "authentication as {user} at {relay} failed: {}",
+                r.summary()
+            ),
+            false,
+        ),
+        Failure::Rset(r) => (format!("{relay} refused RSET: {}", r.summary()), true),
+    };
+    if quit {
+        conn.quit();
+    }
+    reason.into()
+}
+
+/// What the next hop must support for the job.
+fn needs(job: &Job) -> Needs {
+    Needs {
+        size: job.size,
+        eight_bit: job.eight_bit,
+        smtputf8: !job.sender.is_ascii() || job.rcpts.iter().any(|(_, a)| !a.is_ascii()),
+    }
 }
 
 /// One mail transaction on an open connection. Returns the results and whether the
@@ -501,147 +573,68 @@ fn open(
 fn transaction(
     conn: &mut Connection,
     job: &Job,
-    body: &Stored,
+    body: &impl Body,
 ) -> Result<(Results, bool), HostError> {
-    let (c, ext, tls) = (&mut conn.client, &conn.ext, conn.tls);
-    let relay = c.relay.clone();
-    let needs = Needs {
-        size: job.size,
-        eight_bit: job.eight_bit,
-        smtputf8: !job.sender.is_ascii() || job.rcpts.iter().any(|(_, a)| !a.is_ascii()),
-    };
-    let fail_all = |status: String, reason: String| {
-        job.rcpts
-            .iter()
-            .map(|(i, _)| {
-                (
-                    *i,
-                    RcptResult::Failed {
-                        status: status.clone(),
-                        relay: Some(relay.clone()),
-                        reason: reason.clone(),
-                    },
-                )
-            })
-            .collect::<Results>()
-    };
-    if let Err(u) = client::check_next_hop(ext, &needs) {
+    let needs = needs(job);
+    if let Err(u) = client::check_next_hop(conn.client.extensions(), &needs) {
         // Our own verdict, not the server's reply: no relay, so the DSN does not present it
         // as an SMTP diagnostic (RFC 3464 2.3.6).
         let failed = RcptResult::Failed {
             status: u.status.into(),
             relay: None,
-            reason: format!("{relay}: {}", u.reason),
+            reason: format!("{}: {}", conn.wire.relay, u.reason),
         };
-        let results = job.rcpts.iter().map(|(i, _)| (*i, failed.clone()));
-        return Ok((results.collect(), true));
+        return Ok((all(job, failed), true));
     }
-
-    // MAIL, every RCPT and DATA: in one write when the next hop pipelines (RFC 2920).
-    let mail = client::mail_from(&job.sender, ext, &needs, job.smtputf8);
-    let rcpts: Vec<String> = job.rcpts.iter().map(|(_, a)| client::rcpt_to(a)).collect();
-    if ext.pipelining {
-        let mut batch = mail.into_bytes();
-        rcpts
-            .iter()
-            .for_each(|r| batch.extend_from_slice(r.as_bytes()));
-        batch.extend_from_slice(b"DATA\r\n");
-        c.send(&batch)?;
-    } else {
-        c.send(mail.as_bytes())?;
-    }
-    let mail_reply = c.read_reply(MAIL)?;
-    if !mail_reply.is_positive() {
-        if mail_reply.is_transient() {
-            return Err(format!("{relay} said to MAIL: {}", mail_reply.summary()).into());
-        }
-        return Ok((
-            fail_all(client::status_of(&mail_reply), mail_reply.summary()),
-            false,
-        ));
-    }
-    let mut results = Results::new();
-    let mut accepted = Vec::new();
-    for (n, (idx, _)) in job.rcpts.iter().enumerate() {
-        if !ext.pipelining {
-            c.send(rcpts[n].as_bytes())?;
-        }
-        let r = c.read_reply(RCPT)?;
-        if r.is_positive() {
-            accepted.push(*idx);
-        } else if r.is_transient() {
-            results.push((
-                *idx,
-                RcptResult::Deferred {
-                    reason: format!("{relay} said: {}", r.summary()),
-                },
-            ));
-        } else {
-            results.push((
-                *idx,
-                RcptResult::Failed {
-                    status: client::status_of(&r),
-                    relay: Some(relay.clone()),
-                    reason: r.summary(),
-                },
-            ));
-        }
-    }
-    if accepted.is_empty() {
-        if ext.pipelining {
-            // The DATA we pipelined is answered with an error; read it before leaving.
-            let _ = c.read_reply(DATA_INIT);
-        }
-        return Ok((results, false));
-    }
-    if !ext.pipelining {
-        c.send(b"DATA\r\n")?;
-    }
-    let data_reply = c.read_reply(DATA_INIT)?;
-    if data_reply.code != 354 {
-        let verdict = verdict(&data_reply, &relay, tls);
-        results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
-        return Ok((results, false));
-    }
-    send_body(c, job, body).map_err(|e| format!("sending the message to {relay} failed: {e}"))?;
-    let end = c.read_reply(DATA_END)?;
-    let verdict = verdict(&end, &relay, tls);
-    results.extend(accepted.iter().map(|i| (*i, verdict.clone())));
-    // After the reply to the end of data the server is ready for the next MAIL.
-    Ok((results, true))
+    let envelope = Envelope {
+        sender: job.sender.clone(),
+        rcpts: job.rcpts.iter().map(|(_, a)| a.clone()).collect(),
+        needs,
+        smtputf8: job.smtputf8,
+    };
+    let mut action = conn.client.send(&envelope);
+    let report = loop {
+        action = match action {
+            Action::SendBody => {
+                send_body(&mut conn.wire, job, body).map_err(|e| {
+                    format!("sending the message to {} failed: {e}", conn.wire.relay)
+                })?;
+                conn.client.body_sent()
+            }
+            Action::Done(report) => break report,
+            other => conn.wire.exchange(&mut conn.client, other)?,
+        };
+    };
+    let results = results(job, &report, &conn.wire.relay, conn.client.is_tls())?;
+    Ok((results, conn.client.is_ready()))
 }
 
-/// AUTH PLAIN (or LOGIN when that is all the smarthost offers). A refusal defers: a wrong
-/// password is an operator's problem, not a reason to bounce the mail.
-fn login(c: &mut Client, ext: &Extensions, user: &str, password: &str) -> Result<(), String> {
-    let reply = if ext.auth.iter().any(|m| m == "PLAIN") {
-        let token = sasl::encode(format!("\0{user}\0{password}").as_bytes());
-        c.command(&format!("AUTH PLAIN {token}"), MAIL)?
-    } else if ext.auth.iter().any(|m| m == "LOGIN") {
-        let r = c.command("AUTH LOGIN", MAIL)?;
-        if r.code != 334 {
-            return Err(format!("{} refused AUTH LOGIN: {}", c.relay, r.summary()));
+/// Per-recipient results of a transaction: the refused recipients first, then those the
+/// final reply decides. A 4xx to MAIL is the host's problem (`Err`): try the next one.
+fn results(job: &Job, report: &Report, relay: &str, tls: bool) -> Result<Results, String> {
+    if let Ending::MailRefused(r) = &report.ending {
+        if r.is_transient() {
+            return Err(format!("{relay} said to MAIL: {}", r.summary()));
         }
-        let r = c.command(&sasl::encode(user.as_bytes()), MAIL)?;
-        if r.code != 334 {
-            return Err(format!(
-                "{} refused the user name: {}",
-                c.relay,
-                r.summary()
-            ));
-        }
-        c.command(&sasl::encode(password.as_bytes()), MAIL)?
-    } else {
-        return Err(format!("{} offers no AUTH PLAIN or LOGIN", c.relay));
-    };
-    if reply.code != 235 {
-        return Err(format!(
-            "authentication as {user} at {} failed: {}",
-            c.relay,
-            reply.summary()
-        ));
+        let failed = RcptResult::Failed {
+            status: client::status_of(r),
+            relay: Some(relay.to_string()),
+            reason: r.summary(),
+        };
+        return Ok(all(job, failed));
     }
-    Ok(())
+    let replies = job.rcpts.iter().map(|(i, _)| *i).zip(&report.rcpts);
+    let (taken, refused): (Vec<_>, Vec<_>) = replies.partition(|(_, r)| client::accepted(r));
+    let last = match &report.ending {
+        Ending::DataRefused(r) | Ending::Sent(r) => Some(r),
+        Ending::MailRefused(_) | Ending::RecipientsRefused => None,
+    };
+    let taken = taken.into_iter().filter_map(|(i, _)| Some((i, last?)));
+    Ok(refused
+        .into_iter()
+        .chain(taken)
+        .map(|(i, r)| (i, verdict(r, relay, tls)))
+        .collect())
 }
 
 fn verdict(r: &Reply, relay: &str, tls: bool) -> RcptResult {
@@ -665,7 +658,7 @@ fn verdict(r: &Reply, relay: &str, tls: bool) -> RcptResult {
 }
 
 /// Streams the spooled body with dot-stuffing; the end marker goes out with the last chunk.
-fn send_body(c: &mut Client, job: &Job, body: &Stored) -> io::Result<()> {
+fn send_body(w: &mut Wire, job: &Job, body: &impl Body) -> io::Result<()> {
     // Buffers kept per worker thread: allocating and freeing ~130 KB per message made
     // glibc hand the memory back to the kernel (madvise) every time.
     thread_local! {
@@ -680,7 +673,7 @@ fn send_body(c: &mut Client, job: &Job, body: &Stored) -> io::Result<()> {
             "deleted from the queue",
         ));
     }
-    let mut file = body.reader(job.size, job.head);
+    let mut file = body.open(job.size, job.head);
     BUFFERS.with_borrow_mut(|(chunk, wire)| {
         chunk.resize(CHUNK, 0);
         wire.clear();
@@ -693,11 +686,14 @@ fn send_body(c: &mut Client, job: &Job, body: &Stored) -> io::Result<()> {
             }
             stuffer.stuff(&chunk[..n], wire);
             if wire.len() >= CHUNK {
-                c.reader.get_mut().write_all(wire)?;
+                w.reader.get_mut().write_all(wire)?;
                 wire.clear();
             }
         }
         stuffer.finish(wire);
-        c.reader.get_mut().write_all(wire)
+        w.reader.get_mut().write_all(wire)
     })
 }
+
+#[cfg(test)]
+mod tests;

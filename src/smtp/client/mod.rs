@@ -1,5 +1,12 @@
-//! The delivery side of the protocol, without I/O: whether a next hop can take a message at
-//! all, the MAIL/RCPT command lines, and how a reply maps to a per-recipient result.
+//! The client side of the protocol, without I/O: the connection and transaction state
+//! machine (`machine`), whether a next hop can take a message at all, the MAIL/RCPT command
+//! lines, and the status a reply stands for.
+
+mod machine;
+
+pub use machine::{
+    Action, Client, Config, Credentials, Ending, Envelope, Failure, Report, Tls, Wait, accepted,
+};
 
 use super::ehlo::Extensions;
 use super::reply::Reply;
