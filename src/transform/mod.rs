@@ -4,6 +4,7 @@
 //! submission fix-ups and DKIM signing (always last) are transforms. With none configured the
 //! stage is not entered at all, and the message takes the plain path into the spool.
 
+pub mod dkim;
 pub mod head;
 pub mod headers;
 pub mod submission;

@@ -1,0 +1,201 @@
+//! DKIM signing (RFC 6376; RFC 8463 for Ed25519) as the last transform: each message whose
+//! From: domain (or its nearest parent domain) has keys gets one signature per key, over the
+//! header block as it will be sent and the body hashed while it streams. Keys are read at
+//! start and can be re-read (`reload`) without a restart; a message in flight keeps the keys
+//! it started with. The signer is our own on the `openssl` crate (see research/deps.md §4).
+
+pub mod canon;
+pub mod from;
+pub mod key;
+pub mod keygen;
+pub mod sign;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Context, Message, Order, Pass, Transform, TransformError};
+use canon::{BodyCanon, BodyHasher};
+use from::Author;
+pub use key::{Algorithm, Key, parse_spec};
+
+/// One `--dkim` value: domain, selector, key file.
+pub type Spec = (String, String, PathBuf);
+
+/// The DKIM signing transform.
+pub struct Dkim {
+    specs: Vec<Spec>,
+    keys: RwLock<Arc<Vec<Key>>>,
+}
+
+impl std::fmt::Debug for Dkim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dkim")
+            .field("keys", &self.describe())
+            .finish()
+    }
+}
+
+impl Dkim {
+    /// Reads every key named by `specs` (as `parse_spec` gives them); the first that cannot be
+    /// used is the error, naming its file and why.
+    pub fn load(specs: &[Spec]) -> Result<Dkim, String> {
+        let keys = read_all(specs)?;
+        Ok(Dkim {
+            specs: specs.to_vec(),
+            keys: RwLock::new(Arc::new(keys)),
+        })
+    }
+
+    /// Re-reads the key files (e.g. on SIGHUP) and swaps all keys at once; if any fails, the
+    /// keys in use stay and the error says which file and why.
+    pub fn reload(&self) -> Result<(), String> {
+        let keys = read_all(&self.specs)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(())
+    }
+
+    /// The keys in use, one `d=DOMAIN s=SELECTOR a=ALGORITHM` each (for the startup log).
+    pub fn describe(&self) -> Vec<String> {
+        self.current().iter().map(describe).collect()
+    }
+
+    fn current(&self) -> Arc<Vec<Key>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn read_all(specs: &[Spec]) -> Result<Vec<Key>, String> {
+    let mut keys: Vec<Key> = Vec::with_capacity(specs.len());
+    for (domain, selector, path) in specs {
+        key::check_name("domain", domain)?;
+        key::check_name("selector", selector)?;
+        let k = key::read(domain, selector, path)?;
+        if keys
+            .iter()
+            .any(|o| o.domain == k.domain && o.selector == k.selector)
+        {
+            return Err(format!(
+                "DKIM: domain {domain} has selector {selector} twice"
+            ));
+        }
+        keys.push(k);
+    }
+    Ok(keys)
+}
+
+fn describe(k: &Key) -> String {
+    format!("d={} s={} a={}", k.domain, k.selector, k.algorithm.name())
+}
+
+/// The keys for a From: domain: its own, or else those of its nearest parent that has some.
+pub fn keys_for<'k>(keys: &'k [Key], domain: &str) -> Vec<&'k Key> {
+    let mut d = domain.trim_end_matches('.');
+    loop {
+        let found: Vec<&Key> = keys
+            .iter()
+            .filter(|k| k.domain.eq_ignore_ascii_case(d))
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        match d.split_once('.') {
+            Some((_, parent)) if !parent.is_empty() => d = parent,
+            _ => return Vec::new(),
+        }
+    }
+}
+
+/// The author's domain of a header block, or why there is none to sign for.
+fn author(msg: &Message) -> Author {
+    let mut from = msg.block.fields().iter().filter(|f| f.is("From"));
+    match (from.next(), from.next()) {
+        (None, _) => Author::Unusable("no From: field"),
+        (Some(_), Some(_)) => Author::Unusable("several From: fields"),
+        (Some(f), None) => from::author(f.value()),
+    }
+}
+
+impl Transform for Dkim {
+    fn order(&self) -> Order {
+        Order::Signing
+    }
+
+    fn begin(&self, _cx: &Context) -> Option<Box<dyn Pass>> {
+        let keys = self.current();
+        if keys.is_empty() {
+            return None;
+        }
+        Some(Box::new(DkimPass { keys, body: None }))
+    }
+}
+
+/// One message: the body is hashed only if its From: domain has a key.
+struct DkimPass {
+    keys: Arc<Vec<Key>>,
+    body: Option<BodyHasher>,
+}
+
+impl Pass for DkimPass {
+    fn header(&mut self, msg: &mut Message, cx: &Context) -> Result<(), TransformError> {
+        match author(msg) {
+            Author::Domain(d) => {
+                if keys_for(&self.keys, &d).is_empty() {
+                    log::debug!("{}: not DKIM-signed: no key for {d}", cx.id);
+                } else {
+                    self.body = Some(BodyHasher::new(BodyCanon::Relaxed));
+                }
+            }
+            Author::Unusable(why) => log::info!("{}: not DKIM-signed: {why}", cx.id),
+        }
+        Ok(())
+    }
+
+    fn body(&mut self, piece: &[u8]) {
+        if let Some(h) = self.body.as_mut() {
+            h.update(piece);
+        }
+    }
+
+    fn finish(&mut self, msg: &mut Message, cx: &Context) -> Result<(), TransformError> {
+        let Some(body) = self.body.take() else {
+            return Ok(());
+        };
+        // The block as it is now (a transform before us may have changed it after its header).
+        let domain = match author(msg) {
+            Author::Domain(d) => d,
+            Author::Unusable(why) => {
+                log::info!("{}: not DKIM-signed: {why}", cx.id);
+                return Ok(());
+            }
+        };
+        let keys = keys_for(&self.keys, &domain);
+        if keys.is_empty() {
+            log::info!("{}: not DKIM-signed: no key for {domain}", cx.id);
+            return Ok(());
+        }
+        let (body_hash, _) = body.finish();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut fields = Vec::with_capacity(keys.len());
+        for k in keys {
+            let field = sign::sign(msg.block.fields(), k, &body_hash, now).map_err(|e| {
+                TransformError::Failed(format!("DKIM signing ({}): {e}", describe(k)))
+            })?;
+            fields.push((field, describe(k)));
+        }
+        // The first key's signature ends up on top.
+        for (field, _) in fields.iter().rev() {
+            msg.block.prepend(field.clone());
+        }
+        for (_, note) in fields {
+            log::debug!("{}: DKIM-signed {note}", cx.id);
+            msg.notes.signatures.push(note);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
