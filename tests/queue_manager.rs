@@ -174,9 +174,11 @@ fn a_restart_in_the_middle_of_a_drain_loses_nothing() {
     assert!(support::wait_until(support::WAIT, || relay.queued() == 0));
     let seen = subjects(&sink);
     assert_eq!(seen.len(), n, "every message arrived");
-    // At most the transactions in flight when it was killed arrive twice.
+    // At most the messages delivered but not yet recorded when it was killed arrive twice:
+    // the transactions in flight, and outcomes a worker handed to the scheduler before going
+    // on to its next message, not yet written when the kill came (a few under load).
     let twice = seen.values().filter(|&&c| c > 1).count();
-    assert!(twice <= 4, "{twice} duplicates");
+    assert!(twice <= 12, "{twice} duplicates");
 }
 
 #[test]
