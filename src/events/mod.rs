@@ -10,13 +10,16 @@
 //!
 //! | event | fields |
 //! |---|---|
-//! | `received` | `id`, `client_ip`, `auth_user` (or null), `tls` (bool), `sender`, `recipients` [..], `size`, `message_id` (or null) |
+//! | `received` | `id`, `client_ip`, `auth_user` (or null), `tls` (bool), `sender`, `recipients` [..], `size`, `message_id` (or null), `dkim` [..] (the signatures added, `d=.. s=.. a=..`) |
 //! | `delivered` | `id`, `recipient`, `relay`, `reply`, `tls` (bool), `delay_s` (since reception) |
 //! | `deferred` | `id`, `recipients` [..] (still pending), `reason`, `attempt`, `next_try` |
 //! | `bounced` | `id`, `recipient`, `status`, `reason`, `relay` (or null), `dsn_id` (or null when none was sent) |
 //! | `expired` | `id`, `recipients` [..], `age_s` |
 //! | `deleted` | `id`, `recipients` [..] (still pending) |
 //! | `rejected` | `client_ip`, `command`, `argument` (or null), `reply` |
+//!
+//! Every event about a message that a trusted or authenticated client tagged
+//! (`X-MxRelay-Tag:`) also has `tag`.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
