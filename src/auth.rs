@@ -726,6 +726,35 @@ impl FailureGuard {
     }
 }
 
+/// `--users`, `--sender-domain` and the brute-force guard's flags.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub users: Option<std::path::PathBuf>,
+    pub sender_domains: Vec<(String, String)>,
+    pub max_failures: u32,
+    pub lockout: Duration,
+}
+
+impl AuthConfig {
+    /// The accounts file, if there is one.
+    pub fn load_users(&self) -> std::io::Result<Option<std::sync::Arc<UsersFile>>> {
+        let err = |flag: &str, e: String| std::io::Error::other(format!("{flag}: {e}"));
+        match &self.users {
+            Some(path) => UsersFile::load(path, &self.sender_domains)
+                .map(|u| Some(std::sync::Arc::new(u)))
+                .map_err(|e| err("--users", e)),
+            None if !self.sender_domains.is_empty() => {
+                Err(err("--sender-domain", "needs --users".into()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn guard(&self) -> FailureGuard {
+        FailureGuard::new(self.max_failures, self.lockout)
+    }
+}
+
 /// The users file as the server sees it: loaded at start, swapped on reload (SIGHUP)
 /// without disturbing sessions in progress.
 pub struct UsersFile {

@@ -152,6 +152,15 @@ impl DnsClient {
         }
     }
 
+    /// `--dns-server`: these servers (5 s timeout, 2 attempts), or the system's when empty.
+    pub fn with_servers(servers: &[SocketAddr]) -> DnsClient {
+        if servers.is_empty() {
+            Self::from_system()
+        } else {
+            Self::new(servers.to_vec(), Duration::from_secs(5), 2)
+        }
+    }
+
     /// Servers, timeout and attempts from /etc/resolv.conf; falls back to 127.0.0.1:53 if none.
     pub fn from_system() -> DnsClient {
         Self::from_resolv_conf(&std::fs::read("/etc/resolv.conf").unwrap_or_default())
