@@ -1,10 +1,20 @@
-//! Command-line flags → validated, typed configuration. One table (`FLAGS`) feeds getopts and
-//! `--help`; every error names its flag. Nothing reads flags after start-up.
+//! Command-line flags → validated, typed configuration. One table (`FLAGS`) feeds getopts,
+//! `--help` and the defaults; one function per module (`server`, `auth`, `delivery`, `sites`,
+//! `scheduler`, `routes`) reads the flags into that module's own config, and [`Config`] holds
+//! them. Every error names its flag. Nothing reads flags after start-up.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::AuthConfig;
+use crate::delivery::DeliveryConfig;
+use crate::delivery::flow::InFlowConfig;
+use crate::delivery::route::RouteTable;
+use crate::delivery::scheduler::SchedulerConfig;
+use crate::delivery::sites::SiteConfig;
+use crate::server::ServerConfig;
 use crate::smtp::address::{self, Mailbox};
 
 pub struct FlagDef {
@@ -438,54 +448,27 @@ impl Cidr {
     }
 }
 
+/// Everything the relay runs with: the flags, validated and already shaped into the config of
+/// each module that takes one. Built once by [`parse_args`]; nothing reads flags after start-up.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: Vec<Listener>,
     pub hostname: String,
     pub spool: PathBuf,
-    /// In order of preference.
-    pub smarthost: Vec<HostPort>,
-    pub routes: Vec<(String, HostPort)>,
-    pub trusted: Vec<Cidr>,
-    pub postmaster: Mailbox,
-    pub workers: usize,
-    pub in_flow_backlog: usize,
-    pub in_flow_delay: Duration,
-    pub active_limit: usize,
-    pub dest_concurrency: usize,
-    pub dest_rate: Option<(u32, Duration)>,
-    pub dest_messages_per_connection: usize,
-    pub max_connections: usize,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    pub max_errors: u32,
-    pub max_line_length: usize,
-    pub max_hops: u32,
-    pub idle_timeout: Duration,
-    pub retry: Vec<Duration>,
-    pub max_queue_lifetime: Duration,
-    pub connect_timeout: Duration,
-    pub delivery_timeout: Option<Duration>,
-    pub dns_servers: Vec<SocketAddr>,
-    pub mx_port: u16,
-    pub shutdown_grace: Duration,
+    pub server: ServerConfig,
+    /// Certificate chain and key files (`--tls-cert`, `--tls-key`).
     pub tls_cert: Option<(PathBuf, PathBuf)>,
-    pub tls_handshake_timeout: Duration,
-    pub users: Option<PathBuf>,
-    pub sender_domains: Vec<(String, String)>,
-    pub plaintext_auth_loopback: bool,
-    pub auth_fail_delay: Duration,
-    pub auth_max_failures: u32,
-    pub auth_lockout: Duration,
-    pub tls_outbound: TlsOutbound,
-    pub smarthost_tls: SmarthostTls,
-    pub smarthost_insecure: bool,
-    /// User and the file holding the password.
-    pub smarthost_auth: Option<(String, PathBuf)>,
-    pub tls_ca_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+    pub sites: SiteConfig,
+    pub scheduler: SchedulerConfig,
+    pub in_flow: InFlowConfig,
+    /// Empty: the servers of /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
     pub events: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub user: Option<String>,
+    pub shutdown_grace: Duration,
     pub verbose: bool,
 }
 
@@ -555,33 +538,156 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             "unexpected argument {extra:?} (see --help)"
         )));
     }
-    let get = |name: &str| m.opt_str(name);
-    let bad = |name: &str, why: String| ConfigError(format!("--{name}: {why}"));
-    let num = |name: &str, default: u64, min: u64| -> Result<u64, ConfigError> {
-        match get(name) {
-            None => Ok(default),
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if n >= min => Ok(n),
-                Ok(_) => Err(bad(name, format!("must be at least {min}"))),
-                Err(_) => Err(bad(name, format!("{v:?} is not a number"))),
-            },
-        }
+    let f = Flags(m);
+    let listen = f.list("listen", &[DEFAULT_LISTEN], parse_listener)?;
+    let hostname = hostname(&f)?;
+    let spool = match f.given("spool") {
+        Some(s) if s.is_empty() => return Err(bad("spool", "empty path".into())),
+        Some(s) => PathBuf::from(s),
+        None => default_spool(),
     };
-    let dur = |name: &str, default: &str| -> Result<Duration, ConfigError> {
-        let v = get(name).unwrap_or_else(|| default.to_string());
-        parse_duration(&v).map_err(|e| bad(name, e))
+    let postmaster = match f.given("postmaster") {
+        Some(p) => Mailbox::parse(&p).map_err(|e| bad("postmaster", format!("{p:?}: {e}")))?,
+        None => Mailbox {
+            local: "postmaster".into(),
+            domain: hostname.clone(),
+        },
     };
+    let routes = Arc::new(routes(&f)?);
+    let delivery = delivery(&f, &hostname, !routes.smarthost.is_empty())?;
+    let config = Config {
+        server: server(&f, &hostname, &postmaster)?,
+        tls_cert: f
+            .pair("tls-cert", "tls-key")?
+            .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
+        auth: auth(&f)?,
+        sites: sites(&f, delivery.workers)?,
+        delivery,
+        scheduler: scheduler(&f, &hostname, &postmaster, routes)?,
+        in_flow: InFlowConfig {
+            backlog: f.num("in-flow-backlog", 1)? as usize,
+            delay: f.dur("in-flow-delay")?,
+        },
+        dns_servers: f.list("dns-server", &[], parse_dns_server)?,
+        events: f.given("events"),
+        metrics_listen: f.opt("metrics-listen", |v| {
+            v.parse().map_err(|_| format!("{v:?} is not ADDR:PORT"))
+        })?,
+        user: f.given("user"),
+        shutdown_grace: f.dur("shutdown-grace")?,
+        verbose: f.on("verbose"),
+        listen,
+        hostname,
+        spool,
+    };
+    Ok(Parsed::Run(Box::new(config)))
+}
 
-    let mut listen = Vec::new();
-    let listen_strs = m.opt_strs("listen");
-    for v in if listen_strs.is_empty() {
-        vec![DEFAULT_LISTEN.to_string()]
-    } else {
-        listen_strs
-    } {
-        listen.push(parse_listener(&v).map_err(|e| bad("listen", e))?);
+/// getopts' matches, read as the flag table says: a flag not given takes its `[default]`.
+struct Flags(getopts::Matches);
+
+fn bad(name: &str, why: String) -> ConfigError {
+    ConfigError(format!("--{name}: {why}"))
+}
+
+impl Flags {
+    /// The value given on the command line.
+    fn given(&self, name: &str) -> Option<String> {
+        self.0.opt_str(name)
     }
-    let hostname = match get("hostname") {
+
+    fn on(&self, name: &str) -> bool {
+        self.0.opt_present(name)
+    }
+
+    /// The value given, else the flag's default from `FLAGS` (for flags whose default is a
+    /// value, not a description).
+    fn value(&self, name: &str) -> String {
+        self.given(name).unwrap_or_else(|| {
+            let flag = FLAGS.iter().find(|f| f.long == name);
+            flag.and_then(|f| f.default).unwrap_or_default().to_string()
+        })
+    }
+
+    fn num(&self, name: &str, min: u64) -> Result<u64, ConfigError> {
+        let v = self.value(name);
+        match v.parse::<u64>() {
+            Ok(n) if n >= min => Ok(n),
+            Ok(_) => Err(bad(name, format!("must be at least {min}"))),
+            Err(_) => Err(bad(name, format!("{v:?} is not a number"))),
+        }
+    }
+
+    fn dur(&self, name: &str) -> Result<Duration, ConfigError> {
+        parse_duration(&self.value(name)).map_err(|e| bad(name, e))
+    }
+
+    /// A duration that must not be zero.
+    fn positive_dur(&self, name: &str) -> Result<Duration, ConfigError> {
+        let d = self.dur(name)?;
+        if d.is_zero() {
+            return Err(bad(name, "must be greater than zero".into()));
+        }
+        Ok(d)
+    }
+
+    /// An optional value, parsed when given.
+    fn opt<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.given(name)
+            .map(|v| parse(&v).map_err(|e| bad(name, e)))
+            .transpose()
+    }
+
+    /// Every value of a repeatable flag, or `defaults` when it is not given.
+    fn list<T>(
+        &self,
+        name: &str,
+        defaults: &[&str],
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let given = self.0.opt_strs(name);
+        let values: Vec<&str> = if given.is_empty() {
+            defaults.to_vec()
+        } else {
+            given.iter().map(String::as_str).collect()
+        };
+        values
+            .into_iter()
+            .map(|v| parse(v).map_err(|e| bad(name, e)))
+            .collect()
+    }
+
+    /// Two flags that go together: both or neither.
+    fn pair(&self, a: &str, b: &str) -> Result<Option<(String, String)>, ConfigError> {
+        match (self.given(a), self.given(b)) {
+            (Some(x), Some(y)) => Ok(Some((x, y))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(bad(a, format!("needs --{b} too"))),
+            (None, Some(_)) => Err(bad(b, format!("needs --{a} too"))),
+        }
+    }
+
+    /// One of a few names.
+    fn choice<T: Copy>(&self, name: &str, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let v = self.value(name);
+        if let Some((_, t)) = choices.iter().find(|(n, _)| *n == v) {
+            return Ok(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let (last, rest) = names.split_last().expect("choices");
+        Err(bad(
+            name,
+            format!("{v:?} is not {} or {last}", rest.join(", ")),
+        ))
+    }
+}
+
+fn hostname(f: &Flags) -> Result<String, ConfigError> {
+    let hostname = match f.given("hostname") {
         Some(h) => h,
         None => dns_lookup::get_hostname().unwrap_or_else(|_| "localhost".into()),
     };
@@ -591,52 +697,116 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             format!("{hostname:?} is not a valid host name"),
         ));
     }
-    let spool = match get("spool") {
-        Some(s) if s.is_empty() => return Err(bad("spool", "empty path".into())),
-        Some(s) => PathBuf::from(s),
-        None => default_spool(),
-    };
-    let smarthost = m
-        .opt_strs("smarthost")
-        .iter()
-        .map(|v| parse_host_port(v, 25).map_err(|e| bad("smarthost", e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut routes = Vec::new();
-    for v in m.opt_strs("route") {
+    Ok(hostname)
+}
+
+fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfig, ConfigError> {
+    Ok(ServerConfig {
+        hostname: hostname.to_string(),
+        trusted: f.list("trusted-network", &["127.0.0.0/8", "::1/128"], parse_cidr)?,
+        postmaster: postmaster.clone(),
+        max_connections: f.num("max-connections", 1)? as usize,
+        max_message_size: parse_size(&f.value("max-message-size"))
+            .map_err(|e| bad("max-message-size", e))?,
+        max_recipients: f.num("max-recipients", 1)? as usize,
+        max_errors: f.num("max-errors", 1)? as u32,
+        max_line_length: f.num("max-line-length", 512)? as usize,
+        max_hops: f.num("max-hops", 1)? as u32,
+        idle_timeout: f.positive_dur("idle-timeout")?,
+        tls_handshake_timeout: f.dur("tls-handshake-timeout")?,
+        plaintext_auth_loopback: f.on("plaintext-auth-loopback"),
+        auth_fail_delay: f.dur("auth-fail-delay")?,
+    })
+}
+
+fn auth(f: &Flags) -> Result<AuthConfig, ConfigError> {
+    Ok(AuthConfig {
+        users: f.given("users").map(PathBuf::from),
+        sender_domains: f.list("sender-domain", &[], |v| match v.split_once('=') {
+            Some((u, d)) if !u.is_empty() && address::is_valid_domain(d) => {
+                Ok((u.to_string(), d.to_ascii_lowercase()))
+            }
+            _ => Err(format!("{v:?} is not USER=DOMAIN")),
+        })?,
+        max_failures: f.num("auth-max-failures", 1)? as u32,
+        lockout: f.dur("auth-lockout")?,
+    })
+}
+
+/// `--smarthost` and `--route`.
+fn routes(f: &Flags) -> Result<RouteTable, ConfigError> {
+    let smarthost = f.list("smarthost", &[], |v| parse_host_port(v, 25))?;
+    let routes = f.list("route", &[], |v| {
         let (domain, target) = v
             .split_once('=')
-            .ok_or_else(|| bad("route", format!("{v:?} is not DOMAIN=HOST[:PORT]")))?;
+            .ok_or_else(|| format!("{v:?} is not DOMAIN=HOST[:PORT]"))?;
         if !address::is_valid_domain(domain) {
-            return Err(bad("route", format!("{domain:?} is not a domain")));
+            return Err(format!("{domain:?} is not a domain"));
         }
-        routes.push((
-            address::domain_key(domain),
-            parse_host_port(target, 25).map_err(|e| bad("route", e))?,
-        ));
+        Ok((address::domain_key(domain), parse_host_port(target, 25)?))
+    })?;
+    Ok(RouteTable {
+        smarthost: smarthost.into(),
+        routes: routes.into_iter().collect(),
+    })
+}
+
+fn delivery(f: &Flags, hostname: &str, smarthost: bool) -> Result<DeliveryConfig, ConfigError> {
+    let mx_port = f.num("mx-port", 1)?;
+    if mx_port > 65535 {
+        return Err(bad("mx-port", "must be at most 65535".into()));
     }
-    let trusted_strs = m.opt_strs("trusted-network");
-    let trusted_strs = if trusted_strs.is_empty() {
-        vec!["127.0.0.0/8".into(), "::1/128".into()]
-    } else {
-        trusted_strs
-    };
-    let trusted = trusted_strs
-        .iter()
-        .map(|v| parse_cidr(v).map_err(|e| bad("trusted-network", e)))
-        .collect::<Result<_, _>>()?;
-    let postmaster = match get("postmaster") {
-        Some(p) => Mailbox::parse(&p).map_err(|e| bad("postmaster", format!("{p:?}: {e}")))?,
-        None => Mailbox {
-            local: "postmaster".into(),
-            domain: hostname.clone(),
-        },
-    };
-    let max_message_size = match get("max-message-size") {
-        None => 25 << 20,
-        Some(v) => parse_size(&v).map_err(|e| bad("max-message-size", e))?,
-    };
-    let retry_str = get("retry").unwrap_or_else(|| "1m,5m,15m,30m,1h,2h,4h".into());
-    let retry = retry_str
+    let smarthost_login = f.pair("smarthost-user", "smarthost-password-file")?;
+    if smarthost_login.is_some() && !smarthost {
+        return Err(bad("smarthost-user", "needs --smarthost".into()));
+    }
+    Ok(DeliveryConfig {
+        workers: f.num("workers", 1)? as usize,
+        hostname: hostname.to_string(),
+        mx_port: mx_port as u16,
+        connect_timeout: f.positive_dur("connect-timeout")?,
+        delivery_timeout: f.opt("delivery-timeout", parse_duration)?,
+        tls_outbound: f.choice(
+            "tls-outbound",
+            &[
+                ("may", TlsOutbound::May),
+                ("encrypt", TlsOutbound::Encrypt),
+                ("verify", TlsOutbound::Verify),
+            ],
+        )?,
+        smarthost_tls: f.choice(
+            "smarthost-tls",
+            &[
+                ("starttls", SmarthostTls::StartTls),
+                ("implicit", SmarthostTls::Implicit),
+                ("none", SmarthostTls::None),
+            ],
+        )?,
+        smarthost_insecure: f.on("smarthost-insecure"),
+        smarthost_login: smarthost_login.map(|(u, file)| (u, PathBuf::from(file))),
+        tls_ca_file: f.given("tls-ca-file").map(PathBuf::from),
+        messages_per_connection: f.num("dest-messages-per-connection", 1)? as usize,
+    })
+}
+
+fn sites(f: &Flags, workers: usize) -> Result<SiteConfig, ConfigError> {
+    Ok(SiteConfig {
+        workers,
+        concurrency: f.num("dest-concurrency", 1)? as usize,
+        rate: f.opt("dest-rate", parse_rate)?,
+        dead_time: Duration::from_secs(60),
+        max_dead_time: Duration::from_secs(600),
+    })
+}
+
+fn scheduler(
+    f: &Flags,
+    hostname: &str,
+    postmaster: &Mailbox,
+    routes: Arc<RouteTable>,
+) -> Result<SchedulerConfig, ConfigError> {
+    let retry = f
+        .value("retry")
         .split(',')
         .map(|s| parse_duration(s.trim()))
         .collect::<Result<Vec<_>, _>>()
@@ -644,136 +814,21 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
     if retry.iter().any(Duration::is_zero) {
         return Err(bad("retry", "delays must be greater than zero".into()));
     }
-    let dns_servers = m
-        .opt_strs("dns-server")
-        .iter()
-        .map(|v| {
-            v.parse::<SocketAddr>()
-                .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| bad("dns-server", format!("{v:?} is not IP[:PORT]")))
-        })
-        .collect::<Result<_, _>>()?;
-    let mx_port = num("mx-port", 25, 1)?;
-    if mx_port > 65535 {
-        return Err(bad("mx-port", "must be at most 65535".into()));
-    }
-    let config = Config {
-        listen,
-        hostname,
-        spool,
-        smarthost,
-        routes,
-        trusted,
-        postmaster,
-        workers: num("workers", 4, 1)? as usize,
-        in_flow_backlog: num("in-flow-backlog", 1000, 1)? as usize,
-        in_flow_delay: dur("in-flow-delay", "1s")?,
-        active_limit: num("active-limit", 10_000, 1)? as usize,
-        dest_concurrency: num("dest-concurrency", 20, 1)? as usize,
-        dest_rate: get("dest-rate")
-            .map(|v| parse_rate(&v).map_err(|e| bad("dest-rate", e)))
-            .transpose()?,
-        dest_messages_per_connection: num("dest-messages-per-connection", 100, 1)? as usize,
-        max_connections: num("max-connections", 100, 1)? as usize,
-        max_message_size,
-        max_recipients: num("max-recipients", 1000, 1)? as usize,
-        max_errors: num("max-errors", 10, 1)? as u32,
-        max_line_length: num("max-line-length", 2048, 512)? as usize,
-        max_hops: num("max-hops", 50, 1)? as u32,
-        idle_timeout: dur("idle-timeout", "5m")?,
+    Ok(SchedulerConfig {
+        hostname: hostname.to_string(),
+        postmaster: postmaster.to_string(),
         retry,
-        max_queue_lifetime: dur("max-queue-lifetime", "5d")?,
-        connect_timeout: dur("connect-timeout", "30s")?,
-        delivery_timeout: get("delivery-timeout")
-            .map(|v| parse_duration(&v).map_err(|e| bad("delivery-timeout", e)))
-            .transpose()?,
-        dns_servers,
-        mx_port: mx_port as u16,
-        shutdown_grace: dur("shutdown-grace", "10s")?,
-        tls_cert: match (get("tls-cert"), get("tls-key")) {
-            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
-            (None, None) => None,
-            (Some(_), None) => return Err(bad("tls-cert", "needs --tls-key too".into())),
-            (None, Some(_)) => return Err(bad("tls-key", "needs --tls-cert too".into())),
-        },
-        tls_handshake_timeout: dur("tls-handshake-timeout", "30s")?,
-        users: get("users").map(PathBuf::from),
-        sender_domains: m
-            .opt_strs("sender-domain")
-            .iter()
-            .map(|v| match v.split_once('=') {
-                Some((u, d)) if !u.is_empty() && address::is_valid_domain(d) => {
-                    Ok((u.to_string(), d.to_ascii_lowercase()))
-                }
-                _ => Err(bad("sender-domain", format!("{v:?} is not USER=DOMAIN"))),
-            })
-            .collect::<Result<_, _>>()?,
-        plaintext_auth_loopback: m.opt_present("plaintext-auth-loopback"),
-        auth_fail_delay: dur("auth-fail-delay", "1s")?,
-        auth_max_failures: num("auth-max-failures", 5, 1)? as u32,
-        auth_lockout: dur("auth-lockout", "10m")?,
-        tls_outbound: match get("tls-outbound").as_deref().unwrap_or("may") {
-            "may" => TlsOutbound::May,
-            "encrypt" => TlsOutbound::Encrypt,
-            "verify" => TlsOutbound::Verify,
-            other => {
-                return Err(bad(
-                    "tls-outbound",
-                    format!("{other:?} is not may, encrypt or verify"),
-                ));
-            }
-        },
-        smarthost_tls: match get("smarthost-tls").as_deref().unwrap_or("starttls") {
-            "starttls" => SmarthostTls::StartTls,
-            "implicit" => SmarthostTls::Implicit,
-            "none" => SmarthostTls::None,
-            other => {
-                return Err(bad(
-                    "smarthost-tls",
-                    format!("{other:?} is not starttls, implicit or none"),
-                ));
-            }
-        },
-        smarthost_insecure: m.opt_present("smarthost-insecure"),
-        smarthost_auth: match (get("smarthost-user"), get("smarthost-password-file")) {
-            (Some(u), Some(f)) => Some((u, PathBuf::from(f))),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(bad(
-                    "smarthost-user",
-                    "needs --smarthost-password-file too".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "smarthost-password-file",
-                    "needs --smarthost-user too".into(),
-                ));
-            }
-        },
-        tls_ca_file: get("tls-ca-file").map(PathBuf::from),
-        events: get("events"),
-        metrics_listen: get("metrics-listen")
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| bad("metrics-listen", format!("{v:?} is not ADDR:PORT")))
-            })
-            .transpose()?,
-        user: get("user"),
-        verbose: m.opt_present("verbose"),
-    };
-    if config.smarthost_auth.is_some() && config.smarthost.is_empty() {
-        return Err(bad("smarthost-user", "needs --smarthost".into()));
-    }
-    for (name, d) in [
-        ("idle-timeout", config.idle_timeout),
-        ("connect-timeout", config.connect_timeout),
-    ] {
-        if d.is_zero() {
-            return Err(bad(name, "must be greater than zero".into()));
-        }
-    }
-    Ok(Parsed::Run(Box::new(config)))
+        max_queue_lifetime: f.dur("max-queue-lifetime")?,
+        routes,
+        active_limit: f.num("active-limit", 1)? as usize,
+    })
+}
+
+/// `IP[:PORT]`, port 53 if omitted.
+fn parse_dns_server(v: &str) -> Result<SocketAddr, String> {
+    v.parse::<SocketAddr>()
+        .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{v:?} is not IP[:PORT]"))
 }
 
 pub fn default_spool() -> PathBuf {
@@ -929,6 +984,8 @@ mod tests {
         ])
         .unwrap();
         let hosts: Vec<_> = c
+            .scheduler
+            .routes
             .smarthost
             .iter()
             .map(|h| (h.host.as_str(), h.port))
@@ -938,8 +995,8 @@ mod tests {
             [("a.test", 25), ("b.test", 587)],
             "in the order given"
         );
-        assert_eq!(c.dest_rate, Some((600, Duration::from_secs(3600))));
-        assert_eq!((c.dest_concurrency, c.active_limit), (3, 50));
+        assert_eq!(c.sites.rate, Some((600, Duration::from_secs(3600))));
+        assert_eq!((c.sites.concurrency, c.scheduler.active_limit), (3, 50));
         assert_eq!(parse_rate("5/10s"), Ok((5, Duration::from_secs(10))));
         assert_eq!(parse_rate("10/d"), Ok((10, Duration::from_secs(86400))));
     }
@@ -954,31 +1011,41 @@ mod tests {
                 role: Role::Smtp
             }]
         );
-        assert_eq!(c.tls_outbound, TlsOutbound::May);
-        assert_eq!(c.smarthost_tls, SmarthostTls::StartTls);
-        assert_eq!(c.postmaster.to_string(), "postmaster@relay.test");
-        assert_eq!(c.retry.len(), 7);
-        assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86400));
+        assert_eq!(c.delivery.tls_outbound, TlsOutbound::May);
+        assert_eq!(c.delivery.smarthost_tls, SmarthostTls::StartTls);
+        assert_eq!(c.server.postmaster.to_string(), "postmaster@relay.test");
+        assert_eq!(c.scheduler.retry.len(), 7);
         assert_eq!(
-            (c.in_flow_backlog, c.in_flow_delay),
+            c.scheduler.max_queue_lifetime,
+            Duration::from_secs(5 * 86400)
+        );
+        assert_eq!(
+            (c.in_flow.backlog, c.in_flow.delay),
             (1000, Duration::from_secs(1))
         );
         let off = run(&["--hostname", "relay.test", "--in-flow-delay", "0s"]).unwrap();
-        assert!(off.in_flow_delay.is_zero());
+        assert!(off.in_flow.delay.is_zero());
         assert_eq!(
-            (c.active_limit, c.dest_concurrency, c.dest_rate),
+            (c.scheduler.active_limit, c.sites.concurrency, c.sites.rate),
             (10_000, 20, None)
         );
-        assert_eq!(c.dest_messages_per_connection, 100);
-        assert!(c.smarthost.is_empty());
+        assert_eq!(c.delivery.messages_per_connection, 100);
+        assert!(c.scheduler.routes.smarthost.is_empty());
         assert!(
-            c.trusted
+            c.server
+                .trusted
                 .iter()
                 .any(|n| n.contains("127.0.0.9".parse().unwrap()))
         );
-        assert!(c.trusted.iter().any(|n| n.contains("::1".parse().unwrap())));
         assert!(
-            !c.trusted
+            c.server
+                .trusted
+                .iter()
+                .any(|n| n.contains("::1".parse().unwrap()))
+        );
+        assert!(
+            !c.server
+                .trusted
                 .iter()
                 .any(|n| n.contains("192.0.2.1".parse().unwrap()))
         );

@@ -8,6 +8,13 @@
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// `--in-flow-backlog` and `--in-flow-delay`.
+#[derive(Clone, Copy, Debug)]
+pub struct InFlowConfig {
+    pub backlog: usize,
+    pub delay: Duration,
+}
+
 pub struct InFlow {
     behind: Mutex<bool>,
     caught_up: Condvar,

@@ -16,6 +16,7 @@ pub mod route;
 pub mod scheduler;
 pub mod sites;
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
@@ -103,25 +104,87 @@ pub struct Outcome {
     pub results: Vec<(usize, RcptResult)>,
 }
 
-/// What workers need to deliver.
-pub struct Context {
+/// How workers deliver, as the flags say.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// The size of the pool.
+    pub workers: usize,
     pub hostname: String,
-    pub resolver: Arc<dyn Resolver>,
     pub mx_port: u16,
     pub connect_timeout: Duration,
     /// Caps every client-side SMTP timeout (tests, impatient setups).
     pub delivery_timeout: Option<Duration>,
-    pub tls: crate::tls::Outbound,
     pub tls_outbound: crate::config::TlsOutbound,
     pub smarthost_tls: crate::config::SmarthostTls,
     pub smarthost_insecure: bool,
+    /// User and the file holding the smarthost password.
+    pub smarthost_login: Option<(String, PathBuf)>,
+    /// Extra CA certificate trusted when verifying next hops.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Transactions on one connection at most (`--dest-messages-per-connection`).
+    pub messages_per_connection: usize,
+}
+
+/// What workers need to deliver: their config (read through `Deref`, as `ctx.mx_port`) and
+/// what start-up made of it.
+pub struct Context {
+    pub cfg: DeliveryConfig,
+    pub resolver: Arc<dyn Resolver>,
+    pub tls: crate::tls::Outbound,
     /// User and password for the smarthost.
     pub smarthost_auth: Option<(String, String)>,
     /// Smarthosts that failed lately (tried last for a while).
     pub hosts: route::HostHealth,
-    /// Transactions on one connection at most (`--dest-messages-per-connection`).
-    pub messages_per_connection: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl std::ops::Deref for Context {
+    type Target = DeliveryConfig;
+
+    fn deref(&self) -> &DeliveryConfig {
+        &self.cfg
+    }
+}
+
+impl DeliveryConfig {
+    /// User and password for the smarthost, read from the password file (at start-up, while
+    /// the relay may still read root's files).
+    pub fn smarthost_auth(&self) -> std::io::Result<Option<(String, String)>> {
+        let Some((user, file)) = &self.smarthost_login else {
+            return Ok(None);
+        };
+        let pw = std::fs::read_to_string(file).map_err(|e| {
+            std::io::Error::other(format!(
+                "--smarthost-password-file: {}: {e}",
+                file.display()
+            ))
+        })?;
+        Ok(Some((
+            user.clone(),
+            pw.trim_end_matches(['\r', '\n']).to_string(),
+        )))
+    }
+}
+
+impl Context {
+    /// Sets up outbound TLS.
+    pub fn new(
+        cfg: DeliveryConfig,
+        smarthost_auth: Option<(String, String)>,
+        resolver: Arc<dyn Resolver>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Context> {
+        let tls = crate::tls::Outbound::new(cfg.tls_ca_file.as_deref())
+            .map_err(|e| std::io::Error::other(format!("tls: {}", e.0)))?;
+        Ok(Context {
+            cfg,
+            resolver,
+            tls,
+            smarthost_auth,
+            hosts: Default::default(),
+            metrics,
+        })
+    }
 }
 
 /// The scheduler's hand-off to the workers: a bounded crossbeam channel, with a condition

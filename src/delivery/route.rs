@@ -25,6 +25,7 @@ pub enum Destination {
     Literal(IpAddr),
 }
 
+#[derive(Debug)]
 pub struct RouteTable {
     /// Empty: no smarthost.
     pub smarthost: Arc<[HostPort]>,

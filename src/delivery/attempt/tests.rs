@@ -202,18 +202,23 @@ impl Resolver for Dns {
 
 fn context(port: u16, per_connection: usize) -> Context {
     Context {
-        hostname: "relay.test".into(),
+        cfg: crate::delivery::DeliveryConfig {
+            workers: 1,
+            hostname: "relay.test".into(),
+            mx_port: port,
+            connect_timeout: Duration::from_secs(2),
+            delivery_timeout: Some(Duration::from_secs(5)),
+            tls_outbound: TlsOutbound::May,
+            smarthost_tls: SmarthostTls::None,
+            smarthost_insecure: false,
+            smarthost_login: None,
+            tls_ca_file: None,
+            messages_per_connection: per_connection,
+        },
         resolver: Arc::new(Dns),
-        mx_port: port,
-        connect_timeout: Duration::from_secs(2),
-        delivery_timeout: Some(Duration::from_secs(5)),
         tls: crate::tls::Outbound::new(None).unwrap(),
-        tls_outbound: TlsOutbound::May,
-        smarthost_tls: SmarthostTls::None,
-        smarthost_insecure: false,
         smarthost_auth: None,
         hosts: Default::default(),
-        messages_per_connection: per_connection,
         metrics: Arc::new(crate::metrics::Metrics::new()),
     }
 }

@@ -38,6 +38,7 @@ use crate::spool::{Envelope, Place, Spool};
 
 pub use super::clock::now_ms;
 
+#[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub hostname: String,
     pub postmaster: String,
