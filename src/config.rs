@@ -16,6 +16,7 @@ use crate::delivery::scheduler::SchedulerConfig;
 use crate::delivery::sites::SiteConfig;
 use crate::server::ServerConfig;
 use crate::smtp::address::{self, Mailbox};
+use crate::transform::TransformConfig;
 
 pub struct FlagDef {
     pub long: &'static str,
@@ -323,6 +324,30 @@ pub static FLAGS: &[FlagDef] = &[
         "Extra CA certificate (PEM) trusted when verifying next hops",
         None,
     ),
+    multi(
+        "add-header",
+        "\"NAME: VALUE\"",
+        "Add this header field to every message (repeatable)",
+        None,
+    ),
+    multi(
+        "remove-header",
+        "NAME",
+        "Remove header fields of this name from every message, any case (repeatable)",
+        None,
+    ),
+    opt(
+        "max-header-size",
+        "BYTES",
+        "Largest header section held while transforms run (header rules, DKIM); larger gets 552 5.3.4",
+        Some("256K"),
+    ),
+    multi(
+        "dkim",
+        "DOMAIN:SELECTOR:KEYFILE",
+        "Sign mail whose From: is in DOMAIN (or a subdomain) with this key (PEM, RSA or Ed25519; repeatable)",
+        None,
+    ),
     opt(
         "events",
         "FILE",
@@ -463,6 +488,7 @@ pub struct Config {
     pub sites: SiteConfig,
     pub scheduler: SchedulerConfig,
     pub in_flow: InFlowConfig,
+    pub transforms: TransformConfig,
     /// Empty: the servers of /etc/resolv.conf.
     pub dns_servers: Vec<SocketAddr>,
     pub events: Option<String>,
@@ -568,6 +594,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             backlog: f.num("in-flow-backlog", 1)? as usize,
             delay: f.dur("in-flow-delay")?,
         },
+        transforms: transforms(&f)?,
         dns_servers: f.list("dns-server", &[], parse_dns_server)?,
         events: f.given("events"),
         metrics_listen: f.opt("metrics-listen", |v| {
@@ -615,6 +642,14 @@ impl Flags {
             Ok(n) if n >= min => Ok(n),
             Ok(_) => Err(bad(name, format!("must be at least {min}"))),
             Err(_) => Err(bad(name, format!("{v:?} is not a number"))),
+        }
+    }
+
+    /// A size in bytes (K/M/G suffixes), at least `min`.
+    fn size(&self, name: &str, min: u64) -> Result<u64, ConfigError> {
+        match parse_size(&self.value(name)).map_err(|e| bad(name, e))? {
+            n if n >= min => Ok(n),
+            _ => Err(bad(name, format!("must be at least {min} bytes"))),
         }
     }
 
@@ -686,6 +721,19 @@ impl Flags {
     }
 }
 
+fn transforms(f: &Flags) -> Result<TransformConfig, ConfigError> {
+    Ok(TransformConfig {
+        add_headers: f.list("add-header", &[], crate::transform::headers::parse_added)?,
+        remove_headers: f.list(
+            "remove-header",
+            &[],
+            crate::transform::headers::parse_removed,
+        )?,
+        max_header_size: f.size("max-header-size", 1024)? as usize,
+        dkim: f.list("dkim", &[], crate::transform::dkim::parse_spec)?,
+    })
+}
+
 fn hostname(f: &Flags) -> Result<String, ConfigError> {
     let hostname = match f.given("hostname") {
         Some(h) => h,
@@ -706,8 +754,7 @@ fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfi
         trusted: f.list("trusted-network", &["127.0.0.0/8", "::1/128"], parse_cidr)?,
         postmaster: postmaster.clone(),
         max_connections: f.num("max-connections", 1)? as usize,
-        max_message_size: parse_size(&f.value("max-message-size"))
-            .map_err(|e| bad("max-message-size", e))?,
+        max_message_size: f.size("max-message-size", 1)?,
         max_recipients: f.num("max-recipients", 1)? as usize,
         max_errors: f.num("max-errors", 1)? as u32,
         max_line_length: f.num("max-line-length", 512)? as usize,

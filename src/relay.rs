@@ -27,11 +27,14 @@ use crate::server::{self, Server, Services};
 use crate::spool::id::MsgId;
 use crate::spool::{Recovery, Spool};
 use crate::tls::ServerTls;
+use crate::transform::Transforms;
+use crate::transform::dkim::Dkim;
 
 pub struct Relay {
     server: Server,
     tls: Option<Arc<ServerTls>>,
     users: Option<Arc<UsersFile>>,
+    dkim: Option<Arc<Dkim>>,
     control: Sender<Request>,
     stop_scheduler: Sender<()>,
     scheduler: JoinHandle<()>,
@@ -57,6 +60,8 @@ struct Acquired {
     smarthost_auth: Option<(String, String)>,
     metrics: Arc<Metrics>,
     metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
+    transforms: Transforms,
+    dkim: Option<Arc<Dkim>>,
 }
 
 /// The delivery side, running: what the listeners and the signals talk to.
@@ -108,7 +113,7 @@ impl Relay {
             in_flow: delivery.in_flow,
             metrics,
             events,
-            transforms: crate::transform::Transforms::new(Vec::new(), 256 * 1024),
+            transforms: acquired.transforms,
         };
         let server = Server::start(acquired.sockets, cfg.server.clone(), services)?;
         if let Some(t) = &tls {
@@ -118,6 +123,7 @@ impl Relay {
             server,
             tls,
             users: acquired.users,
+            dkim: acquired.dkim,
             control: delivery.control,
             stop_scheduler: delivery.stop_scheduler,
             scheduler: delivery.scheduler,
@@ -127,13 +133,19 @@ impl Relay {
         })
     }
 
-    /// SIGHUP: reload certificates and accounts without dropping sessions.
+    /// SIGHUP: reload certificates, accounts and DKIM keys without dropping sessions.
     pub fn reload(&self) {
         if let Some(t) = &self.tls {
             t.reload(true);
         }
         if let Some(u) = &self.users {
             u.reload();
+        }
+        if let Some(d) = &self.dkim {
+            match d.reload() {
+                Ok(()) => log::info!("dkim: keys reloaded"),
+                Err(e) => log::error!("dkim: keys not reloaded, the old ones stay: {e}"),
+            }
         }
     }
 
@@ -187,6 +199,12 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
         None => None,
     };
     let users = cfg.auth.load_users()?;
+    let (transforms, dkim) = cfg.transforms.build(&cfg.hostname).map_err(err("dkim"))?;
+    if let Some(d) = &dkim {
+        for key in d.describe() {
+            log::info!("dkim: signing with {key}");
+        }
+    }
     let smarthost_auth = cfg.delivery.smarthost_auth()?;
     let metrics = Arc::new(Metrics::new());
     let metrics_endpoint = match cfg.metrics_listen {
@@ -203,6 +221,8 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
         smarthost_auth,
         metrics,
         metrics_endpoint,
+        transforms,
+        dkim,
     })
 }
 

@@ -629,3 +629,88 @@ fn keygen_writes_a_private_key_once_and_prints_the_record() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--selector is required"));
 }
+
+#[test]
+fn mail_relayed_over_smtp_arrives_signed_over_the_bytes_sent() {
+    require_tools();
+    let tmp = TempDir::new("dkim-smtp");
+    let dir = tmp.path();
+    let (rsa_key, rsa_rec) = make_key(dir, "rsa.test", "r1", "rsa");
+    let (ed_key, ed_rec) = make_key(dir, "ed.test", "e1", "ed25519");
+    let dns = start_dnsmasq(dir, &[&rsa_rec, &ed_rec]);
+    let sink = support::sink_on("127.0.0.1", 0, support::sink::Script::default());
+    let events = dir.join("events.jsonl");
+    let specs = [
+        format!("rsa.test:r1:{}", rsa_key.display()),
+        format!("ed.test:e1:{}", ed_key.display()),
+    ];
+    let events_arg = events.display().to_string();
+    let relay = support::Relay::via(
+        &sink,
+        &dir.join("spool"),
+        &[
+            "--dkim",
+            &specs[0],
+            "--dkim",
+            &specs[1],
+            "--max-header-size",
+            "2k",
+            "--remove-header",
+            "X-Mailer",
+            "--events",
+            &events_arg,
+        ],
+    );
+    // A message larger than the header limit, with lines that are dot-stuffed on the wire
+    // both ways (sent here already stuffed); and a small one that a subdomain's From: gets
+    // signed with its parent's key.
+    let mut large = plain("rsa.test", "");
+    while large.len() < 600_000 {
+        large.extend_from_slice(b"..a line that starts with a dot\r\nplain text \t \r\n");
+    }
+    let small = b"From: Ops <ops@mail.ed.test>\r\nSubject: hi\r\n\r\nhello\r\n".to_vec();
+    for body in [&large, &small] {
+        let r = support::submit(relay.addr, "app@rsa.test", &["b@example.net"], body);
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let got = sink.wait_for(2, support::WAIT);
+    let mut by_subject = HashMap::new();
+    for m in &got {
+        let text = String::from_utf8_lossy(&m.data);
+        let name = if text.contains("Subject: hi") {
+            "small"
+        } else {
+            "large"
+        };
+        assert!(
+            !text.contains("X-Mailer"),
+            "header rules ran before signing"
+        );
+        std::fs::write(dir.join(name), &m.data).unwrap();
+        by_subject.insert(name, m.data.clone());
+    }
+    let mut tampered = by_subject["large"].clone();
+    let at = tampered.len() - 10;
+    tampered[at] ^= 0x20;
+    std::fs::write(dir.join("large-tampered"), &tampered).unwrap();
+    let (verdicts, _) = verify(dir, dns.port, &["large", "small", "large-tampered"]);
+    let pass = |name: &str| -> Vec<(String, bool)> {
+        verdicts[name]
+            .iter()
+            .map(|v| (v.d.clone(), v.pass))
+            .collect()
+    };
+    assert_eq!(pass("large"), [("rsa.test".to_string(), true)]);
+    assert_eq!(pass("small"), [("ed.test".to_string(), true)]);
+    assert_eq!(pass("large-tampered"), [("rsa.test".to_string(), false)]);
+    // The received events say which key signed.
+    let log = std::fs::read_to_string(&events).unwrap_or_default();
+    assert!(
+        log.contains("\"dkim\":[\"d=rsa.test s=r1 a=rsa-sha256\"]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"dkim\":[\"d=ed.test s=e1 a=ed25519-sha256\"]"),
+        "{log}"
+    );
+}

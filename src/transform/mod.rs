@@ -95,6 +95,47 @@ impl std::fmt::Display for TransformError {
     }
 }
 
+/// The transform flags, checked.
+#[derive(Clone, Debug, Default)]
+pub struct TransformConfig {
+    /// `--add-header`.
+    pub add_headers: Vec<head::Field>,
+    /// `--remove-header`.
+    pub remove_headers: Vec<String>,
+    /// `--max-header-size`.
+    pub max_header_size: usize,
+    /// `--dkim`.
+    pub dkim: Vec<dkim::Spec>,
+}
+
+impl TransformConfig {
+    /// The transforms every message passes: control headers, the header rules, submission
+    /// fix-ups and (with keys) DKIM signing. The keys are read now; the signer is returned
+    /// too, for reloading them.
+    pub fn build(&self, hostname: &str) -> Result<(Transforms, Option<Arc<dkim::Dkim>>), String> {
+        let mut list: Vec<Arc<dyn Transform>> = vec![
+            Arc::new(headers::ControlHeaders),
+            Arc::new(submission::SubmissionFixups {
+                hostname: hostname.to_string(),
+            }),
+        ];
+        if !self.add_headers.is_empty() || !self.remove_headers.is_empty() {
+            list.push(Arc::new(headers::HeaderRules {
+                remove: self.remove_headers.clone(),
+                add: self.add_headers.clone(),
+            }));
+        }
+        let signer = match self.dkim.is_empty() {
+            true => None,
+            false => Some(Arc::new(dkim::Dkim::load(&self.dkim)?)),
+        };
+        if let Some(s) = &signer {
+            list.push(s.clone());
+        }
+        Ok((Transforms::new(list, self.max_header_size), signer))
+    }
+}
+
 /// The configured transforms, in the order they run.
 #[derive(Clone, Default)]
 pub struct Transforms {
