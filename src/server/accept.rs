@@ -102,9 +102,24 @@ pub fn receive(
             return DataOutcome::Refused(Refusal::Other, reply_map::spool_error(&e));
         }
     };
+    report_received(shared, client, &env, summary, &notes.signatures);
+    if shared.services.intake.submit(env, place).is_err() {
+        // The scheduler is gone (shutting down): the message is safe on disk for the next start.
+        log::warn!("{id}: queued on disk; delivery starts at the next start-up");
+    }
+    DataOutcome::Queued(id)
+}
+
+fn report_received(
+    shared: &Shared,
+    client: &Client,
+    env: &Envelope,
+    summary: &Summary,
+    signatures: &[String],
+) {
     let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
     shared.services.events.report(&Event::Received {
-        id: &id,
+        id: &env.id,
         client_ip: &client.ip.to_string(),
         helo: client.helo,
         auth_user: client.auth_user,
@@ -115,13 +130,8 @@ pub fn receive(
         message_id: summary.message_id.as_deref(),
         bare_line_ends: summary.bare_line_ends,
         tag: crate::events::tag(&env.tag),
-        signatures: &notes.signatures,
+        signatures,
     });
-    if shared.services.intake.submit(env, place).is_err() {
-        // The scheduler is gone (shutting down): the message is safe on disk for the next start.
-        log::warn!("{id}: queued on disk; delivery starts at the next start-up");
-    }
-    DataOutcome::Queued(id)
 }
 
 /// After the end of DATA: the session's verdict, then the spool's and the transforms'. On

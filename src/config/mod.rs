@@ -1,0 +1,400 @@
+//! Command-line flags → validated, typed configuration. One table (`FLAGS`) feeds getopts,
+//! `--help` and the defaults; one function per module (`server`, `auth`, `delivery`, `sites`,
+//! `scheduler`, `routes`) reads the flags into that module's own config, and [`Config`] holds
+//! them. Every error names its flag. Nothing reads flags after start-up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::AuthConfig;
+use crate::delivery::DeliveryConfig;
+use crate::delivery::flow::InFlowConfig;
+use crate::delivery::route::RouteTable;
+use crate::delivery::scheduler::SchedulerConfig;
+use crate::delivery::sites::SiteConfig;
+use crate::server::ServerConfig;
+use crate::smtp::address::{self, Mailbox};
+use crate::transform::TransformConfig;
+
+mod flags;
+mod values;
+
+use flags::{DEFAULT_LISTEN, options};
+pub use flags::{FLAGS, FlagDef, usage};
+pub use values::*;
+
+/// Everything the relay runs with: the flags, validated and already shaped into the config of
+/// each module that takes one. Built once by [`parse_args`]; nothing reads flags after start-up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<Listener>,
+    pub hostname: String,
+    pub spool: PathBuf,
+    pub server: ServerConfig,
+    /// Certificate chain and key files (`--tls-cert`, `--tls-key`).
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+    pub sites: SiteConfig,
+    pub scheduler: SchedulerConfig,
+    pub in_flow: InFlowConfig,
+    pub transforms: TransformConfig,
+    /// Empty: the servers of /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    pub events: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub user: Option<String>,
+    pub shutdown_grace: Duration,
+    pub verbose: bool,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Config>),
+    Help(String),
+    Version,
+}
+
+/// An invalid flag: printed as one line, exit status 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
+    let m = options()
+        .parse(args)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    if m.opt_present("help") {
+        return Ok(Parsed::Help(usage()));
+    }
+    if m.opt_present("version") {
+        return Ok(Parsed::Version);
+    }
+    if let Some(extra) = m.free.first() {
+        return Err(ConfigError(format!(
+            "unexpected argument {extra:?} (see --help)"
+        )));
+    }
+    let f = Flags(m);
+    let listen = f.list("listen", &[DEFAULT_LISTEN], parse_listener)?;
+    let hostname = hostname(&f)?;
+    let spool = match f.given("spool") {
+        Some(s) if s.is_empty() => return Err(bad("spool", "empty path".into())),
+        Some(s) => PathBuf::from(s),
+        None => default_spool(),
+    };
+    let postmaster = match f.given("postmaster") {
+        Some(p) => Mailbox::parse(&p).map_err(|e| bad("postmaster", format!("{p:?}: {e}")))?,
+        None => Mailbox {
+            local: "postmaster".into(),
+            domain: hostname.clone(),
+        },
+    };
+    let routes = Arc::new(routes(&f)?);
+    let delivery = delivery(&f, &hostname, !routes.smarthost.is_empty())?;
+    let config = Config {
+        server: server(&f, &hostname, &postmaster)?,
+        tls_cert: f
+            .pair("tls-cert", "tls-key")?
+            .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
+        auth: auth(&f)?,
+        sites: sites(&f, delivery.workers)?,
+        delivery,
+        scheduler: scheduler(&f, &hostname, &postmaster, routes)?,
+        in_flow: InFlowConfig {
+            backlog: f.num("in-flow-backlog", 1)? as usize,
+            delay: f.dur("in-flow-delay")?,
+        },
+        transforms: transforms(&f)?,
+        dns_servers: f.list("dns-server", &[], parse_dns_server)?,
+        events: f.given("events"),
+        metrics_listen: f.opt("metrics-listen", |v| {
+            v.parse().map_err(|_| format!("{v:?} is not ADDR:PORT"))
+        })?,
+        user: f.given("user"),
+        shutdown_grace: f.dur("shutdown-grace")?,
+        verbose: f.on("verbose"),
+        listen,
+        hostname,
+        spool,
+    };
+    Ok(Parsed::Run(Box::new(config)))
+}
+
+/// getopts' matches, read as the flag table says: a flag not given takes its `[default]`.
+struct Flags(getopts::Matches);
+
+fn bad(name: &str, why: String) -> ConfigError {
+    ConfigError(format!("--{name}: {why}"))
+}
+
+impl Flags {
+    /// The value given on the command line.
+    fn given(&self, name: &str) -> Option<String> {
+        self.0.opt_str(name)
+    }
+
+    fn on(&self, name: &str) -> bool {
+        self.0.opt_present(name)
+    }
+
+    /// The value given, else the flag's default from `FLAGS` (for flags whose default is a
+    /// value, not a description).
+    fn value(&self, name: &str) -> String {
+        self.given(name).unwrap_or_else(|| {
+            let flag = FLAGS.iter().find(|f| f.long == name);
+            flag.and_then(|f| f.default).unwrap_or_default().to_string()
+        })
+    }
+
+    fn num(&self, name: &str, min: u64) -> Result<u64, ConfigError> {
+        let v = self.value(name);
+        match v.parse::<u64>() {
+            Ok(n) if n >= min => Ok(n),
+            Ok(_) => Err(bad(name, format!("must be at least {min}"))),
+            Err(_) => Err(bad(name, format!("{v:?} is not a number"))),
+        }
+    }
+
+    /// A size in bytes (K/M/G suffixes), at least `min`.
+    fn size(&self, name: &str, min: u64) -> Result<u64, ConfigError> {
+        match parse_size(&self.value(name)).map_err(|e| bad(name, e))? {
+            n if n >= min => Ok(n),
+            _ => Err(bad(name, format!("must be at least {min} bytes"))),
+        }
+    }
+
+    fn dur(&self, name: &str) -> Result<Duration, ConfigError> {
+        parse_duration(&self.value(name)).map_err(|e| bad(name, e))
+    }
+
+    /// A duration that must not be zero.
+    fn positive_dur(&self, name: &str) -> Result<Duration, ConfigError> {
+        let d = self.dur(name)?;
+        if d.is_zero() {
+            return Err(bad(name, "must be greater than zero".into()));
+        }
+        Ok(d)
+    }
+
+    /// An optional value, parsed when given.
+    fn opt<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.given(name)
+            .map(|v| parse(&v).map_err(|e| bad(name, e)))
+            .transpose()
+    }
+
+    /// Every value of a repeatable flag, or `defaults` when it is not given.
+    fn list<T>(
+        &self,
+        name: &str,
+        defaults: &[&str],
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let given = self.0.opt_strs(name);
+        let values: Vec<&str> = if given.is_empty() {
+            defaults.to_vec()
+        } else {
+            given.iter().map(String::as_str).collect()
+        };
+        values
+            .into_iter()
+            .map(|v| parse(v).map_err(|e| bad(name, e)))
+            .collect()
+    }
+
+    /// Two flags that go together: both or neither.
+    fn pair(&self, a: &str, b: &str) -> Result<Option<(String, String)>, ConfigError> {
+        match (self.given(a), self.given(b)) {
+            (Some(x), Some(y)) => Ok(Some((x, y))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(bad(a, format!("needs --{b} too"))),
+            (None, Some(_)) => Err(bad(b, format!("needs --{a} too"))),
+        }
+    }
+
+    /// One of a few names.
+    fn choice<T: Copy>(&self, name: &str, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let v = self.value(name);
+        if let Some((_, t)) = choices.iter().find(|(n, _)| *n == v) {
+            return Ok(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let (last, rest) = names.split_last().expect("choices");
+        Err(bad(
+            name,
+            format!("{v:?} is not {} or {last}", rest.join(", ")),
+        ))
+    }
+}
+
+fn transforms(f: &Flags) -> Result<TransformConfig, ConfigError> {
+    Ok(TransformConfig {
+        add_headers: f.list("add-header", &[], crate::transform::headers::parse_added)?,
+        remove_headers: f.list(
+            "remove-header",
+            &[],
+            crate::transform::headers::parse_removed,
+        )?,
+        max_header_size: f.size("max-header-size", 1024)? as usize,
+        dkim: f.list("dkim", &[], crate::transform::dkim::parse_spec)?,
+    })
+}
+
+fn hostname(f: &Flags) -> Result<String, ConfigError> {
+    let hostname = match f.given("hostname") {
+        Some(h) => h,
+        None => dns_lookup::get_hostname().unwrap_or_else(|_| "localhost".into()),
+    };
+    if !address::is_valid_domain(&hostname) {
+        return Err(bad(
+            "hostname",
+            format!("{hostname:?} is not a valid host name"),
+        ));
+    }
+    Ok(hostname)
+}
+
+fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfig, ConfigError> {
+    Ok(ServerConfig {
+        hostname: hostname.to_string(),
+        trusted: f.list("trusted-network", &["127.0.0.0/8", "::1/128"], parse_cidr)?,
+        postmaster: postmaster.clone(),
+        max_connections: f.num("max-connections", 1)? as usize,
+        max_message_size: f.size("max-message-size", 1)?,
+        max_recipients: f.num("max-recipients", 1)? as usize,
+        max_errors: f.num("max-errors", 1)? as u32,
+        max_line_length: f.num("max-line-length", 512)? as usize,
+        max_hops: f.num("max-hops", 1)? as u32,
+        idle_timeout: f.positive_dur("idle-timeout")?,
+        tls_handshake_timeout: f.dur("tls-handshake-timeout")?,
+        plaintext_auth_loopback: f.on("plaintext-auth-loopback"),
+        auth_fail_delay: f.dur("auth-fail-delay")?,
+    })
+}
+
+fn auth(f: &Flags) -> Result<AuthConfig, ConfigError> {
+    Ok(AuthConfig {
+        users: f.given("users").map(PathBuf::from),
+        sender_domains: f.list("sender-domain", &[], |v| match v.split_once('=') {
+            Some((u, d)) if !u.is_empty() && address::is_valid_domain(d) => {
+                Ok((u.to_string(), d.to_ascii_lowercase()))
+            }
+            _ => Err(format!("{v:?} is not USER=DOMAIN")),
+        })?,
+        max_failures: f.num("auth-max-failures", 1)? as u32,
+        lockout: f.dur("auth-lockout")?,
+    })
+}
+
+/// `--smarthost` and `--route`.
+fn routes(f: &Flags) -> Result<RouteTable, ConfigError> {
+    let smarthost = f.list("smarthost", &[], |v| parse_host_port(v, 25))?;
+    let routes = f.list("route", &[], |v| {
+        let (domain, target) = v
+            .split_once('=')
+            .ok_or_else(|| format!("{v:?} is not DOMAIN=HOST[:PORT]"))?;
+        if !address::is_valid_domain(domain) {
+            return Err(format!("{domain:?} is not a domain"));
+        }
+        Ok((address::domain_key(domain), parse_host_port(target, 25)?))
+    })?;
+    Ok(RouteTable {
+        smarthost: smarthost.into(),
+        routes: routes.into_iter().collect(),
+    })
+}
+
+fn delivery(f: &Flags, hostname: &str, smarthost: bool) -> Result<DeliveryConfig, ConfigError> {
+    let mx_port = f.num("mx-port", 1)?;
+    if mx_port > 65535 {
+        return Err(bad("mx-port", "must be at most 65535".into()));
+    }
+    let smarthost_login = f.pair("smarthost-user", "smarthost-password-file")?;
+    if smarthost_login.is_some() && !smarthost {
+        return Err(bad("smarthost-user", "needs --smarthost".into()));
+    }
+    Ok(DeliveryConfig {
+        workers: f.num("workers", 1)? as usize,
+        hostname: hostname.to_string(),
+        mx_port: mx_port as u16,
+        connect_timeout: f.positive_dur("connect-timeout")?,
+        delivery_timeout: f.opt("delivery-timeout", parse_duration)?,
+        tls_outbound: f.choice(
+            "tls-outbound",
+            &[
+                ("may", TlsOutbound::May),
+                ("encrypt", TlsOutbound::Encrypt),
+                ("verify", TlsOutbound::Verify),
+            ],
+        )?,
+        smarthost_tls: f.choice(
+            "smarthost-tls",
+            &[
+                ("starttls", SmarthostTls::StartTls),
+                ("implicit", SmarthostTls::Implicit),
+                ("none", SmarthostTls::None),
+            ],
+        )?,
+        smarthost_insecure: f.on("smarthost-insecure"),
+        smarthost_login: smarthost_login.map(|(u, file)| (u, PathBuf::from(file))),
+        tls_ca_file: f.given("tls-ca-file").map(PathBuf::from),
+        messages_per_connection: f.num("dest-messages-per-connection", 1)? as usize,
+    })
+}
+
+fn sites(f: &Flags, workers: usize) -> Result<SiteConfig, ConfigError> {
+    Ok(SiteConfig {
+        workers,
+        concurrency: f.num("dest-concurrency", 1)? as usize,
+        rate: f.opt("dest-rate", parse_rate)?,
+        dead_time: Duration::from_secs(60),
+        max_dead_time: Duration::from_secs(600),
+    })
+}
+
+fn scheduler(
+    f: &Flags,
+    hostname: &str,
+    postmaster: &Mailbox,
+    routes: Arc<RouteTable>,
+) -> Result<SchedulerConfig, ConfigError> {
+    let retry = f
+        .value("retry")
+        .split(',')
+        .map(|s| parse_duration(s.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("retry", e))?;
+    if retry.iter().any(Duration::is_zero) {
+        return Err(bad("retry", "delays must be greater than zero".into()));
+    }
+    Ok(SchedulerConfig {
+        hostname: hostname.to_string(),
+        postmaster: postmaster.to_string(),
+        retry,
+        max_queue_lifetime: f.dur("max-queue-lifetime")?,
+        routes,
+        active_limit: f.num("active-limit", 1)? as usize,
+    })
+}
+
+/// `IP[:PORT]`, port 53 if omitted.
+fn parse_dns_server(v: &str) -> Result<SocketAddr, String> {
+    v.parse::<SocketAddr>()
+        .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{v:?} is not IP[:PORT]"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+use super::*;
+
+fn run(args: &[&str]) -> Result<Config, ConfigError> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    match parse_args(&args)? {
+        Parsed::Run(c) => Ok(*c),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn delivery_shaping_flags() {
+    let c = run(&[
+        "--hostname",
+        "relay.test",
+        "--smarthost",
+        "a.test",
+        "--smarthost",
+        "b.test:587",
+        "--dest-rate",
+        "600/h",
+        "--dest-concurrency",
+        "3",
+        "--active-limit",
+        "50",
+    ])
+    .unwrap();
+    let hosts: Vec<_> = c
+        .scheduler
+        .routes
+        .smarthost
+        .iter()
+        .map(|h| (h.host.as_str(), h.port))
+        .collect();
+    assert_eq!(
+        hosts,
+        [("a.test", 25), ("b.test", 587)],
+        "in the order given"
+    );
+    assert_eq!(c.sites.rate, Some((600, Duration::from_secs(3600))));
+    assert_eq!((c.sites.concurrency, c.scheduler.active_limit), (3, 50));
+    assert_eq!(parse_rate("5/10s"), Ok((5, Duration::from_secs(10))));
+    assert_eq!(parse_rate("10/d"), Ok((10, Duration::from_secs(86400))));
+}
+
+#[test]
+fn defaults() {
+    let c = run(&["--hostname", "relay.test"]).unwrap();
+    assert_eq!(
+        c.listen,
+        vec![Listener {
+            addr: "127.0.0.1:2525".parse().unwrap(),
+            role: Role::Smtp
+        }]
+    );
+    assert_eq!(c.delivery.tls_outbound, TlsOutbound::May);
+    assert_eq!(c.delivery.smarthost_tls, SmarthostTls::StartTls);
+    assert_eq!(c.server.postmaster.to_string(), "postmaster@relay.test");
+    assert_eq!(c.scheduler.retry.len(), 7);
+    assert_eq!(
+        c.scheduler.max_queue_lifetime,
+        Duration::from_secs(5 * 86400)
+    );
+    assert_eq!(
+        (c.in_flow.backlog, c.in_flow.delay),
+        (1000, Duration::from_secs(1))
+    );
+    let off = run(&["--hostname", "relay.test", "--in-flow-delay", "0s"]).unwrap();
+    assert!(off.in_flow.delay.is_zero());
+    assert_eq!(
+        (c.scheduler.active_limit, c.sites.concurrency, c.sites.rate),
+        (10_000, 20, None)
+    );
+    assert_eq!(c.delivery.messages_per_connection, 100);
+    assert!(c.scheduler.routes.smarthost.is_empty());
+    assert!(
+        c.server
+            .trusted
+            .iter()
+            .any(|n| n.contains("127.0.0.9".parse().unwrap()))
+    );
+    assert!(
+        c.server
+            .trusted
+            .iter()
+            .any(|n| n.contains("::1".parse().unwrap()))
+    );
+    assert!(
+        !c.server
+            .trusted
+            .iter()
+            .any(|n| n.contains("192.0.2.1".parse().unwrap()))
+    );
+}
+
+#[test]
+fn errors_name_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--listen", "nope"], "--listen"),
+        (&["--listen", "127.0.0.1:25/bogus"], "--listen"),
+        (&["--tls-cert", "c.pem"], "--tls-cert"),
+        (&["--smarthost-user", "u"], "--smarthost-user"),
+        (
+            &["--smarthost-user", "u", "--smarthost-password-file", "f"],
+            "needs --smarthost",
+        ),
+        (&["--tls-outbound", "always"], "--tls-outbound"),
+        (&["--smarthost-tls", "ssl"], "--smarthost-tls"),
+        (&["--dest-rate", "10"], "--dest-rate"),
+        (&["--dest-rate", "0/h"], "--dest-rate"),
+        (&["--dest-rate", "5/0s"], "--dest-rate"),
+        (&["--active-limit", "0"], "--active-limit"),
+        (&["--sender-domain", "alice"], "--sender-domain"),
+        (&["--retry", "1m,x"], "--retry"),
+        (&["--retry", "0s"], "--retry"),
+        (&["--workers", "0"], "--workers"),
+        (&["--in-flow-backlog", "0"], "--in-flow-backlog"),
+        (&["--in-flow-delay", "soon"], "--in-flow-delay"),
+        (&["--smarthost", "a b"], "--smarthost"),
+        (&["--route", "example.test"], "--route"),
+        (&["--trusted-network", "10.0.0.0/33"], "--trusted-network"),
+        (&["--max-message-size", "12Q"], "--max-message-size"),
+        (&["--dns-server", "x"], "--dns-server"),
+        (&["--bogus"], "bogus"),
+        (&["stray"], "stray"),
+    ];
+    for (args, want) in cases {
+        let e = run(args).unwrap_err();
+        assert!(e.0.contains(want), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn listener_roles() {
+    let l = |s| parse_listener(s).unwrap();
+    assert_eq!(l("127.0.0.1:25").role, Role::Smtp);
+    assert_eq!(l("0.0.0.0:587/submission").role, Role::Submission);
+    assert_eq!(
+        l("[::1]:465/smtps"),
+        Listener {
+            addr: "[::1]:465".parse().unwrap(),
+            role: Role::Smtps
+        }
+    );
+    assert!(parse_listener("127.0.0.1:25/").is_err());
+}
+
+#[test]
+fn value_parsers() {
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432000)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert!(
+        parse_duration("5w").is_err()
+            && parse_duration("").is_err()
+            && parse_duration("m").is_err()
+    );
+    assert_eq!(parse_size("25M"), Ok(25 << 20));
+    assert_eq!(
+        parse_host_port("smtp.test", 25),
+        Ok(HostPort {
+            host: "smtp.test".into(),
+            port: 25
+        })
+    );
+    assert_eq!(
+        parse_host_port("smtp.test:587", 25),
+        Ok(HostPort {
+            host: "smtp.test".into(),
+            port: 587
+        })
+    );
+    assert_eq!(
+        parse_host_port("[::1]:2526", 25),
+        Ok(HostPort {
+            host: "::1".into(),
+            port: 2526
+        })
+    );
+    assert_eq!(
+        parse_host_port("::1", 25),
+        Ok(HostPort {
+            host: "::1".into(),
+            port: 25
+        })
+    );
+    assert!(parse_host_port("h:0", 25).is_err());
+    let net = parse_cidr("10.1.0.0/16").unwrap();
+    assert!(net.contains("10.1.200.3".parse().unwrap()));
+    assert!(!net.contains("10.2.0.1".parse().unwrap()));
+    assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
+    assert!(
+        parse_cidr("fd00::/8")
+            .unwrap()
+            .contains("fdab::1".parse().unwrap())
+    );
+    assert!(
+        parse_cidr("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap())
+    );
+}
+
+#[test]
+fn help_lists_every_flag_with_defaults() {
+    let u = usage();
+    for f in FLAGS {
+        assert!(u.contains(&format!("--{}", f.long)), "{}", f.long);
+        if let Some(d) = f.default {
+            assert!(u.contains(d), "{d}");
+        }
+    }
+}
