@@ -135,8 +135,8 @@ fn report_received(
 }
 
 /// After the end of DATA: the session's verdict, then the spool's and the transforms'. On
-/// success, the header block is written (after the body); its length is returned with the
-/// transforms' notes.
+/// success, the header block is written (see `Incoming::write_head`); how much of it went
+/// after the body is returned with the transforms' notes.
 fn finish(
     session: &Session,
     summary: &Summary,
@@ -157,9 +157,10 @@ fn finish(
         return Ok((0, Notes::default()));
     };
     let msg = stage.end().map_err(|e| reply_map::transform_error(&e))?;
-    let block = msg.block.to_bytes();
-    incoming.write_all(&block).map_err(write_failed)?;
-    Ok((block.len() as u64, msg.notes))
+    let head = incoming
+        .write_head(&msg.block.to_bytes())
+        .map_err(write_failed)?;
+    Ok((head, msg.notes))
 }
 
 /// Reads DATA to its end marker into the spool (through the stage, if there is one). After a
@@ -172,7 +173,9 @@ fn read_data(
     mut stage: Option<&mut Stage>,
     write_error: &mut Option<io::Error>,
 ) -> io::Result<()> {
-    let mut scratch = Vec::new();
+    // The DATA reader adds at most what the line reader holds (16 KiB unless lines may be
+    // longer) per call.
+    let mut scratch = Vec::with_capacity(32 * 1024);
     loop {
         let avail = reader.buffered();
         if avail.is_empty() {

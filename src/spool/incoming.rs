@@ -40,6 +40,23 @@ impl Incoming<'_> {
         self.append(bytes)
     }
 
+    /// Adds the message's header section, which a transform stage completes only after the
+    /// body: in front of the body while the message is still all in memory (most mail; it is
+    /// then stored in order), else after it. Returns how many bytes went after the body (the
+    /// envelope's `head`).
+    pub fn write_head(&mut self, head: &[u8]) -> io::Result<u64> {
+        if self.pending_at == 0 && self.pending.len() + head.len() <= BUFFERED {
+            self.crc = crc32fast::Hasher::new();
+            self.pending
+                .splice(HEADER_LEN..HEADER_LEN, head.iter().copied());
+            self.crc.update(&self.pending[HEADER_LEN..]);
+            self.msg_len += head.len() as u64;
+            return Ok(0);
+        }
+        self.write_all(head)?;
+        Ok(head.len() as u64)
+    }
+
     /// Lets `fill` append message bytes straight into the buffer (the DATA reader writes
     /// there, with no buffer of its own); `write_if_full` then writes them out in chunks.
     pub fn fill<R>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> R) -> R {

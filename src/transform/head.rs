@@ -127,8 +127,10 @@ pub struct HeadReader {
 impl HeadReader {
     /// `start`: header text that comes before the client's (our `Received:` field).
     pub fn new(start: &[u8], limit: usize) -> HeadReader {
+        let mut buf = Vec::with_capacity(start.len() + 4096);
+        buf.extend_from_slice(start);
         HeadReader {
-            buf: start.to_vec(),
+            buf,
             line_start: start.len(),
             client_start: start.len(),
             limit: limit + start.len(),
