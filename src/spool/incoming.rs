@@ -46,10 +46,14 @@ impl Incoming<'_> {
     /// envelope's `head`).
     pub fn write_head(&mut self, head: &[u8]) -> io::Result<u64> {
         if self.pending_at == 0 && self.pending.len() + head.len() <= BUFFERED {
-            self.crc = crc32fast::Hasher::new();
-            self.pending
-                .splice(HEADER_LEN..HEADER_LEN, head.iter().copied());
-            self.crc.update(&self.pending[HEADER_LEN..]);
+            let body = HEADER_LEN..self.pending.len();
+            self.pending.resize(self.pending.len() + head.len(), 0);
+            self.pending.copy_within(body, HEADER_LEN + head.len());
+            self.pending[HEADER_LEN..HEADER_LEN + head.len()].copy_from_slice(head);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(head);
+            crc.combine(&self.crc);
+            self.crc = crc;
             self.msg_len += head.len() as u64;
             return Ok(0);
         }

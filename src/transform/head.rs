@@ -3,6 +3,8 @@
 //! can read, add and remove fields before the message is committed. Input is the DATA
 //! reader's output, already normalized to CRLF lines.
 
+use std::cell::OnceCell;
+
 /// One header field, exactly as received: name, colon, value and any folded continuation
 /// lines, each ending in CRLF.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,53 +55,136 @@ fn field_name_len(line: &[u8]) -> Option<usize> {
     (n > 0 && line[n] == b':').then_some(n)
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The header fields of a message. They stay as read (one buffer) until a transform looks
+/// at them one by one or edits them: most messages only have a field or two looked up, and
+/// go on as they came.
+#[derive(Clone, Debug, Default)]
 pub struct HeaderBlock {
-    fields: Vec<Field>,
+    /// The fields as read, each ending in CRLF; stale once `parsed` has been edited.
+    raw: Vec<u8>,
+    parsed: OnceCell<Vec<Field>>,
     /// Whether an empty line separated the fields from the body (a message may have no body,
     /// or start its body without one: then it is kept that way).
     separator: bool,
 }
 
+impl PartialEq for HeaderBlock {
+    fn eq(&self, other: &HeaderBlock) -> bool {
+        self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl Eq for HeaderBlock {}
+
 impl HeaderBlock {
     pub fn fields(&self) -> &[Field] {
-        &self.fields
+        self.parsed.get_or_init(|| parse_fields(&self.raw))
+    }
+
+    fn fields_mut(&mut self) -> &mut Vec<Field> {
+        self.fields();
+        self.parsed.get_mut().expect("parsed just now")
+    }
+
+    /// Whether a field may be called `name`: a scan of the raw lines, without parsing.
+    fn may_have(&self, name: &str) -> bool {
+        if self.parsed.get().is_some() {
+            return true;
+        }
+        let name = name.as_bytes();
+        let starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', &self.raw).map(|i| i + 1));
+        starts.into_iter().any(|at| {
+            let line = &self.raw[at..];
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name)
+                && line[name.len()] == b':'
+        })
     }
 
     /// The first field called `name` (any case).
     pub fn get(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.is(name))
+        if !self.may_have(name) {
+            return None;
+        }
+        self.fields().iter().find(|f| f.is(name))
     }
 
     /// Removes every field called `name` (any case); returns how many there were.
     pub fn remove(&mut self, name: &str) -> usize {
-        let before = self.fields.len();
-        self.fields.retain(|f| !f.is(name));
-        before - self.fields.len()
+        if !self.may_have(name) {
+            return 0;
+        }
+        let fields = self.fields_mut();
+        let before = fields.len();
+        fields.retain(|f| !f.is(name));
+        before - fields.len()
+    }
+
+    /// Removes every field called `name` (any case) and returns the first of them.
+    pub fn take(&mut self, name: &str) -> Option<Field> {
+        if !self.may_have(name) {
+            return None;
+        }
+        let fields = self.fields_mut();
+        let first = fields.iter().position(|f| f.is(name))?;
+        let taken = fields.remove(first);
+        fields.retain(|f| !f.is(name));
+        Some(taken)
     }
 
     /// Adds a field at the top (where trace fields and signatures go).
     pub fn prepend(&mut self, field: Field) {
-        self.fields.insert(0, field);
+        self.fields_mut().insert(0, field);
     }
 
     /// Adds a field at the end of the block.
     pub fn append(&mut self, field: Field) {
-        self.fields.push(field);
+        self.fields_mut().push(field);
     }
 
     /// The block as it is stored and sent, separator included.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let len = self.fields.iter().map(|f| f.raw.len()).sum::<usize>() + 2;
-        let mut out = Vec::with_capacity(len);
-        for f in &self.fields {
-            out.extend_from_slice(&f.raw);
-        }
+        let mut out = match self.parsed.get() {
+            None => {
+                let mut out = Vec::with_capacity(self.raw.len() + 2);
+                out.extend_from_slice(&self.raw);
+                out
+            }
+            Some(fields) => {
+                let len = fields.iter().map(|f| f.raw.len()).sum::<usize>() + 2;
+                let mut out = Vec::with_capacity(len);
+                for f in fields {
+                    out.extend_from_slice(&f.raw);
+                }
+                out
+            }
+        };
         if self.separator {
             out.extend_from_slice(b"\r\n");
         }
         out
     }
+}
+
+/// Fields from their raw lines: each line that starts with a name and a colon, with the
+/// folded lines after it.
+fn parse_fields(raw: &[u8]) -> Vec<Field> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut at = 0;
+    while at < raw.len() {
+        let mut end = memchr::memchr(b'\n', &raw[at..]).map_or(raw.len(), |i| at + i + 1);
+        while end < raw.len() && matches!(raw[end], b' ' | b'\t') {
+            end = memchr::memchr(b'\n', &raw[end..]).map_or(raw.len(), |i| end + i + 1);
+        }
+        match (Field::from_raw(raw[at..end].to_vec()), fields.last_mut()) {
+            (Some(f), _) => fields.push(f),
+            // Not a field (the reader lets none through): kept with the field before it.
+            (None, Some(last)) => last.raw.extend_from_slice(&raw[at..end]),
+            (None, None) => {}
+        }
+        at = end;
+    }
+    fields
 }
 
 /// Where the header section ends, found while the message streams in.
@@ -173,32 +258,16 @@ impl HeadReader {
     }
 
     /// The header block read so far (all of the message if it ended in its header section).
-    pub fn finish(self) -> HeaderBlock {
-        let mut block = HeaderBlock::default();
-        let mut lines = self.buf.split_inclusive(|&b| b == b'\n').peekable();
-        while let Some(line) = lines.next() {
-            if line == b"\r\n" {
-                block.separator = true;
-                break;
-            }
-            let mut raw = line.to_vec();
-            while let Some(fold) =
-                lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
-            {
-                raw.extend_from_slice(fold);
-            }
-            match Field::from_raw(raw) {
-                Some(f) => block.fields.push(f),
-                // Only a leading fold can get here: kept with the field before it, or dropped
-                // if there is none (it could not be sent as it is).
-                None => {
-                    if let Some(last) = block.fields.last_mut() {
-                        last.raw.extend_from_slice(line);
-                    }
-                }
-            }
+    pub fn finish(mut self) -> HeaderBlock {
+        let separator = self.buf.ends_with(b"\r\n\r\n") || self.buf == b"\r\n";
+        if separator {
+            self.buf.truncate(self.buf.len() - 2);
         }
-        block
+        HeaderBlock {
+            raw: self.buf,
+            parsed: OnceCell::new(),
+            separator,
+        }
     }
 }
 
@@ -288,6 +357,16 @@ mod tests {
         assert_eq!(
             block.to_bytes(),
             b"DKIM-Signature: v=1\r\nReceived: by us\r\nFrom: a@b.test\r\nX-Tag: t\r\n\r\n"
+        );
+        let mut r = HeadReader::new(b"", 1000);
+        r.feed(b"X-Tag: a\r\n b\r\nTo: x@y.test\r\nx-tag: c\r\n\r\n");
+        let mut block = r.finish();
+        assert_eq!(block.get("Subject"), None, "looked up without parsing");
+        assert_eq!(block.take("x-TAG").unwrap().value(), b" a\r\n b\r\n");
+        assert_eq!(
+            block.to_bytes(),
+            b"To: x@y.test\r\n\r\n",
+            "every X-Tag removed"
         );
         assert_eq!(Field::from_raw(b" folded\r\n".to_vec()), None);
         assert_eq!(Field::from_raw(b"No Colon\r\n".to_vec()), None);

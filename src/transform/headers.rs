@@ -101,10 +101,9 @@ struct ControlPass;
 
 impl Pass for ControlPass {
     fn header(&mut self, msg: &mut Message, _: &Context) -> Result<(), TransformError> {
-        if let Some(field) = msg.block.get(TAG_HEADER) {
+        if let Some(field) = msg.block.take(TAG_HEADER) {
             msg.notes.tag = Some(tag_value(field.value())).filter(|t| !t.is_empty());
         }
-        msg.block.remove(TAG_HEADER);
         Ok(())
     }
 }
