@@ -550,9 +550,17 @@ fn try_submit(addr: std::net::SocketAddr, subject: &str) -> Option<String> {
 
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_message() {
-    let sink = sink_on("127.0.0.15", 0, Script::default());
+    // A next hop that takes a moment per message and one worker for six clients: delivery
+    // lags, so the kill leaves messages queued however fast the machine.
+    let sink = sink_on(
+        "127.0.0.15",
+        0,
+        Script::default().data(|_| {
+            thread::sleep(Duration::from_millis(5));
+            "250 2.0.0 ok".into()
+        }),
+    );
     let spool = TempDir::new("kill-under-load");
-    // One worker for six clients: delivery lags, so the kill leaves messages queued.
     let mut relay = Relay::via(&sink, spool.path(), &["--workers", "1"]);
     let addr = relay.addr;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
