@@ -714,3 +714,37 @@ fn mail_relayed_over_smtp_arrives_signed_over_the_bytes_sent() {
         "{log}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_keys_or_keeps_the_old_ones() {
+    let tmp = TempDir::new("dkim-reload");
+    let dir = tmp.path();
+    let (key, _) = make_key(dir, "rsa.test", "r1", "rsa");
+    let good = std::fs::read(&key).unwrap();
+    let sink = support::sink_on("127.0.0.1", 0, support::sink::Script::default());
+    let spec = format!("rsa.test:r1:{}", key.display());
+    let relay = support::Relay::via(&sink, &dir.join("spool"), &["--dkim", &spec]);
+    let signed = |n: usize| {
+        let body = format!("From: a@rsa.test\r\nSubject: {n}\r\n\r\nhello\r\n");
+        let r = support::submit(
+            relay.addr,
+            "a@rsa.test",
+            &["b@example.net"],
+            body.as_bytes(),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        let got = sink.wait_for(n, support::WAIT);
+        String::from_utf8_lossy(&got[n - 1].data).contains("DKIM-Signature: v=1;")
+    };
+    assert!(signed(1));
+    // A key file that went bad: the old key stays in use.
+    std::fs::write(&key, b"not a key").unwrap();
+    relay.signal("HUP");
+    relay.wait_log("dkim: keys not reloaded, the old ones stay");
+    assert!(signed(2));
+    // A good one again: reloaded.
+    std::fs::write(&key, &good).unwrap();
+    relay.signal("HUP");
+    relay.wait_log("dkim: keys reloaded");
+    assert!(signed(3));
+}

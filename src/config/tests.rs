@@ -121,6 +121,17 @@ fn errors_name_the_flag() {
         (&["--trusted-network", "10.0.0.0/33"], "--trusted-network"),
         (&["--max-message-size", "12Q"], "--max-message-size"),
         (&["--dns-server", "x"], "--dns-server"),
+        (
+            &["--add-header", "X-Env: prod\r\nBcc: spy@evil.test"],
+            "--add-header: header X-Env: the value must not contain a line break",
+        ),
+        (&["--add-header", "no colon"], "--add-header"),
+        (&["--remove-header", "User Agent"], "--remove-header"),
+        (
+            &["--max-header-size", "10"],
+            "--max-header-size: must be at least 1024",
+        ),
+        (&["--dkim", "example.com:sel"], "--dkim"),
         (&["--bogus"], "bogus"),
         (&["stray"], "stray"),
     ];
