@@ -5,6 +5,10 @@
 //! one copy per recipient, rewritten while it streams to the next hop, then DKIM-signed.
 
 pub mod base64;
+pub mod html;
+pub mod qp;
+pub mod rewrite;
 pub mod token;
 
+pub use rewrite::{Report, Rewriter};
 pub use token::{Claims, Keys, Kind, secret_from_file};
