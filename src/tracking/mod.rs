@@ -6,9 +6,12 @@
 
 pub mod base64;
 pub mod html;
+pub mod links;
 pub mod qp;
 pub mod rewrite;
 pub mod token;
+pub mod unsubscribe;
 
+pub use links::Links;
 pub use rewrite::{Report, Rewriter};
 pub use token::{Claims, Keys, Kind, secret_from_file};
