@@ -5,6 +5,7 @@
 //! one copy per recipient, rewritten while it streams to the next hop, then DKIM-signed.
 
 pub mod base64;
+pub mod endpoint;
 pub mod html;
 pub mod links;
 pub mod qp;
@@ -12,6 +13,7 @@ pub mod rewrite;
 pub mod token;
 pub mod unsubscribe;
 
+pub use endpoint::{Endpoint, Hit};
 pub use links::Links;
 pub use rewrite::{Report, Rewriter};
 pub use token::{Claims, Keys, Kind, secret_from_file};
