@@ -2,9 +2,9 @@
 //! unsubscribe links): a thread per connection, at most 16 at once (503 beyond), 5 s to send
 //! the request head (a total, not per read, so trickling bytes does not extend it) and 5 s per
 //! write, the head bounded at 8 KiB (431 beyond), malformed request lines answered 400, and
-//! every response closing the connection. A request may carry a body of at most 1 KiB
+//! every response closing the connection. A POST may carry a body of at most 1 KiB
 //! (Content-Length, read within the same 5 s; 413 beyond), enough for a one-click
-//! unsubscribe POST. One that sends nothing is dropped after the timeout
+//! unsubscribe. One that sends nothing is dropped after the timeout
 //! without holding up anyone else. The routes are the caller's (`Handler`). Kept by hand: a
 //! well-kept sync crate with these limits and timeouts was not found (tiny_http has no socket
 //! timeouts), and it is little code.
@@ -57,7 +57,8 @@ pub struct Request<'a> {
     pub user_agent: Option<&'a str>,
     /// The client's address (as connected: no proxy headers are trusted).
     pub peer: Option<SocketAddr>,
-    /// The body, by Content-Length, at most 1 KiB; empty without one.
+    /// A POST's body, by Content-Length, at most 1 KiB; empty without one or for other
+    /// methods.
     pub body: &'a [u8],
 }
 
@@ -237,15 +238,22 @@ fn handle(mut stream: TcpStream, handler: &Handler, limits: &HttpLimits) {
     };
     let mut rest = buf.split_off(head_len);
     let reply = match parse(&buf) {
-        Some((_, Some(length))) if length > limits.max_body => response(
-            "413 Content Too Large",
-            &[],
-            TEXT,
-            b"request body too large\n",
-            false,
-        ),
+        Some((request, Some(length))) if request.method == "POST" && length > limits.max_body => {
+            response(
+                "413 Content Too Large",
+                &[],
+                TEXT,
+                b"request body too large\n",
+                false,
+            )
+        }
         Some((mut request, length)) => {
-            let length = length.unwrap_or(0);
+            // Only a POST's body is read; others are left to the drain after the answer.
+            let length = if request.method == "POST" {
+                length.unwrap_or(0)
+            } else {
+                0
+            };
             if read_body(&mut stream, &mut rest, length, deadline).is_err() {
                 return;
             }
@@ -532,6 +540,8 @@ mod tests {
         assert!(r.ends_with("\r\n\r\nGET - 127.0.0.1 []"), "{r}");
         let r = exchange(addr, b"POST / HTTP/1.1\r\nContent-Length: 1025\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
+        let r = exchange(addr, b"PUT / HTTP/1.1\r\nContent-Length: 1025\r\n\r\n");
+        assert!(r.ends_with("\r\n\r\nPUT - 127.0.0.1 []"), "{r}");
         let r = exchange(addr, b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
         shutdown(addr, &stop);
