@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mxrelay::tracking::{Keys, Kind, Report, Rewriter};
+use mxrelay::tracking::{Keys, Kind, Links, Report, Rewriter};
 
 const BASE: &str = "https://t.example";
 const ID: &str = "0006613118200133";
@@ -35,15 +35,10 @@ fn track_pieces<'a>(
     pieces: impl Iterator<Item = &'a [u8]>,
     max_html: Option<usize>,
 ) -> (Vec<u8>, Report) {
-    let k = keys();
-    let links = |url: &str| {
-        if url.contains("exclude.example") {
-            return None;
-        }
-        Some(format!("{BASE}/c/{}", k.click(ID, RCPT, url)?))
-    };
-    let pixel = format!("{BASE}/o/{}", k.open(ID, RCPT).unwrap());
-    let mut rw = Rewriter::new(links, Some(pixel));
+    let links = Links::new(BASE, keys()).unwrap();
+    let exclude = ["exclude.example".to_string()];
+    let pixel = links.open(ID, RCPT);
+    let mut rw = Rewriter::new(links.click_tracker(ID, RCPT, &exclude), pixel);
     if let Some(max) = max_html {
         rw = rw.with_max_html(max);
     }
