@@ -146,7 +146,7 @@ impl Endpoint {
                 }
                 let mut resp = Response::ok(HTML, b"<a href=\"\">moved</a>\n".to_vec());
                 resp.status = "302 Found";
-                resp.headers.push(("Location", url));
+                resp.headers.push(("Location", ascii_location(&url)));
                 // The tracking URL names the recipient: keep it out of the target's logs.
                 resp.headers.push(("Referrer-Policy", "no-referrer".into()));
                 resp
@@ -185,6 +185,19 @@ impl Endpoint {
             ),
         })
     }
+}
+
+/// A Location value in ASCII: bytes of non-ASCII characters percent-encoded (RFC 3986).
+fn ascii_location(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    for b in url.bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn page(title: &str, body: &str) -> Response {
@@ -228,6 +241,12 @@ mod tests {
         for (ua, client, want) in table {
             assert_eq!(image_proxy(ua, client), want, "{ua:?} {client:?}");
         }
+    }
+
+    #[test]
+    fn locations_are_ascii() {
+        assert_eq!(ascii_location("https://a/é?x=1"), "https://a/%C3%A9?x=1");
+        assert_eq!(ascii_location("https://a/b"), "https://a/b");
     }
 
     #[test]
