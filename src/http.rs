@@ -2,7 +2,9 @@
 //! unsubscribe links): a thread per connection, at most 16 at once (503 beyond), 5 s to send
 //! the request head (a total, not per read, so trickling bytes does not extend it) and 5 s per
 //! write, the head bounded at 8 KiB (431 beyond), malformed request lines answered 400, and
-//! every response closing the connection. One that sends nothing is dropped after the timeout
+//! every response closing the connection. A POST may carry a body of at most 1 KiB
+//! (Content-Length, read within the same 5 s; 413 beyond), enough for a one-click
+//! unsubscribe. One that sends nothing is dropped after the timeout
 //! without holding up anyone else. The routes are the caller's (`Handler`). Kept by hand: a
 //! well-kept sync crate with these limits and timeouts was not found (tiny_http has no socket
 //! timeouts), and it is little code.
@@ -22,6 +24,8 @@ struct HttpLimits {
     /// Total time to receive the request head, and the timeout of each write.
     timeout: Duration,
     max_head: usize,
+    /// The largest request body read (by Content-Length).
+    max_body: usize,
 }
 
 impl HttpLimits {
@@ -29,6 +33,7 @@ impl HttpLimits {
         max_connections: 16,
         timeout: Duration::from_secs(5),
         max_head: 8 * 1024,
+        max_body: 1024,
     };
 }
 
@@ -43,17 +48,23 @@ const HTTP_STACK: usize = 128 * 1024;
 /// What the endpoint serves: an answer for each well-formed request.
 pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
 
-/// A well-formed request line (the headers are not needed so far).
-#[derive(Debug, PartialEq, Eq)]
+/// A well-formed request: its line, the headers handlers use, the client and the body.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    /// The client's address (as connected: no proxy headers are trusted).
+    pub peer: Option<SocketAddr>,
+    /// A POST's body, by Content-Length, at most 1 KiB; empty without one or for other
+    /// methods.
+    pub body: &'a [u8],
 }
 
 pub struct Response {
     pub status: &'static str,
-    pub headers: Vec<(&'static str, &'static str)>,
+    pub headers: Vec<(&'static str, String)>,
     pub content_type: &'static str,
     pub body: Vec<u8>,
 }
@@ -75,12 +86,13 @@ impl Response {
     /// 405, naming the methods the path takes.
     pub fn method_not_allowed(allow: &'static str) -> Response {
         let mut r = text("405 Method Not Allowed", "method not allowed");
-        r.headers.push(("Allow", allow));
+        r.headers.push(("Allow", allow.to_string()));
         r
     }
 }
 
-fn text(status: &'static str, body: &str) -> Response {
+/// A plain-text response with this status.
+pub fn text(status: &'static str, body: &str) -> Response {
     Response {
         status,
         headers: Vec::new(),
@@ -195,7 +207,7 @@ fn refuse(mut stream: TcpStream) {
     let _ = stream.read(&mut buf);
     let _ = stream.write_all(&response(
         "503 Service Unavailable",
-        &[("Retry-After", "1")],
+        &[("Retry-After", "1".to_string())],
         TEXT,
         b"too many connections\n",
         false,
@@ -207,8 +219,9 @@ fn handle(mut stream: TcpStream, handler: &Handler, limits: &HttpLimits) {
     if stream.set_write_timeout(Some(limits.timeout)).is_err() {
         return;
     }
-    let head = match read_head(&mut stream, limits) {
-        Ok(head) => head,
+    let deadline = Instant::now() + limits.timeout;
+    let (mut buf, head_len) = match read_head(&mut stream, limits, deadline) {
+        Ok(read) => read,
         Err(HeadError::TooLarge) => {
             let _ = stream.write_all(&response(
                 "431 Request Header Fields Too Large",
@@ -223,8 +236,29 @@ fn handle(mut stream: TcpStream, handler: &Handler, limits: &HttpLimits) {
         // Timed out, reset or closed before a complete head: nothing to answer.
         Err(HeadError::Gone) => return,
     };
-    let reply = match parse(&head) {
-        Some(request) => {
+    let mut rest = buf.split_off(head_len);
+    let reply = match parse(&buf) {
+        Some((request, Some(length))) if request.method == "POST" && length > limits.max_body => {
+            response(
+                "413 Content Too Large",
+                &[],
+                TEXT,
+                b"request body too large\n",
+                false,
+            )
+        }
+        Some((mut request, length)) => {
+            // Only a POST's body is read; others are left to the drain after the answer.
+            let length = if request.method == "POST" {
+                length.unwrap_or(0)
+            } else {
+                0
+            };
+            if read_body(&mut stream, &mut rest, length, deadline).is_err() {
+                return;
+            }
+            request.body = &rest[..length];
+            request.peer = stream.peer_addr().ok();
             let r = handler(&request);
             let head_only = request.method == "HEAD";
             response(r.status, &r.headers, r.content_type, &r.body, head_only)
@@ -264,7 +298,7 @@ pub const TEXT: &str = "text/plain; charset=utf-8";
 /// A complete response; `head_only` (for HEAD) keeps the body's length but leaves it out.
 fn response(
     status: &str,
-    headers: &[(&str, &str)],
+    headers: &[(&str, String)],
     content_type: &str,
     body: &[u8],
     head_only: bool,
@@ -290,16 +324,20 @@ enum HeadError {
     Gone,
 }
 
-/// Reads until the blank line ending the request head. The whole head must arrive within
-/// `limits.timeout` and fit in `limits.max_head` bytes.
-fn read_head(stream: &mut TcpStream, limits: &HttpLimits) -> Result<Vec<u8>, HeadError> {
-    let deadline = Instant::now() + limits.timeout;
+/// Reads until the blank line ending the request head, which must arrive by `deadline` and
+/// fit in `limits.max_head` bytes. Returns what was read (body bytes that came with the head
+/// included) and the head's length.
+fn read_head(
+    stream: &mut TcpStream,
+    limits: &HttpLimits,
+    deadline: Instant,
+) -> Result<(Vec<u8>, usize), HeadError> {
     let mut buf = vec![0u8; limits.max_head];
     let mut len = 0;
     loop {
         if let Some(end) = head_end(&buf[..len]) {
-            buf.truncate(end);
-            return Ok(buf);
+            buf.truncate(len);
+            return Ok((buf, end));
         }
         if len == buf.len() {
             return Err(HeadError::TooLarge);
@@ -315,6 +353,31 @@ fn read_head(stream: &mut TcpStream, limits: &HttpLimits) -> Result<Vec<u8>, Hea
             Err(_) => return Err(HeadError::Gone),
         }
     }
+}
+
+/// Reads the body until `body` holds `length` bytes, by `deadline`; what came beyond it is
+/// ignored.
+fn read_body(
+    stream: &mut TcpStream,
+    body: &mut Vec<u8>,
+    length: usize,
+    deadline: Instant,
+) -> Result<(), HeadError> {
+    let mut buf = [0u8; 1024];
+    while body.len() < length {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(HeadError::Gone);
+        }
+        let want = (length - body.len()).min(buf.len());
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => return Err(HeadError::Gone),
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(HeadError::Gone),
+        }
+    }
+    Ok(())
 }
 
 /// Where the head ends (after its empty line), if it is all there. Empty lines before the
@@ -335,14 +398,15 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// The request line, if it is well formed; HEAD is passed on as such (the body is left out
-/// of the answer). Decides from the request line alone; the headers are not needed.
-fn parse(head: &[u8]) -> Option<Request<'_>> {
-    let line = head
+/// The request, if its line is well formed, and its Content-Length if it gave one; HEAD is
+/// passed on as such (the body is left out of the answer). Header lines that are not UTF-8
+/// or not fields are skipped; a Content-Length that is not a number makes the request bad.
+fn parse(head: &[u8]) -> Option<(Request<'_>, Option<usize>)> {
+    let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .find(|l| !l.is_empty())?;
-    let line = std::str::from_utf8(line).ok()?;
+        .skip_while(|l| l.is_empty());
+    let line = std::str::from_utf8(lines.next()?).ok()?;
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -356,11 +420,31 @@ fn parse(head: &[u8]) -> Option<Request<'_>> {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    Some(Request {
+    let mut request = Request {
         method,
         path,
         query,
-    })
+        ..Request::default()
+    };
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("user-agent") {
+            request.user_agent = Some(value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if !value.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            length = Some(value.parse().unwrap_or(usize::MAX));
+        }
+    }
+    Some((request, length))
 }
 
 #[cfg(test)]
@@ -374,6 +458,7 @@ mod tests {
                 method,
                 path,
                 query,
+                ..Request::default()
             })
         };
         let table: &[(&[u8], Option<Request>)] = &[
@@ -396,7 +481,12 @@ mod tests {
             (b"", None),
         ];
         for (head, want) in table {
-            assert_eq!(&parse(head), want, "{}", String::from_utf8_lossy(head));
+            assert_eq!(
+                &parse(head).map(|(r, _)| r),
+                want,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 
@@ -421,6 +511,39 @@ mod tests {
         );
         let bad = exchange(addr, b"GET abc HTTP/1.1\r\n\r\n");
         assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+        shutdown(addr, &stop);
+    }
+
+    #[test]
+    fn a_small_body_the_user_agent_and_the_peer_reach_the_handler() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(|r: &Request| {
+            let peer = r.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+            let ua = r.user_agent.unwrap_or("-");
+            let body = String::from_utf8_lossy(r.body);
+            Response::ok(
+                TEXT,
+                format!("{} {ua} {peer} [{body}]", r.method).into_bytes(),
+            )
+        });
+        let any = "127.0.0.1:0".parse().unwrap();
+        let addr = serve(any, "test", handler, stop.clone()).unwrap();
+        let r = exchange(
+            addr,
+            b"POST /u/x HTTP/1.1\r\nUser-Agent: UA/1\r\nContent-Length: 26\r\n\r\nList-Unsubscribe=One-Click",
+        );
+        assert!(
+            r.ends_with("\r\n\r\nPOST UA/1 127.0.0.1 [List-Unsubscribe=One-Click]"),
+            "{r}"
+        );
+        let r = exchange(addr, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(r.ends_with("\r\n\r\nGET - 127.0.0.1 []"), "{r}");
+        let r = exchange(addr, b"POST / HTTP/1.1\r\nContent-Length: 1025\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
+        let r = exchange(addr, b"PUT / HTTP/1.1\r\nContent-Length: 1025\r\n\r\n");
+        assert!(r.ends_with("\r\n\r\nPUT - 127.0.0.1 []"), "{r}");
+        let r = exchange(addr, b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
         shutdown(addr, &stop);
     }
 
@@ -457,6 +580,7 @@ mod tests {
             max_connections: 1,
             timeout: Duration::from_millis(300),
             max_head: 1024,
+            max_body: 1024,
         };
         let addr = echo_with(limits, &stop);
         // Holds the only slot until its head times out.

@@ -20,4 +20,5 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod tracking;
 pub mod transform;

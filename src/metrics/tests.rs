@@ -29,6 +29,7 @@ fn routes() {
             method,
             path,
             query: None,
+            ..Request::default()
         };
         route(&r, &m).status
     };
