@@ -19,5 +19,6 @@ pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod suppression;
 pub mod tls;
 pub mod transform;

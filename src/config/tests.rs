@@ -72,6 +72,12 @@ fn defaults() {
         (10_000, 20, None)
     );
     assert_eq!(c.delivery.messages_per_connection, 100);
+    assert_eq!(
+        c.suppression.bounce_expiry,
+        Some(Duration::from_secs(30 * 86400))
+    );
+    let off = run(&["--hostname", "relay.test", "--suppress-bounces", "0"]).unwrap();
+    assert_eq!(off.suppression.bounce_expiry, None);
     assert!(c.scheduler.routes.smarthost.is_empty());
     assert!(
         c.server
@@ -121,6 +127,7 @@ fn errors_name_the_flag() {
         (&["--trusted-network", "10.0.0.0/33"], "--trusted-network"),
         (&["--max-message-size", "12Q"], "--max-message-size"),
         (&["--dns-server", "x"], "--dns-server"),
+        (&["--suppress-bounces", "a month"], "--suppress-bounces"),
         (&["--bogus"], "bogus"),
         (&["stray"], "stray"),
     ];
