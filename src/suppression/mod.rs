@@ -362,8 +362,16 @@ impl Suppressions {
 /// typical phrases such as "user unknown", "no such user", "mailbox unavailable", unless it
 /// also speaks of spam, blocks or policy (RFC 5321's "mailbox unavailable" is used for
 /// those too).
+///
+/// A reply about the sender never counts, whatever its code: a refused MAIL fails every
+/// recipient with the same reply, and Postfix refuses an unknown sender with `550 5.1.0
+/// <a@b>: Sender address rejected: User unknown`.
 pub fn is_unknown_user(status: &str, reply: &str) -> bool {
     if !status.starts_with("5.") || !reply.starts_with('5') {
+        return false;
+    }
+    let text = reply.to_ascii_lowercase();
+    if text.contains("sender") {
         return false;
     }
     let detail = status.strip_prefix("5.").unwrap_or("");
@@ -413,6 +421,5 @@ pub fn is_unknown_user(status: &str, reply: &str) -> bool {
         "mailbox full",
         "over limit",
     ];
-    let text = reply.to_ascii_lowercase();
     SAYS_UNKNOWN.iter().any(|p| text.contains(p)) && !SAYS_POLICY.iter().any(|p| text.contains(p))
 }

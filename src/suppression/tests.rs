@@ -279,6 +279,12 @@ fn unknown_users_are_told_apart_from_other_failures() {
             true,
         ),
         ("5.1.10", "556 5.1.10 Recipient address has null MX", false),
+        (
+            "5.1.0",
+            "550 5.1.0 <a@client.test>: Sender address rejected: User unknown in local recipient table",
+            false,
+        ),
+        ("5.1.1", "550 5.1.1 Sender unknown", false),
         ("5.1.2", "550 5.1.2 Host unknown: no such domain", false),
         ("5.2.2", "552 5.2.2 Mailbox full", false),
         (
