@@ -1,17 +1,21 @@
 //! The control socket: `spool/control.sock`, a Unix socket only the spool's owner can reach
 //! (the spool directory is 0700, the socket 0600). `mxrelay queue` sends one command line
 //! and reads one answer line (`ok ...` or `error ...`). Commands are carried out by the
-//! scheduler, so it stays the only writer of queued state.
+//! scheduler, so it stays the only writer of queued state. `mxrelay suppression` sends its
+//! changes the same way (`SUPPRESSION ...`, see `suppression::remote`); those are carried out
+//! here, on the daemon's list.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
 
 use crate::spool::id;
+use crate::suppression::{Suppressions, remote};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -88,8 +92,16 @@ pub fn socket_path(spool: &Path) -> PathBuf {
     spool.join("control.sock")
 }
 
-/// Listens on the control socket; each request goes to the scheduler through `to_scheduler`.
-pub fn serve(spool: &Path, to_scheduler: Sender<Request>) -> std::io::Result<()> {
+/// The longest request read: a line, or a suppression batch (`remote::MAX_BATCH` entries).
+const MAX_REQUEST: u64 = 2 << 20;
+
+/// Listens on the control socket; each queue request goes to the scheduler through
+/// `to_scheduler`, each suppression request to `suppressions`.
+pub fn serve(
+    spool: &Path,
+    to_scheduler: Sender<Request>,
+    suppressions: Arc<Suppressions>,
+) -> std::io::Result<()> {
     let path = socket_path(spool);
     // A socket file left by a previous run (nothing answers on it) is replaced.
     if path.exists() && UnixStream::connect(&path).is_err() {
@@ -101,7 +113,7 @@ pub fn serve(spool: &Path, to_scheduler: Sender<Request>) -> std::io::Result<()>
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = handle(stream, &to_scheduler) {
+                if let Err(e) = handle(stream, &to_scheduler, &suppressions) {
                     log::warn!("control: {e}");
                 }
             }
@@ -109,12 +121,34 @@ pub fn serve(spool: &Path, to_scheduler: Sender<Request>) -> std::io::Result<()>
     Ok(())
 }
 
-fn handle(stream: UnixStream, to_scheduler: &Sender<Request>) -> std::io::Result<()> {
+fn handle(
+    stream: UnixStream,
+    to_scheduler: &Sender<Request>,
+    suppressions: &Suppressions,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(Read::take(&stream, MAX_REQUEST));
     let mut line = String::new();
-    BufReader::new(Read::take(&stream, 1024)).read_line(&mut line)?;
-    let answer = match Command::parse(line.trim()) {
+    reader.read_line(&mut line)?;
+    let line = line.trim();
+    let suppression = line
+        .split_once(' ')
+        .filter(|(verb, _)| verb.eq_ignore_ascii_case(remote::VERB));
+    let answer = match suppression {
+        Some((_, rest)) => remote::serve(rest, &mut reader, suppressions),
+        None => queue_command(line, to_scheduler),
+    };
+    let out = match answer {
+        Ok(text) => format!("ok {text}\n"),
+        Err(text) => format!("error {text}\n"),
+    };
+    (&stream).write_all(out.as_bytes())
+}
+
+/// A queue command, carried out by the scheduler.
+fn queue_command(line: &str, to_scheduler: &Sender<Request>) -> Result<String, String> {
+    match Command::parse(line) {
         Err(e) => Err(e),
         Ok(command) => {
             let (tx, rx) = bounded(1);
@@ -125,33 +159,54 @@ fn handle(stream: UnixStream, to_scheduler: &Sender<Request>) -> std::io::Result
                     .unwrap_or_else(|_| Err("no answer from the scheduler".into()))
             }
         }
-    };
-    let out = match answer {
-        Ok(text) => format!("ok {text}\n"),
-        Err(text) => format!("error {text}\n"),
-    };
-    (&stream).write_all(out.as_bytes())
+    }
+}
+
+/// Why a request got no `ok`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No daemon listens on the spool's control socket.
+    NoDaemon(String),
+    /// The daemon answered `error ...`, or the exchange failed half-way.
+    Failed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NoDaemon(e) | SendError::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 /// Client side: sends one command to the daemon owning `spool`.
 pub fn send(spool: &Path, command: &Command) -> Result<String, String> {
+    request(spool, &command.render()).map_err(|e| e.to_string())
+}
+
+/// Client side: sends one request (its lines, each ending in a line feed) to the daemon
+/// owning `spool` and reads its answer.
+pub fn request(spool: &Path, text: &str) -> Result<String, SendError> {
     let path = socket_path(spool);
-    let stream = UnixStream::connect(&path)
-        .map_err(|e| format!("no mxrelay daemon answers on {} ({e})", path.display()))?;
+    let stream = UnixStream::connect(&path).map_err(|e| {
+        SendError::NoDaemon(format!(
+            "no mxrelay daemon answers on {} ({e})",
+            path.display()
+        ))
+    })?;
+    let failed = |e: std::io::Error| SendError::Failed(e.to_string());
     stream
         .set_read_timeout(Some(ANSWER_WITHIN + Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    (&stream)
-        .write_all(command.render().as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
+    (&stream).write_all(text.as_bytes()).map_err(failed)?;
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     match line.trim_end().split_once(' ') {
         Some(("ok", text)) => Ok(text.to_string()),
-        Some(("error", text)) => Err(text.to_string()),
-        _ => Err(format!("unexpected answer {line:?}")),
+        Some(("error", text)) => Err(SendError::Failed(text.to_string())),
+        _ => Err(SendError::Failed(format!("unexpected answer {line:?}"))),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod suppression;
 pub mod tls;
 pub mod tracking;
 pub mod transform;

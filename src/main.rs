@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("hash-password") => return hash_password(),
         Some("queue") => return mxrelay::queue_cmd::main(&args[1..]),
+        Some("suppression") => return mxrelay::suppression::cmd::main(&args[1..]),
         Some("sendmail") => return mxrelay::sendmail::main(&args[1..]),
         Some("dkim-keygen") => return mxrelay::transform::dkim::keygen::main(&args[1..]),
         _ => {}

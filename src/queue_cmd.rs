@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::control::{self, Command};
 use crate::delivery::scheduler::{human, now_ms};
 use crate::events::{self, rfc3339};
-use crate::spool::{self, Envelope, RcptState, id};
+use crate::spool::{self, Envelope, id};
 
 const USAGE: &str = "Usage: mxrelay queue [--spool DIR] list [--json]
        mxrelay queue [--spool DIR] show ID
@@ -225,12 +225,7 @@ fn show(spool_dir: &Path, id: &str) -> ExitCode {
         println!("last error: {}", env.last_error);
     }
     for r in &env.recipients {
-        let state = match r.state {
-            RcptState::Pending => "pending",
-            RcptState::Delivered => "delivered",
-            RcptState::Failed => "failed",
-        };
-        println!("recipient: {state} <{}>", r.address);
+        println!("recipient: {} <{}>", r.state.name(), r.address);
     }
     // Read-only: opening the spool would create directories.
     let headers = std::fs::File::open(&slot.path).and_then(|f| {

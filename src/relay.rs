@@ -1,6 +1,7 @@
-//! Wiring: binds the listeners, loads secrets, drops privileges, opens the spool (recovery),
-//! starts the scheduler, the delivery pool, the control socket, metrics and the listeners,
-//! and stops them. `main` and the integration tests both start the relay here.
+//! Wiring: binds the listeners, loads secrets, drops privileges, opens the spool (recovery)
+//! and the suppression list, starts the scheduler, the delivery pool, the control socket,
+//! metrics and the listeners, and stops them. `main` and the integration tests both start the
+//! relay here.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ use crate::metrics::{self, Metrics};
 use crate::server::{self, Server, Services};
 use crate::spool::id::MsgId;
 use crate::spool::{Recovery, Spool};
+use crate::suppression::Suppressions;
+use crate::suppression::file::FileStore;
 use crate::tls::ServerTls;
 use crate::transform::Transforms;
 use crate::transform::dkim::Dkim;
@@ -85,6 +88,7 @@ impl Relay {
                 .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?,
         );
         let recovery = spool.begin_recovery()?;
+        let suppressions = Arc::new(open_suppressions(cfg)?);
         let tls = match acquired.tls {
             Some(t) => Some(t),
             None if cfg.listen.iter().any(|l| l.role != Role::Smtp) => Some(Arc::new(
@@ -102,8 +106,9 @@ impl Relay {
             acquired.smarthost_auth,
             recovery,
             (spool.clone(), metrics.clone(), events.clone()),
+            suppressions.clone(),
         )?;
-        control::serve(&cfg.spool, delivery.control.clone())?;
+        control::serve(&cfg.spool, delivery.control.clone(), suppressions)?;
         let services = Services {
             spool: spool.clone(),
             intake: delivery.intake,
@@ -226,12 +231,29 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
     })
 }
 
+/// How long start-up waits for `mxrelay suppression` to let go of the list.
+const SUPPRESSION_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// The suppression list of the spool, locked by this daemon for as long as it runs.
+fn open_suppressions(cfg: &Config) -> std::io::Result<Suppressions> {
+    let store = FileStore::open(&cfg.spool, SUPPRESSION_LOCK_WAIT)
+        .map_err(|e| err("suppression list")(e.to_string()))?;
+    let now = crate::delivery::clock::now_ms();
+    let list = Suppressions::open(Box::new(store), cfg.suppression.clone(), now)
+        .map_err(|e| err("suppression list")(e.to_string()))?;
+    if !list.is_empty() {
+        log::info!("suppression: {} address(es) on the list", list.len());
+    }
+    Ok(list)
+}
+
 /// Starts the delivery pool, the scheduler and spool recovery, wired to each other.
 fn start_delivery(
     cfg: &Config,
     smarthost_auth: Option<(String, String)>,
     recovery: Recovery,
     (spool, metrics, events): (Arc<Spool>, Arc<Metrics>, Arc<Events>),
+    suppressions: Arc<Suppressions>,
 ) -> std::io::Result<Delivery> {
     let dns = DnsClient::with_servers(&cfg.dns_servers);
     let resolver: Arc<dyn Resolver> = Arc::new(CachingResolver::new(dns, CACHE_ENTRIES));
@@ -273,6 +295,7 @@ fn start_delivery(
         spool: spool.clone(),
         outcomes: outcome_tx,
         ctx: Arc::new(ctx),
+        suppressions,
     };
     delivery::spawn_workers(cfg.delivery.workers, Arc::new(pool))?;
     let shared = scheduler::Shared {

@@ -263,7 +263,7 @@ struct Verdict {
 /// Runs the verifier over the messages: verdicts per file name, and the names it queried.
 fn verify(dir: &Path, port: u16, names: &[&str]) -> (HashMap<String, Vec<Verdict>>, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/dkim_verify.py");
-    let mut child = Command::new(PYTHON)
+    let child = Command::new(PYTHON)
         .arg(&script)
         .arg(port.to_string())
         .args(names.iter().map(|n| dir.join(n)))
@@ -271,15 +271,7 @@ fn verify(dir: &Path, port: u16, names: &[&str]) -> (HashMap<String, Vec<Verdict
         .stderr(Stdio::piped())
         .spawn()
         .expect("run the verifier");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the verifier did not finish in 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = support::finish(child, Duration::from_secs(120), "the verifier");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("verifier:\n{stdout}");
     assert!(

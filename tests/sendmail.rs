@@ -7,10 +7,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use support::sink::{Message, Script, Sink};
-use support::{Relay, TempDir, WAIT, delivered, sink_on, wait_until};
+use support::{Relay, TempDir, WAIT, delivered, finish, sink_on, wait_until};
 
 /// A relay whose smarthost is a recording sink.
 struct Daemon {
@@ -61,16 +60,9 @@ fn run(program: &Path, args: &[&str], env: Option<&str>, stdin: &[u8]) -> Output
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&stdin);
     });
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mxrelay sendmail {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let out = finish(child, WAIT, &format!("mxrelay sendmail {args:?}"));
     writer.join().unwrap();
-    child.wait_with_output().unwrap()
+    out
 }
 
 /// `mxrelay sendmail --submit-to ADDR ARGS...`.

@@ -332,6 +332,13 @@ pub static FLAGS: &[FlagDef] = &[
         None,
     ),
     opt(
+        "suppress-bounces",
+        "DURATION",
+        "Put recipients whose mailbox does not exist (5.1.1-style hard bounces) on the \
+         suppression list for this long; 0: never",
+        Some("30d"),
+    ),
+    opt(
         "events",
         "FILE",
         "Write one JSON line per message event to FILE (- for standard output)",
@@ -389,7 +396,7 @@ pub(super) fn options() -> getopts::Options {
 
 pub fn usage() -> String {
     let mut s = String::from(
-        "Usage: mxrelay [FLAGS]\n       mxrelay hash-password   (reads a password on stdin, prints a bcrypt hash for --users)\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
+        "Usage: mxrelay [FLAGS]\n       mxrelay hash-password   (reads a password on stdin, prints a bcrypt hash for --users)\n       mxrelay queue|suppression ...   (see mxrelay queue --help, mxrelay suppression --help)\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
          or through a smarthost, with retries and bounces.\n\nFlags:\n",
     );
     for f in FLAGS {

@@ -1,7 +1,8 @@
 //! Command-line flags → validated, typed configuration. One table (`FLAGS`) feeds getopts,
 //! `--help` and the defaults; one function per module (`server`, `auth`, `delivery`, `sites`,
-//! `scheduler`, `routes`) reads the flags into that module's own config, and [`Config`] holds
-//! them. Every error names its flag. Nothing reads flags after start-up.
+//! `scheduler`, `routes`, `transforms`, `suppression`) reads the flags into that module's own
+//! config, and [`Config`] holds them. Every error names its flag. Nothing reads flags after
+//! start-up.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use crate::delivery::scheduler::SchedulerConfig;
 use crate::delivery::sites::SiteConfig;
 use crate::server::ServerConfig;
 use crate::smtp::address::{self, Mailbox};
+use crate::suppression::SuppressionConfig;
 use crate::transform::TransformConfig;
 
 mod flags;
@@ -41,6 +43,7 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub in_flow: InFlowConfig,
     pub transforms: TransformConfig,
+    pub suppression: SuppressionConfig,
     /// Empty: the servers of /etc/resolv.conf.
     pub dns_servers: Vec<SocketAddr>,
     pub events: Option<String>,
@@ -113,6 +116,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             delay: f.dur("in-flow-delay")?,
         },
         transforms: transforms(&f)?,
+        suppression: suppression(&f)?,
         dns_servers: f.list("dns-server", &[], parse_dns_server)?,
         events: f.given("events"),
         metrics_listen: f.opt("metrics-listen", |v| {
@@ -249,6 +253,13 @@ fn transforms(f: &Flags) -> Result<TransformConfig, ConfigError> {
         )?,
         max_header_size: f.size("max-header-size", 1024)? as usize,
         dkim: f.list("dkim", &[], crate::transform::dkim::parse_spec)?,
+    })
+}
+
+fn suppression(f: &Flags) -> Result<SuppressionConfig, ConfigError> {
+    let bounces = f.dur("suppress-bounces")?;
+    Ok(SuppressionConfig {
+        bounce_expiry: Some(bounces).filter(|d| !d.is_zero()),
     })
 }
 

@@ -72,6 +72,12 @@ fn defaults() {
         (10_000, 20, None)
     );
     assert_eq!(c.delivery.messages_per_connection, 100);
+    assert_eq!(
+        c.suppression.bounce_expiry,
+        Some(Duration::from_secs(30 * 86400))
+    );
+    let off = run(&["--hostname", "relay.test", "--suppress-bounces", "0"]).unwrap();
+    assert_eq!(off.suppression.bounce_expiry, None);
     assert!(c.scheduler.routes.smarthost.is_empty());
     assert!(
         c.server
@@ -132,6 +138,7 @@ fn errors_name_the_flag() {
             "--max-header-size: must be at least 1024",
         ),
         (&["--dkim", "example.com:sel"], "--dkim"),
+        (&["--suppress-bounces", "a month"], "--suppress-bounces"),
         (&["--bogus"], "bogus"),
         (&["stray"], "stray"),
     ];

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::dns::Resolver;
 use crate::spool::{Envelope, Place, Spool};
+use crate::suppression::Suppressions;
 use route::Destination;
 
 /// The recipients of one message that share a destination, delivered in one transaction.
@@ -95,6 +96,10 @@ pub enum RcptResult {
         status: String,
         relay: Option<String>,
         reason: String,
+    },
+    /// On the suppression list: not sent, and no DSN (see `screen`).
+    Suppressed {
+        reason: crate::suppression::Reason,
     },
 }
 
@@ -275,6 +280,7 @@ pub struct Pool {
     pub spool: Arc<Spool>,
     pub outcomes: Sender<Outcome>,
     pub ctx: Arc<Context>,
+    pub suppressions: Arc<Suppressions>,
 }
 
 /// Workers report each job to its site, then send its outcome to the scheduler, except where
@@ -297,7 +303,7 @@ fn work(pool: &Pool) {
     loop {
         // With a connection kept open, wake up in time to close it when idle.
         let wait = (!cache.is_empty()).then_some(attempt::KEEP_IDLE);
-        let job = match pool.jobs.recv(wait) {
+        let mut job = match pool.jobs.recv(wait) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 cache.expire(false);
@@ -306,18 +312,25 @@ fn work(pool: &Pool) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         ctx.metrics.worker_busy();
-        let attempt = match pool.spool.open_message(job.place) {
-            Ok(body) => attempt::deliver(&job, &body, ctx, &mut cache),
-            Err(e) => {
-                attempt::Attempt::deferred(&job, format!("cannot open the queued message: {e}"))
+        let suppressed = screen(&mut job, &pool.suppressions);
+        let mut attempt = if job.rcpts.is_empty() {
+            attempt::Attempt::nothing()
+        } else {
+            match pool.spool.open_message(job.place) {
+                Ok(body) => attempt::deliver(&job, &body, ctx, &mut cache),
+                Err(e) => {
+                    attempt::Attempt::deferred(&job, format!("cannot open the queued message: {e}"))
+                }
             }
         };
+        learn(&job, &attempt.results, &pool.suppressions);
         ctx.metrics.worker_idle();
         pool.sites
             .done(&job, attempt.feedback, &attempt.error, attempt.mx_site);
-        if pool.intake.finish_direct(&job, &attempt.results) {
+        if suppressed.is_empty() && pool.intake.finish_direct(&job, &attempt.results) {
             continue;
         }
+        attempt.results.extend(suppressed);
         let outcome = Outcome {
             id: job.id,
             results: attempt.results,
@@ -327,6 +340,54 @@ fn work(pool: &Pool) {
         }
     }
     cache.expire(true);
+}
+
+/// Takes the recipients on the suppression list out of `job`, just before its attempt: the
+/// one check for mail straight from its session and for mail from the scheduler, after any
+/// wait. Their results (`Suppressed`) go to the scheduler, which records them, reports the
+/// event and sends no DSN. Mail with the null sender (DSNs) is never held back: it reports
+/// on the sender's own mail.
+fn screen(job: &mut Job, list: &Suppressions) -> attempt::Results {
+    if job.sender.is_empty() || list.is_empty() {
+        return Vec::new();
+    }
+    let now = clock::now_ms();
+    let mut suppressed = Vec::new();
+    job.rcpts
+        .retain(|(i, address)| match list.get(address, now) {
+            Some(entry) => {
+                let reason = entry.reason;
+                suppressed.push((*i, RcptResult::Suppressed { reason }));
+                false
+            }
+            None => true,
+        });
+    suppressed
+}
+
+/// Puts the recipients whose mailbox does not exist on the suppression list
+/// (`--suppress-bounces`); only replies from the next hop count, never our own verdicts.
+fn learn(job: &Job, results: &attempt::Results, list: &Suppressions) {
+    if list.config().bounce_expiry.is_none() {
+        return;
+    }
+    let failures: Vec<(&str, &str, &str)> = results
+        .iter()
+        .filter_map(|(i, r)| match r {
+            RcptResult::Failed {
+                status,
+                relay: Some(_),
+                reason,
+            } => {
+                let address = job.rcpts.iter().find(|(j, _)| j == i)?.1.as_str();
+                Some((address, status.as_str(), reason.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    if !failures.is_empty() {
+        list.record_bounces(&failures, clock::now_ms());
+    }
 }
 
 /// A uniform pick in `0..n` (n > 0) from the OS generator; good enough for MX shuffling and

@@ -92,6 +92,14 @@ pub enum Event<'a> {
         tag: Option<&'a str>,
         recipients: &'a [String],
     },
+    /// One recipient not sent to: on the suppression list (no DSN).
+    Suppressed {
+        id: &'a str,
+        tag: Option<&'a str>,
+        recipient: &'a str,
+        /// The list entry's reason: `unsubscribe`, `bounce` or `manual`.
+        reason: &'a str,
+    },
 }
 
 impl Events {
@@ -193,6 +201,15 @@ impl Events {
                 m.message_expired();
             }
             Event::Deleted { id, .. } => log::info!("{id}: deleted by the operator"),
+            Event::Suppressed {
+                id,
+                recipient,
+                reason,
+                ..
+            } => {
+                log::info!("{id}: suppressed to=<{recipient}> reason={reason} (not sent)");
+                m.recipient_suppressed();
+            }
         }
     }
 }
@@ -206,7 +223,8 @@ impl Event<'_> {
             | Event::Deferred { tag, .. }
             | Event::Bounced { tag, .. }
             | Event::Expired { tag, .. }
-            | Event::Deleted { tag, .. } => tag,
+            | Event::Deleted { tag, .. }
+            | Event::Suppressed { tag, .. } => tag,
             Event::Rejected { .. }
             | Event::RecipientDeferred { .. }
             | Event::RecipientFailed { .. } => None,
@@ -330,6 +348,19 @@ impl Event<'_> {
             Event::Deleted { id, recipients, .. } => (
                 "deleted",
                 vec![("id", V::Str(id)), ("recipients", V::List(recipients))],
+            ),
+            Event::Suppressed {
+                id,
+                recipient,
+                reason,
+                ..
+            } => (
+                "suppressed",
+                vec![
+                    ("id", V::Str(id)),
+                    ("recipient", V::Str(recipient)),
+                    ("reason", V::Str(reason)),
+                ],
             ),
         })
     }

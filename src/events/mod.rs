@@ -16,6 +16,7 @@
 //! | `bounced` | `id`, `recipient`, `status`, `reason`, `relay` (or null), `dsn_id` (or null when none was sent) |
 //! | `expired` | `id`, `recipients` [..], `age_s` |
 //! | `deleted` | `id`, `recipients` [..] (still pending) |
+//! | `suppressed` | `id`, `recipient`, `reason` (`unsubscribe`, `bounce`, `manual`): not sent, on the suppression list |
 //! | `rejected` | `client_ip`, `command`, `argument` (or null), `reply` |
 //!
 //! Every event about a message that a trusted or authenticated client tagged

@@ -21,6 +21,7 @@
 //! | `mxrelay_recipients_delivered_total` | counter | | recipients delivered to the next hop |
 //! | `mxrelay_recipients_deferred_total` | counter | | recipient delivery attempts failed temporarily |
 //! | `mxrelay_recipients_bounced_total` | counter | | recipients failed permanently or expired |
+//! | `mxrelay_recipients_suppressed_total` | counter | | recipients not sent to because they are on the suppression list |
 //! | `mxrelay_messages_expired_total` | counter | | messages given up on after the maximum queue time |
 //! | `mxrelay_delivered_bytes_total` | counter | | bytes sent to next hops in successful deliveries |
 //! | `mxrelay_auth_failures_total` | counter | | failed SMTP AUTH attempts |
@@ -69,6 +70,7 @@ pub struct Metrics {
     recipients_delivered: AtomicU64,
     recipients_deferred: AtomicU64,
     recipients_bounced: AtomicU64,
+    recipients_suppressed: AtomicU64,
     messages_expired: AtomicU64,
     delivered_bytes: AtomicU64,
     auth_failures: AtomicU64,
@@ -141,6 +143,7 @@ impl Metrics {
             recipients_delivered: AtomicU64::new(0),
             recipients_deferred: AtomicU64::new(0),
             recipients_bounced: AtomicU64::new(0),
+            recipients_suppressed: AtomicU64::new(0),
             messages_expired: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
@@ -192,6 +195,11 @@ impl Metrics {
     /// One recipient failed permanently or expired.
     pub fn recipient_bounced(&self) {
         bump(&self.recipients_bounced, 1);
+    }
+
+    /// One recipient not sent to: on the suppression list.
+    pub fn recipient_suppressed(&self) {
+        bump(&self.recipients_suppressed, 1);
     }
 
     pub fn message_expired(&self) {

@@ -78,7 +78,7 @@ impl Metrics {
     }
 
     /// The counters of delivery and the rest, in the order they are rendered.
-    fn delivery_counters(&self) -> [Counter<'_>; 7] {
+    fn delivery_counters(&self) -> [Counter<'_>; 8] {
         [
             (
                 "mxrelay_recipients_delivered_total",
@@ -94,6 +94,11 @@ impl Metrics {
                 "mxrelay_recipients_bounced_total",
                 "Recipients that failed permanently or expired.",
                 &self.recipients_bounced,
+            ),
+            (
+                "mxrelay_recipients_suppressed_total",
+                "Recipients not sent to because they are on the suppression list.",
+                &self.recipients_suppressed,
             ),
             (
                 "mxrelay_messages_expired_total",

@@ -102,6 +102,7 @@ fn every_family_has_help_then_type_and_contiguous_samples() {
             "mxrelay_recipients_delivered_total",
             "mxrelay_recipients_deferred_total",
             "mxrelay_recipients_bounced_total",
+            "mxrelay_recipients_suppressed_total",
             "mxrelay_messages_expired_total",
             "mxrelay_delivered_bytes_total",
             "mxrelay_auth_failures_total",
@@ -137,6 +138,8 @@ fn counters_and_gauges_render_their_values() {
     m.recipient_deferred();
     m.recipient_deferred();
     m.recipient_bounced();
+    m.recipient_suppressed();
+    m.recipient_suppressed();
     m.message_expired();
     m.bytes_delivered(4096);
     m.auth_failed();
@@ -167,6 +170,7 @@ fn counters_and_gauges_render_their_values() {
         ("mxrelay_recipients_delivered_total", "1"),
         ("mxrelay_recipients_deferred_total", "2"),
         ("mxrelay_recipients_bounced_total", "1"),
+        ("mxrelay_recipients_suppressed_total", "2"),
         ("mxrelay_messages_expired_total", "1"),
         ("mxrelay_delivered_bytes_total", "4096"),
         ("mxrelay_auth_failures_total", "1"),

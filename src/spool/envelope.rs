@@ -21,6 +21,32 @@ pub enum RcptState {
     Pending,
     Delivered,
     Failed,
+    /// On the suppression list when its turn came: not sent, no DSN. (Added after version 1
+    /// of the format; older spools never have it, so they read as before.)
+    Suppressed,
+}
+
+impl RcptState {
+    /// As the envelope and `mxrelay queue show` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RcptState::Pending => "pending",
+            RcptState::Delivered => "delivered",
+            RcptState::Failed => "failed",
+            RcptState::Suppressed => "suppressed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RcptState> {
+        [
+            RcptState::Pending,
+            RcptState::Delivered,
+            RcptState::Failed,
+            RcptState::Suppressed,
+        ]
+        .into_iter()
+        .find(|r| r.name() == s)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,12 +181,7 @@ impl Envelope {
             let _ = writeln!(s, "tag: {}", one_line(&self.tag));
         }
         for r in &self.recipients {
-            let state = match r.state {
-                RcptState::Pending => "pending",
-                RcptState::Delivered => "delivered",
-                RcptState::Failed => "failed",
-            };
-            let _ = writeln!(s, "rcpt: {state} {}", one_line(&r.address));
+            let _ = writeln!(s, "rcpt: {} {}", r.state.name(), one_line(&r.address));
         }
         s.push_str("end\n");
         s.into_bytes()
@@ -222,11 +243,8 @@ impl Envelope {
                     let (state, address) = value
                         .split_once(' ')
                         .ok_or_else(|| DecodeError("bad rcpt line".into()))?;
-                    let state = match state {
-                        "pending" => RcptState::Pending,
-                        "delivered" => RcptState::Delivered,
-                        "failed" => RcptState::Failed,
-                        _ => return err(format!("unknown recipient state {state}")),
+                    let Some(state) = RcptState::parse(state) else {
+                        return err(format!("unknown recipient state {state}"));
                     };
                     if address.is_empty() {
                         return err("empty recipient".into());
@@ -295,6 +313,10 @@ mod tests {
                     address: "z@w.test".into(),
                     state: RcptState::Failed,
                 },
+                Recipient {
+                    address: "Gone@w.test".into(),
+                    state: RcptState::Suppressed,
+                },
             ],
         }
     }
@@ -321,7 +343,7 @@ mod tests {
         let mut e = sample();
         e.last_error = "550 bad\nrcpt: pending evil@x.test".into();
         let d = Envelope::decode(&e.encode()).unwrap();
-        assert_eq!(d.recipients.len(), 3);
+        assert_eq!(d.recipients.len(), 4);
         assert_eq!(d.last_error, "550 bad rcpt: pending evil@x.test");
     }
 

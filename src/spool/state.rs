@@ -10,7 +10,8 @@
 //! names its message, so one left behind by an earlier message of a reused slot is ignored.
 //!
 //! Format: one line `mxrelay-state 1 <id> <seq> <body length> <crc32 of body>`, then the body:
-//! `<attempts> <next attempt ms> <held 0|1>\n<one letter per recipient: P D F>\n<last error>\n`.
+//! `<attempts> <next attempt ms> <held 0|1>\n<one letter per recipient: P D F S>\n<last error>\n`
+//! (`S`: suppressed, added later; records without it read as before).
 
 use super::envelope::{Envelope, RcptState};
 
@@ -112,6 +113,7 @@ impl Record {
                 RcptState::Pending => 'P',
                 RcptState::Delivered => 'D',
                 RcptState::Failed => 'F',
+                RcptState::Suppressed => 'S',
             })
             .collect();
         let body = format!(
@@ -155,6 +157,7 @@ impl Record {
                 'P' => Some(RcptState::Pending),
                 'D' => Some(RcptState::Delivered),
                 'F' => Some(RcptState::Failed),
+                'S' => Some(RcptState::Suppressed),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
@@ -194,6 +197,7 @@ mod tests {
         e.next_attempt = 1_700_000_000_123;
         e.held = true;
         e.last_error = "mx said:\r\n 451 later".into();
+        e.recipients[0].state = RcptState::Suppressed;
         e.recipients[1].state = RcptState::Delivered;
         let r = Record::of(&e, 7);
         assert_eq!(r.last_error, "mx said:   451 later");

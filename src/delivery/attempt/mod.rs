@@ -52,6 +52,11 @@ impl Attempt {
         }
     }
 
+    /// No recipient left to try (all suppressed): no results, nothing learnt.
+    pub fn nothing() -> Attempt {
+        Attempt::new(Vec::new(), Feedback::Neutral)
+    }
+
     /// Every recipient deferred for `reason`, with nothing learnt about the site.
     pub fn deferred(job: &Job, reason: String) -> Attempt {
         let results = job

@@ -75,6 +75,17 @@ impl Scheduler {
                     entry.failed.push(failure);
                     changed = true;
                 }
+                RcptResult::Suppressed { reason } => {
+                    // The sender asked not to mail this address: done, without a DSN.
+                    self.s.events.report(&Event::Suppressed {
+                        id: &outcome.id,
+                        recipient: &rcpt.address,
+                        reason: reason.name(),
+                        tag: crate::events::tag(&entry.env.tag),
+                    });
+                    rcpt.state = RcptState::Suppressed;
+                    changed = true;
+                }
             }
         }
         if delivered_any {

@@ -164,6 +164,25 @@ fn deferred(_: &Job) -> RcptResult {
     }
 }
 
+fn suppressed(_: &Job) -> RcptResult {
+    RcptResult::Suppressed {
+        reason: crate::suppression::Reason::Unsubscribe,
+    }
+}
+
+#[test]
+fn a_recipient_suppressed_on_its_retry_is_done_without_a_dsn() {
+    let mut b = bench(100, 4);
+    let id = b.submit("x@fast.test");
+    assert_eq!(b.work(deferred), 1);
+    let due = b.sched.s.ledger.get(id).unwrap().due as u64 * 1000;
+    b.clock.advance(due - b.clock.now_ms());
+    b.turn();
+    assert_eq!(b.work(suppressed), 1);
+    assert!(b.sched.s.ledger.is_empty(), "done");
+    assert!(b.on_disk().is_empty(), "no DSN");
+}
+
 #[test]
 fn the_active_limit_bounds_what_is_in_memory() {
     let mut b = bench(3, 1);

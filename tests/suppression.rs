@@ -1,0 +1,284 @@
+//! The suppression list end to end: a suppressed recipient is not sent while the others of
+//! the same message are; a hard bounce suppresses the next message to that address; and
+//! `mxrelay suppression add/remove/list/export/import` change what the next message does,
+//! against a running relay and, with none running, on the file.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::sink::{Message, Script, Sink};
+use support::{Relay, TempDir, WAIT, finish, queue_id, sink_on, submit, wait_until};
+
+const MSG: &[u8] = b"Subject: news\r\n\r\nhello\r\n";
+
+/// Runs `mxrelay suppression --spool SPOOL ARGS...` (killed after `WAIT`): success, stdout
+/// and stderr.
+fn suppression(spool: &Path, args: &[&str]) -> (bool, String, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_mxrelay"))
+        .arg("suppression")
+        .arg("--spool")
+        .arg(spool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mxrelay suppression");
+    let out = finish(child, WAIT, &format!("mxrelay suppression {args:?}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `suppression`, which must succeed; its stdout.
+fn ok(spool: &Path, args: &[&str]) -> String {
+    let (success, out, err) = suppression(spool, args);
+    assert!(success, "suppression {args:?} failed: {err}{out}");
+    out
+}
+
+/// The messages the sink got from the client (not DSNs).
+fn mail(sink: &Sink) -> Vec<Message> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| !m.mail_from.starts_with("<>"))
+        .collect()
+}
+
+fn dsns(sink: &Sink) -> Vec<Message> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| m.mail_from.starts_with("<>"))
+        .collect()
+}
+
+/// Submits a message to `rcpts` and waits until the relay is done with it.
+fn send(relay: &Relay, rcpts: &[&str]) -> String {
+    let reply = submit(relay.addr, "a@client.test", rcpts, MSG);
+    assert!(reply.starts_with("250"), "{reply}");
+    let id = queue_id(&reply);
+    relay.wait_log(&format!("{id}: removed"));
+    id
+}
+
+/// The relay's /metrics page (it runs with `--metrics-listen`).
+fn scrape(relay: &Relay) -> String {
+    relay.wait_log("serving metrics on http://");
+    let log = relay.log();
+    let addr = log
+        .split("serving metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
+/// RCPT commands the sink saw for `address`.
+fn rcpts_for(sink: &Sink, address: &str) -> usize {
+    let cmd = format!("RCPT TO:<{address}>");
+    sink.commands()
+        .iter()
+        .filter(|c| c.starts_with(&cmd))
+        .count()
+}
+
+#[test]
+fn a_suppressed_recipient_is_skipped_and_the_others_delivered() {
+    let sink = sink_on("127.0.0.41", 0, Script::default());
+    let spool = TempDir::new("suppressed");
+    let events = spool.path().join("events.jsonl");
+    let relay = Relay::via(
+        &sink,
+        spool.path(),
+        &[
+            "--events",
+            &events.display().to_string(),
+            "--metrics-listen",
+            "127.0.0.41:0",
+        ],
+    );
+    let out = ok(
+        spool.path(),
+        &["add", "Gone@Example.test", "--reason", "unsubscribe"],
+    );
+    assert!(out.contains("added Gone@Example.test"), "{out}");
+    let id = send(
+        &relay,
+        &["ok@example.test", "Gone@example.TEST", "gone@example.test"],
+    );
+    let got = mail(&sink);
+    assert_eq!(got.len(), 1);
+    // The domain's case does not matter; the local part's does.
+    assert_eq!(got[0].rcpts, ["ok@example.test", "gone@example.test"]);
+    assert_eq!(rcpts_for(&sink, "Gone@example.TEST"), 0);
+    relay.wait_log(&format!(
+        "{id}: suppressed to=<Gone@example.TEST> reason=unsubscribe"
+    ));
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .contains("\"event\":\"suppressed\"")),
+        "no suppressed event"
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"event\":\"suppressed\""))
+        .unwrap();
+    for want in [
+        format!("\"id\":\"{id}\""),
+        "\"recipient\":\"Gone@example.TEST\"".to_string(),
+        "\"reason\":\"unsubscribe\"".to_string(),
+    ] {
+        assert!(line.contains(&want), "{line} lacks {want}");
+    }
+    // The sender asked for it: no DSN.
+    assert!(wait_until(WAIT, || relay.queued() == 0), "{}", relay.log());
+    assert!(dsns(&sink).is_empty());
+
+    // Every recipient suppressed: no transaction at all, and no DSN.
+    let transactions = || {
+        let commands = sink.commands();
+        commands.iter().filter(|c| c.starts_with("MAIL")).count()
+    };
+    let before = transactions();
+    let id = send(&relay, &["Gone@example.test"]);
+    relay.wait_log(&format!("{id}: suppressed to=<Gone@example.test>"));
+    assert_eq!(transactions(), before, "{:?}", sink.commands());
+    assert!(wait_until(WAIT, || relay.queued() == 0), "{}", relay.log());
+    assert!(dsns(&sink).is_empty());
+    let metrics = scrape(&relay);
+    assert!(
+        metrics.contains("\nmxrelay_recipients_suppressed_total 2\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_hard_bounce_suppresses_the_next_message() {
+    let sink = sink_on(
+        "127.0.0.42",
+        0,
+        Script::default().refuse_rcpt("nobody", "550 5.1.1 <nobody@example.test>: user unknown"),
+    );
+    let spool = TempDir::new("hard-bounce");
+    let relay = Relay::via(&sink, spool.path(), &[]);
+    send(&relay, &["nobody@example.test", "ok1@example.test"]);
+    assert!(wait_until(WAIT, || dsns(&sink).len() == 1), "no DSN");
+    relay.wait_log("suppression: <nobody@example.test> added (bounce");
+    let listed = ok(spool.path(), &["list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("nobody@example.test"))
+        .unwrap_or_else(|| panic!("not listed:\n{listed}"));
+    assert!(line.contains("bounce"), "{line}");
+    assert!(!line.ends_with("never"), "a bounce expires: {line}");
+
+    let id = send(&relay, &["nobody@example.test", "ok2@example.test"]);
+    relay.wait_log(&format!(
+        "{id}: suppressed to=<nobody@example.test> reason=bounce"
+    ));
+    assert_eq!(
+        rcpts_for(&sink, "nobody@example.test"),
+        1,
+        "tried once only"
+    );
+    let got = mail(&sink);
+    assert_eq!(got.last().unwrap().rcpts, ["ok2@example.test"]);
+    assert!(wait_until(WAIT, || relay.queued() == 0), "{}", relay.log());
+    assert_eq!(dsns(&sink).len(), 1, "no second DSN");
+}
+
+#[test]
+fn hard_bounces_suppress_nothing_with_suppress_bounces_0() {
+    let sink = sink_on(
+        "127.0.0.43",
+        0,
+        Script::default().refuse_rcpt("nobody", "550 5.1.1 user unknown"),
+    );
+    let spool = TempDir::new("bounce-off");
+    let relay = Relay::via(&sink, spool.path(), &["--suppress-bounces", "0"]);
+    send(&relay, &["nobody@example.test"]);
+    send(&relay, &["nobody@example.test"]);
+    assert_eq!(rcpts_for(&sink, "nobody@example.test"), 2);
+    assert!(ok(spool.path(), &["list"]).contains("empty"));
+}
+
+#[test]
+fn the_command_changes_what_the_next_message_does() {
+    let sink = sink_on("127.0.0.44", 0, Script::default());
+    let spool = TempDir::new("suppression-cmd");
+    let mut relay = Relay::via(&sink, spool.path(), &[]);
+    let import = spool.path().join("import.csv");
+    std::fs::write(
+        &import,
+        "address,reason,added,expires\n\
+         a@example.test,unsubscribe,2026-01-01T00:00:00Z,\n\
+         # one address per line works too\n\
+         b@example.test\n\
+         old@example.test,bounce,2020-01-01T00:00:00Z,2020-02-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let out = ok(spool.path(), &["import", &import.display().to_string()]);
+    assert!(out.contains("imported 2"), "{out}");
+    let listed = ok(spool.path(), &["list"]);
+    assert!(
+        listed.contains("a@example.test") && listed.contains("b@example.test"),
+        "{listed}"
+    );
+    send(
+        &relay,
+        &["a@example.test", "b@example.test", "c@example.test"],
+    );
+    assert_eq!(mail(&sink).last().unwrap().rcpts, ["c@example.test"]);
+
+    let out = ok(spool.path(), &["remove", "a@example.test"]);
+    assert!(out.contains("removed a@example.test"), "{out}");
+    let (success, _, err) = suppression(spool.path(), &["remove", "a@example.test"]);
+    assert!(
+        !success && err.contains("not on the suppression list"),
+        "{err}"
+    );
+    send(&relay, &["a@example.test", "b@example.test"]);
+    assert_eq!(mail(&sink).last().unwrap().rcpts, ["a@example.test"]);
+
+    let csv = ok(spool.path(), &["export"]);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("address,reason,added,expires"));
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest.len(), 1, "{csv}");
+    assert!(rest[0].starts_with("b@example.test,manual,"), "{csv}");
+    // An export imports back as it was.
+    std::fs::write(&import, &csv).unwrap();
+    assert!(ok(spool.path(), &["import", &import.display().to_string()]).contains("imported 1"));
+    assert_eq!(ok(spool.path(), &["export"]), csv);
+
+    let (success, _, err) = suppression(spool.path(), &["add", "not an address"]);
+    assert!(!success && err.contains("not an address"), "{err}");
+
+    // With no daemon, the command changes the file; the relay reads it at start.
+    relay.terminate();
+    let out = ok(spool.path(), &["add", "d@example.test", "--expires", "1d"]);
+    assert!(out.contains("added d@example.test"), "{out}");
+    let relay = Relay::via(&sink, spool.path(), &[]);
+    send(
+        &relay,
+        &["d@example.test", "b@example.test", "e@example.test"],
+    );
+    assert_eq!(mail(&sink).last().unwrap().rcpts, ["e@example.test"]);
+    let listed = ok(spool.path(), &["list"]);
+    assert!(listed.contains("-- 2 address(es)"), "{listed}");
+}
