@@ -660,7 +660,14 @@ fn a_header_section_written_last_reads_back_in_order() {
         let after = inc.write_head(head).unwrap();
         // A message still in memory gets its header section in front; one written out
         // already, after its body.
-        assert_eq!(after, if body_len < 1000 { 0 } else { head.len() as u64 });
+        assert_eq!(
+            after,
+            if body_len < 1000 {
+                0
+            } else {
+                head.len() as u64
+            }
+        );
         let mut e = env(&inc.id.clone());
         e.size = (body.len() + head.len()) as u64;
         e.head = after;
