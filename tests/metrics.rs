@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mxrelay::events::category::Category;
 use mxrelay::metrics::{self, Metrics};
 use mxrelay::smtp::session::Refusal;
 
@@ -265,8 +266,8 @@ fn promtool_accepts_the_output() {
         m.message_rejected(reason);
     }
     m.recipient_delivered();
-    m.recipient_deferred();
-    m.recipient_bounced();
+    m.recipient_deferred(Category::RateLimited);
+    m.recipient_bounced(Category::SpamBlock);
     m.message_expired();
     m.bytes_delivered(512);
     m.auth_failed();

@@ -286,11 +286,26 @@ fn event_log_has_every_event_type_with_its_fields() {
         ),
         (
             "deferred",
-            &["id", "recipients", "reason", "attempt", "next_try"],
+            &[
+                "id",
+                "recipients",
+                "reason",
+                "category",
+                "attempt",
+                "next_try",
+            ],
         ),
         (
             "bounced",
-            &["id", "recipient", "status", "reason", "relay", "dsn_id"],
+            &[
+                "id",
+                "recipient",
+                "status",
+                "reason",
+                "category",
+                "relay",
+                "dsn_id",
+            ],
         ),
         ("expired", &["id", "recipients", "age_s"]),
         ("deleted", &["id", "recipients"]),
@@ -317,6 +332,10 @@ fn event_log_has_every_event_type_with_its_fields() {
     }
     assert!(
         text.contains("\"message_id\":\"<m1@client.test>\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"status\":\"5.1.1\",\"reason\":\"550 5.1.1 no such user\",\"category\":\"invalid_recipient\""),
         "{text}"
     );
     assert!(

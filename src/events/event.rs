@@ -4,6 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::category::{Category, categorize};
 use super::{Events, V, rfc3339};
 use crate::delivery::clock::now_ms;
 use crate::delivery::scheduler::human;
@@ -172,8 +173,12 @@ impl Events {
                 recipient,
                 reason,
             } => {
-                log::info!("{id}: deferred to=<{recipient}> reason=\"{reason}\"");
-                m.recipient_deferred();
+                let category = categorize(None, reason);
+                log::info!(
+                    "{id}: deferred to=<{recipient}> category={} reason=\"{reason}\"",
+                    category.label()
+                );
+                m.recipient_deferred(category);
             }
             Event::RecipientFailed {
                 id,
@@ -181,7 +186,10 @@ impl Events {
                 status,
                 reason,
             } => {
-                log::info!("{id}: failed to=<{recipient}> status={status} reason=\"{reason}\"");
+                log::info!(
+                    "{id}: failed to=<{recipient}> status={status} category={} reason=\"{reason}\"",
+                    categorize(Some(status), reason).label()
+                );
             }
             Event::Deferred {
                 id,
@@ -195,7 +203,9 @@ impl Events {
                     human(delay)
                 );
             }
-            Event::Bounced { .. } => m.recipient_bounced(),
+            Event::Bounced { .. } => {
+                m.recipient_bounced(event.category().unwrap_or(Category::Other))
+            }
             Event::Expired { id, reason, .. } => {
                 log::info!("{id}: expired: {reason}");
                 m.message_expired();
@@ -228,6 +238,20 @@ impl Event<'_> {
             Event::Rejected { .. }
             | Event::RecipientDeferred { .. }
             | Event::RecipientFailed { .. } => None,
+        }
+    }
+
+    /// Why a recipient bounced or was deferred (`category.rs`); `None` for other events.
+    pub fn category(&self) -> Option<Category> {
+        match *self {
+            Event::RecipientDeferred { reason, .. } | Event::Deferred { reason, .. } => {
+                Some(categorize(None, reason))
+            }
+            Event::RecipientFailed { status, reason, .. } => Some(categorize(Some(status), reason)),
+            Event::Bounced { status, reason, .. } => {
+                Some(categorize(Some(status), reason.unwrap_or("")))
+            }
+            _ => None,
         }
     }
 
@@ -306,6 +330,7 @@ impl Event<'_> {
                     ("id", V::Str(id)),
                     ("recipients", V::List(recipients)),
                     ("reason", V::Str(reason)),
+                    ("category", V::Str(categorize(None, reason).label())),
                     ("attempt", V::Num(attempt as u64)),
                     (
                         "next_try",
@@ -328,6 +353,10 @@ impl Event<'_> {
                     ("recipient", V::Str(recipient)),
                     ("status", V::Str(status)),
                     ("reason", V::OptStr(reason)),
+                    (
+                        "category",
+                        V::Str(categorize(Some(status), reason.unwrap_or("")).label()),
+                    ),
                     ("relay", V::OptStr(relay)),
                     ("dsn_id", V::OptStr(dsn_id)),
                 ],

@@ -12,8 +12,8 @@
 //! |---|---|
 //! | `received` | `id`, `client_ip`, `auth_user` (or null), `tls` (bool), `sender`, `recipients` [..], `size`, `message_id` (or null), `dkim` [..] (the signatures added, `d=.. s=.. a=..`) |
 //! | `delivered` | `id`, `recipient`, `relay`, `reply`, `tls` (bool), `delay_s` (since reception) |
-//! | `deferred` | `id`, `recipients` [..] (still pending), `reason`, `attempt`, `next_try` |
-//! | `bounced` | `id`, `recipient`, `status`, `reason`, `relay` (or null), `dsn_id` (or null when none was sent) |
+//! | `deferred` | `id`, `recipients` [..] (still pending), `reason`, `category`, `attempt`, `next_try` |
+//! | `bounced` | `id`, `recipient`, `status`, `reason`, `category`, `relay` (or null), `dsn_id` (or null when none was sent) |
 //! | `expired` | `id`, `recipients` [..], `age_s` |
 //! | `deleted` | `id`, `recipients` [..] (still pending) |
 //! | `suppressed` | `id`, `recipient`, `reason` (`unsubscribe`, `bounce`, `manual`): not sent, on the suppression list |
@@ -21,6 +21,13 @@
 //!
 //! Every event about a message that a trusted or authenticated client tagged
 //! (`X-MxRelay-Tag:`) also has `tag`.
+//!
+//! `category` says why, in one word, from the enhanced status code and the reply text (the
+//! rules and their real-world samples are in `category.rs`): `invalid_recipient`,
+//! `mailbox_full`, `spam_block`, `sender_auth` (SPF/DKIM/DMARC wanted), `policy`,
+//! `rate_limited`, `greylisted`, `auth` (logging in to the next hop), `dns`, `tls`,
+//! `connection`, `message_size` or `other`. New values may be added; treat an unknown one as
+//! `other`.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
@@ -33,6 +40,7 @@ use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::metrics::Metrics;
 
+pub mod category;
 mod event;
 pub use event::Event;
 

@@ -22,6 +22,8 @@
 //! | `mxrelay_recipients_deferred_total` | counter | | recipient delivery attempts failed temporarily |
 //! | `mxrelay_recipients_bounced_total` | counter | | recipients failed permanently or expired |
 //! | `mxrelay_recipients_suppressed_total` | counter | | recipients not sent to because they are on the suppression list |
+//! | `mxrelay_recipients_deferred_by_category_total` | counter | `category` | the deferred attempts by why (sums to the unlabelled total) |
+//! | `mxrelay_recipients_bounced_by_category_total` | counter | `category` | the bounced recipients by why (sums to the unlabelled total) |
 //! | `mxrelay_messages_expired_total` | counter | | messages given up on after the maximum queue time |
 //! | `mxrelay_delivered_bytes_total` | counter | | bytes sent to next hops in successful deliveries |
 //! | `mxrelay_auth_failures_total` | counter | | failed SMTP AUTH attempts |
@@ -34,7 +36,8 @@
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
 //!
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
-//! `other` (see [`Refusal`]). Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
+//! `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
+//! one always present. Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
 //! plus `+Inf`.
 //!
 //! # HTTP endpoint
@@ -50,6 +53,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
+use crate::events::category::Category;
 use crate::http::{self, Request, Response};
 pub use crate::smtp::session::Refusal;
 
@@ -71,6 +75,8 @@ pub struct Metrics {
     recipients_deferred: AtomicU64,
     recipients_bounced: AtomicU64,
     recipients_suppressed: AtomicU64,
+    deferred_by_category: [AtomicU64; Category::ALL.len()],
+    bounced_by_category: [AtomicU64; Category::ALL.len()],
     messages_expired: AtomicU64,
     delivered_bytes: AtomicU64,
     auth_failures: AtomicU64,
@@ -144,6 +150,8 @@ impl Metrics {
             recipients_deferred: AtomicU64::new(0),
             recipients_bounced: AtomicU64::new(0),
             recipients_suppressed: AtomicU64::new(0),
+            deferred_by_category: [const { AtomicU64::new(0) }; Category::ALL.len()],
+            bounced_by_category: [const { AtomicU64::new(0) }; Category::ALL.len()],
             messages_expired: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
@@ -187,14 +195,16 @@ impl Metrics {
         bump(&self.recipients_delivered, 1);
     }
 
-    /// One recipient's attempt failed temporarily.
-    pub fn recipient_deferred(&self) {
+    /// One recipient's attempt failed temporarily, for this reason.
+    pub fn recipient_deferred(&self, why: Category) {
         bump(&self.recipients_deferred, 1);
+        bump(&self.deferred_by_category[why.index()], 1);
     }
 
-    /// One recipient failed permanently or expired.
-    pub fn recipient_bounced(&self) {
+    /// One recipient failed permanently or expired, for this reason.
+    pub fn recipient_bounced(&self, why: Category) {
         bump(&self.recipients_bounced, 1);
+        bump(&self.bounced_by_category[why.index()], 1);
     }
 
     /// One recipient not sent to: on the suppression list.

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Histogram, LATENCY_BUCKETS, Metrics, Refusal};
+use crate::events::category::Category;
 
 /// A plain counter: (name, help, value).
 type Counter<'a> = (&'static str, &'static str, &'a AtomicU64);
@@ -32,6 +33,18 @@ impl Metrics {
             sample(&mut out, name, &[("reason", reason.label())], value);
         }
         counters(&mut out, &self.delivery_counters());
+        by_category(
+            &mut out,
+            "mxrelay_recipients_deferred_by_category_total",
+            "Recipient delivery attempts that failed temporarily, by why.",
+            &self.deferred_by_category,
+        );
+        by_category(
+            &mut out,
+            "mxrelay_recipients_bounced_by_category_total",
+            "Recipients that failed permanently or expired, by why.",
+            &self.bounced_by_category,
+        );
         self.latency.render(
             &mut out,
             "mxrelay_delivery_latency_seconds",
@@ -158,6 +171,19 @@ impl Histogram {
         let sum = load(&self.sum_micros) as f64 / 1e6;
         sample(out, &format!("{name}_sum"), &[], sum);
         sample(out, &format!("{name}_count"), &[], cumulative);
+    }
+}
+
+/// A counter family with one sample per category, every category present.
+fn by_category(out: &mut String, name: &str, help: &str, values: &[AtomicU64]) {
+    family(out, name, help, "counter");
+    for c in Category::ALL {
+        sample(
+            out,
+            name,
+            &[("category", c.label())],
+            load(&values[c.index()]),
+        );
     }
 }
 

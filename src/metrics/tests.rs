@@ -107,6 +107,8 @@ fn every_family_has_help_then_type_and_contiguous_samples() {
             "mxrelay_delivered_bytes_total",
             "mxrelay_auth_failures_total",
             "mxrelay_events_dropped_total",
+            "mxrelay_recipients_deferred_by_category_total",
+            "mxrelay_recipients_bounced_by_category_total",
             "mxrelay_delivery_latency_seconds",
             "mxrelay_open_connections",
             "mxrelay_busy_workers",
@@ -135,11 +137,11 @@ fn counters_and_gauges_render_their_values() {
     m.message_rejected(Refusal::TooManyErrors);
     m.message_rejected(Refusal::TooManyErrors);
     m.recipient_delivered();
-    m.recipient_deferred();
-    m.recipient_deferred();
-    m.recipient_bounced();
     m.recipient_suppressed();
     m.recipient_suppressed();
+    m.recipient_deferred(Category::Greylisted);
+    m.recipient_deferred(Category::Connection);
+    m.recipient_bounced(Category::InvalidRecipient);
     m.message_expired();
     m.bytes_delivered(4096);
     m.auth_failed();
@@ -171,6 +173,26 @@ fn counters_and_gauges_render_their_values() {
         ("mxrelay_recipients_deferred_total", "2"),
         ("mxrelay_recipients_bounced_total", "1"),
         ("mxrelay_recipients_suppressed_total", "2"),
+        (
+            "mxrelay_recipients_deferred_by_category_total{category=\"greylisted\"}",
+            "1",
+        ),
+        (
+            "mxrelay_recipients_deferred_by_category_total{category=\"connection\"}",
+            "1",
+        ),
+        (
+            "mxrelay_recipients_deferred_by_category_total{category=\"dns\"}",
+            "0",
+        ),
+        (
+            "mxrelay_recipients_bounced_by_category_total{category=\"invalid_recipient\"}",
+            "1",
+        ),
+        (
+            "mxrelay_recipients_bounced_by_category_total{category=\"other\"}",
+            "0",
+        ),
         ("mxrelay_messages_expired_total", "1"),
         ("mxrelay_delivered_bytes_total", "4096"),
         ("mxrelay_auth_failures_total", "1"),
