@@ -23,6 +23,7 @@ use crate::delivery::sites::Sites;
 use crate::delivery::{self, Context};
 use crate::dns::{CACHE_ENTRIES, CachingResolver, DnsClient, Resolver};
 use crate::events::Events;
+use crate::events::webhook::Webhooks;
 use crate::metrics::{self, Metrics};
 use crate::server::{self, Server, Services};
 use crate::spool::id::MsgId;
@@ -43,6 +44,7 @@ pub struct Relay {
     scheduler: JoinHandle<()>,
     recovery: JoinHandle<()>,
     spool: Arc<Spool>,
+    events: Arc<Events>,
     /// The bound /metrics address and its stop flag.
     metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
 }
@@ -65,6 +67,7 @@ struct Acquired {
     metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
     transforms: Transforms,
     dkim: Option<Arc<Dkim>>,
+    webhook_secret: Option<Vec<u8>>,
 }
 
 /// The delivery side, running: what the listeners and the signals talk to.
@@ -97,8 +100,17 @@ impl Relay {
             None => None,
         };
         let metrics = acquired.metrics;
+        let webhooks = match acquired.webhook_secret {
+            Some(secret) => Some(Webhooks::start(
+                &cfg.webhooks,
+                secret,
+                &cfg.spool,
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         let events = Arc::new(
-            Events::open(cfg.events.as_deref(), metrics.clone())
+            Events::open(cfg.events.as_deref(), webhooks, metrics.clone())
                 .map_err(|e| err("--events")(e.to_string()))?,
         );
         let delivery = start_delivery(
@@ -117,7 +129,7 @@ impl Relay {
             auth_guard: cfg.auth.guard(),
             in_flow: delivery.in_flow,
             metrics,
-            events,
+            events: events.clone(),
             transforms: acquired.transforms,
         };
         let server = Server::start(acquired.sockets, cfg.server.clone(), services)?;
@@ -134,6 +146,7 @@ impl Relay {
             scheduler: delivery.scheduler,
             recovery: delivery.recovery,
             spool,
+            events,
             metrics_endpoint: acquired.metrics_endpoint,
         })
     }
@@ -189,6 +202,8 @@ impl Relay {
         let _ = self.recovery.join();
         // Workers may still finish deliveries, with nothing left to mark their cells free.
         self.spool.mark_freed_cells_at_once();
+        // Events still queued reach the log and the webhook outboxes.
+        self.events.close(Duration::from_secs(5));
     }
 }
 
@@ -211,6 +226,7 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
         }
     }
     let smarthost_auth = cfg.delivery.smarthost_auth()?;
+    let webhook_secret = cfg.webhooks.load_secret()?;
     let metrics = Arc::new(Metrics::new());
     let metrics_endpoint = match cfg.metrics_listen {
         Some(addr) => {
@@ -228,6 +244,7 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
         metrics_endpoint,
         transforms,
         dkim,
+        webhook_secret,
     })
 }
 

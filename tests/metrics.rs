@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mxrelay::events::category::Category;
-use mxrelay::metrics::{self, Metrics};
+use mxrelay::metrics::{self, Metrics, WebhookDrop};
 use mxrelay::smtp::session::Refusal;
 
 /// A running endpoint, stopped when dropped.
@@ -268,6 +268,10 @@ fn promtool_accepts_the_output() {
     m.recipient_delivered();
     m.recipient_deferred(Category::RateLimited);
     m.recipient_bounced(Category::SpamBlock);
+    m.webhook_delivered(3);
+    m.webhook_failed();
+    m.webhook_dropped(WebhookDrop::BacklogFull, 1);
+    m.webhook_backlog(2);
     m.message_expired();
     m.bytes_delivered(512);
     m.auth_failed();

@@ -344,6 +344,36 @@ pub static FLAGS: &[FlagDef] = &[
         "Write one JSON line per message event to FILE (- for standard output)",
         None,
     ),
+    multi(
+        "webhook",
+        "URL",
+        "POST every event, in signed JSON batches, to this http(s) URL (repeatable; needs --webhook-secret-file)",
+        None,
+    ),
+    opt(
+        "webhook-secret-file",
+        "FILE",
+        "Key for the webhooks' HMAC-SHA256 signature: the file's contents, one trailing newline trimmed",
+        None,
+    ),
+    opt(
+        "webhook-max-age",
+        "DURATION",
+        "Retry a webhook's events this long, then drop them",
+        Some("3d"),
+    ),
+    opt(
+        "webhook-max-backlog",
+        "BYTES",
+        "Events kept on disk per webhook while its receiver is down; newer ones are dropped past it",
+        Some("1G"),
+    ),
+    opt(
+        "webhook-retry",
+        "FIRST,MAX",
+        "Delay after a failed webhook POST, doubling up to MAX",
+        Some("5s,10m"),
+    ),
     opt(
         "metrics-listen",
         "ADDR:PORT",

@@ -15,6 +15,7 @@ use crate::delivery::flow::InFlowConfig;
 use crate::delivery::route::RouteTable;
 use crate::delivery::scheduler::SchedulerConfig;
 use crate::delivery::sites::SiteConfig;
+use crate::events::webhook::{self, WebhookConfig};
 use crate::server::ServerConfig;
 use crate::smtp::address::{self, Mailbox};
 use crate::suppression::SuppressionConfig;
@@ -47,6 +48,7 @@ pub struct Config {
     /// Empty: the servers of /etc/resolv.conf.
     pub dns_servers: Vec<SocketAddr>,
     pub events: Option<String>,
+    pub webhooks: WebhookConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub user: Option<String>,
     pub shutdown_grace: Duration,
@@ -119,6 +121,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         suppression: suppression(&f)?,
         dns_servers: f.list("dns-server", &[], parse_dns_server)?,
         events: f.given("events"),
+        webhooks: webhooks(&f)?,
         metrics_listen: f.opt("metrics-listen", |v| {
             v.parse().map_err(|_| format!("{v:?} is not ADDR:PORT"))
         })?,
@@ -177,6 +180,15 @@ impl Flags {
 
     fn dur(&self, name: &str) -> Result<Duration, ConfigError> {
         parse_duration(&self.value(name)).map_err(|e| bad(name, e))
+    }
+
+    /// A comma-separated list of durations.
+    fn durations(&self, name: &str) -> Result<Vec<Duration>, ConfigError> {
+        self.value(name)
+            .split(',')
+            .map(|s| parse_duration(s.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(name, e))
     }
 
     /// A duration that must not be zero.
@@ -260,6 +272,40 @@ fn suppression(f: &Flags) -> Result<SuppressionConfig, ConfigError> {
     let bounces = f.dur("suppress-bounces")?;
     Ok(SuppressionConfig {
         bounce_expiry: Some(bounces).filter(|d| !d.is_zero()),
+    })
+}
+
+fn webhooks(f: &Flags) -> Result<WebhookConfig, ConfigError> {
+    let urls = f.list("webhook", &[], webhook::parse_url)?;
+    if let Some((_, u)) = urls
+        .iter()
+        .enumerate()
+        .find(|(i, u)| urls[..*i].contains(u))
+    {
+        return Err(bad("webhook", format!("{u:?} is given twice")));
+    }
+    let secret_file = f.given("webhook-secret-file").map(PathBuf::from);
+    match (urls.is_empty(), &secret_file) {
+        (false, None) => return Err(bad("webhook", "needs --webhook-secret-file".into())),
+        (true, Some(_)) => return Err(bad("webhook-secret-file", "needs --webhook".into())),
+        _ => {}
+    }
+    let retry = f.durations("webhook-retry")?;
+    let retry = match retry[..] {
+        [first, max] if !first.is_zero() && first <= max => (first, max),
+        _ => {
+            return Err(bad(
+                "webhook-retry",
+                "wants FIRST,MAX with 0 < FIRST <= MAX".into(),
+            ));
+        }
+    };
+    Ok(WebhookConfig {
+        urls,
+        secret_file,
+        max_age: f.positive_dur("webhook-max-age")?,
+        max_backlog: f.size("webhook-max-backlog", 64 * 1024)?,
+        retry,
     })
 }
 
@@ -381,12 +427,7 @@ fn scheduler(
     postmaster: &Mailbox,
     routes: Arc<RouteTable>,
 ) -> Result<SchedulerConfig, ConfigError> {
-    let retry = f
-        .value("retry")
-        .split(',')
-        .map(|s| parse_duration(s.trim()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("retry", e))?;
+    let retry = f.durations("retry")?;
     if retry.iter().any(Duration::is_zero) {
         return Err(bad("retry", "delays must be greater than zero".into()));
     }

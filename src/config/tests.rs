@@ -139,6 +139,33 @@ fn errors_name_the_flag() {
         ),
         (&["--dkim", "example.com:sel"], "--dkim"),
         (&["--suppress-bounces", "a month"], "--suppress-bounces"),
+        (
+            &["--webhook", "http://h.test/"],
+            "needs --webhook-secret-file",
+        ),
+        (&["--webhook-secret-file", "k"], "needs --webhook"),
+        (
+            &["--webhook", "ftp://h.test/", "--webhook-secret-file", "k"],
+            "--webhook",
+        ),
+        (
+            &["--webhook", "https:///x", "--webhook-secret-file", "k"],
+            "--webhook",
+        ),
+        (
+            &[
+                "--webhook",
+                "http://h.test/",
+                "--webhook",
+                "http://h.test/",
+                "--webhook-secret-file",
+                "k",
+            ],
+            "given twice",
+        ),
+        (&["--webhook-retry", "5s"], "--webhook-retry"),
+        (&["--webhook-retry", "1m,5s"], "--webhook-retry"),
+        (&["--webhook-max-age", "0s"], "--webhook-max-age"),
         (&["--bogus"], "bogus"),
         (&["stray"], "stray"),
     ];
@@ -216,6 +243,46 @@ fn value_parsers() {
         parse_cidr("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap())
+    );
+}
+
+#[test]
+fn webhook_flags() {
+    let c = run(&["--hostname", "relay.test"]).unwrap();
+    assert!(c.webhooks.urls.is_empty());
+    assert_eq!(c.webhooks.max_age, Duration::from_secs(3 * 86400));
+    assert_eq!(c.webhooks.max_backlog, 1 << 30);
+    assert_eq!(
+        c.webhooks.retry,
+        (Duration::from_secs(5), Duration::from_secs(600))
+    );
+    let c = run(&[
+        "--hostname",
+        "relay.test",
+        "--webhook",
+        "https://hooks.example/in?token=x",
+        "--webhook",
+        "http://127.0.0.1:8080/",
+        "--webhook-secret-file",
+        "/etc/mxrelay/hook.key",
+        "--webhook-max-age",
+        "1h",
+        "--webhook-retry",
+        "1s,30s",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.webhooks.urls,
+        ["https://hooks.example/in?token=x", "http://127.0.0.1:8080/"]
+    );
+    assert_eq!(
+        c.webhooks.secret_file.as_deref(),
+        Some(std::path::Path::new("/etc/mxrelay/hook.key"))
+    );
+    assert_eq!(c.webhooks.max_age, Duration::from_secs(3600));
+    assert_eq!(
+        c.webhooks.retry,
+        (Duration::from_secs(1), Duration::from_secs(30))
     );
 }
 

@@ -1,6 +1,6 @@
 //! The typed events and their one reporter: each step of a message's life is reported once,
-//! and the reporter writes its log line, counts its metric and emits its JSON event. A
-//! webhook sender will plug in here.
+//! and the reporter writes its log line, counts its metric and emits its JSON event (which
+//! the events writer gives to the event log and the webhooks alike).
 
 use std::time::{Duration, UNIX_EPOCH};
 

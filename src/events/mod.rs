@@ -2,9 +2,10 @@
 //! line, the metric and the JSON event come from one place.
 //!
 //! The event log: one JSON object per line for every step in a message's life, for
-//! pipelines and dashboards. Emitting never blocks an SMTP session or a delivery: lines go
-//! through a bounded channel to a writer thread, and when it falls behind, events are
-//! dropped, counted and logged.
+//! pipelines and dashboards; the webhooks (`webhook/`) get the same objects. Emitting never
+//! blocks an SMTP session or a delivery: lines go through a bounded channel to one writer
+//! thread, which writes the event log and appends to each webhook's outbox; when it falls
+//! behind, events are dropped, counted and logged.
 //!
 //! Schema version 1. Every event has `v` (1), `event` (its kind), `time` (RFC 3339, UTC, ms):
 //!
@@ -32,27 +33,40 @@
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
 use crate::metrics::Metrics;
 
 pub mod category;
 mod event;
+pub mod webhook;
 pub use event::Event;
+use webhook::{Outbox, SYNC_EVERY, Webhooks};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Lines waiting for the writer before events are dropped.
 const BACKLOG: usize = 10_000;
+/// Lines the writer takes before it flushes, at most.
+const ROUND: usize = 1024;
+
+/// What the writer thread is sent.
+enum Msg {
+    Line(String),
+    /// Write and sync everything before this, then answer.
+    Flush(Sender<()>),
+}
 
 pub struct Events {
-    tx: Option<Sender<String>>,
+    tx: Option<Sender<Msg>>,
     dropped: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The webhook senders, stopped by `close`.
+    senders: Mutex<webhook::Senders>,
 }
 
 /// A JSON value as the events need them.
@@ -72,39 +86,52 @@ pub fn tag(tag: &str) -> Option<&str> {
 }
 
 impl Events {
-    /// `None`: no event log. `-`: standard output. Otherwise a file, appended to.
-    pub fn open(target: Option<&str>, metrics: Arc<Metrics>) -> io::Result<Events> {
-        let Some(target) = target else {
+    /// `target`: `None`, no event log; `-`, standard output; otherwise a file, appended to.
+    /// `webhooks`: their outboxes get every event too. With neither, events are only logged
+    /// and counted.
+    pub fn open(
+        target: Option<&str>,
+        webhooks: Option<Webhooks>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Events> {
+        let out: Option<Box<dyn Write + Send>> = match target {
+            None => None,
+            Some("-") => Some(Box::new(io::stdout())),
+            Some(path) => Some(Box::new(
+                OpenOptions::new().create(true).append(true).open(path)?,
+            )),
+        };
+        let (hooks, max_backlog, senders) = match webhooks {
+            Some(w) => {
+                let max = w.max_backlog;
+                let (outboxes, senders) = w.split();
+                (outboxes, max, senders)
+            }
+            None => (Vec::new(), 0, Vec::new()),
+        };
+        if out.is_none() && hooks.is_empty() {
             return Ok(Events {
                 tx: None,
                 dropped: AtomicU64::new(0),
                 metrics,
+                senders: Mutex::default(),
             });
+        }
+        let (tx, rx) = bounded::<Msg>(BACKLOG);
+        let writer = Writer {
+            out,
+            hooks,
+            max_backlog,
+            metrics: metrics.clone(),
         };
-        let mut out: Box<dyn Write + Send> = if target == "-" {
-            Box::new(io::stdout())
-        } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(target)?)
-        };
-        let (tx, rx) = bounded::<String>(BACKLOG);
         std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    let mut ok = out.write_all(line.as_bytes()).is_ok();
-                    // Write what else is waiting before flushing once.
-                    while let Ok(more) = rx.try_recv() {
-                        ok &= out.write_all(more.as_bytes()).is_ok();
-                    }
-                    if !ok || out.flush().is_err() {
-                        log::error!("events: write failed");
-                    }
-                }
-            })?;
+            .spawn(move || writer.run(rx))?;
         Ok(Events {
             tx: Some(tx),
             dropped: AtomicU64::new(0),
             metrics,
+            senders: Mutex::new(senders),
         })
     }
 
@@ -112,7 +139,7 @@ impl Events {
     fn emit(&self, kind: &str, fields: &[(&str, V)]) {
         let Some(tx) = &self.tx else { return };
         let line = to_json(kind, SystemTime::now(), fields);
-        match tx.try_send(line) {
+        match tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.event_dropped();
@@ -121,6 +148,105 @@ impl Events {
                     log::warn!("events: writer behind, {n} events dropped so far");
                 }
             }
+        }
+    }
+
+    /// On stop: writes and syncs what is queued (waiting up to `wait`), then stops the
+    /// webhook senders (a POST in flight is sent again on the next start).
+    pub fn close(&self, wait: Duration) {
+        if let Some(tx) = &self.tx {
+            let (ack, done) = bounded(1);
+            if tx.send_timeout(Msg::Flush(ack), wait).is_err() || done.recv_timeout(wait).is_err() {
+                log::warn!("events: the writer did not finish in {wait:?}");
+            }
+        }
+        let senders = std::mem::take(&mut *self.senders.lock().unwrap_or_else(|e| e.into_inner()));
+        Webhooks::stop_senders(senders, Duration::from_secs(1));
+    }
+}
+
+/// The events writer thread: the event log and the webhook outboxes.
+struct Writer {
+    out: Option<Box<dyn Write + Send>>,
+    hooks: Vec<Outbox>,
+    max_backlog: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        // Since when outboxes hold appends not yet synced.
+        let mut unsynced: Option<Instant> = None;
+        loop {
+            let first = match unsynced {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(t) => rx.recv_timeout(SYNC_EVERY.saturating_sub(t.elapsed())),
+            };
+            let first = match first {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sync();
+                    unsynced = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut acks = Vec::new();
+            let mut ok = true;
+            let mut next = Some(first);
+            let mut taken = 0;
+            // Write what else is waiting before flushing once.
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Line(line) => ok &= self.write(&line),
+                    Msg::Flush(ack) => acks.push(ack),
+                }
+                taken += 1;
+                next = if taken < ROUND {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if let Some(out) = &mut self.out
+                && (!ok || out.flush().is_err())
+            {
+                log::error!("events: write failed");
+            }
+            for hook in &mut self.hooks {
+                hook.publish(&self.metrics);
+            }
+            if unsynced.is_none() && self.hooks.iter().any(Outbox::unsynced) {
+                unsynced = Some(Instant::now());
+            }
+            if unsynced.is_some_and(|t| t.elapsed() >= SYNC_EVERY) || !acks.is_empty() {
+                self.sync();
+                unsynced = None;
+            }
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+        self.sync();
+    }
+
+    fn write(&mut self, line: &str) -> bool {
+        let ok = match &mut self.out {
+            Some(out) => out.write_all(line.as_bytes()).is_ok(),
+            None => true,
+        };
+        if !self.hooks.is_empty() {
+            let record = webhook::record(line, SystemTime::now());
+            for hook in &mut self.hooks {
+                hook.append(&record, self.max_backlog, &self.metrics);
+            }
+        }
+        ok
+    }
+
+    fn sync(&mut self) {
+        for hook in &mut self.hooks {
+            hook.sync();
         }
     }
 }

@@ -28,11 +28,15 @@
 //! | `mxrelay_delivered_bytes_total` | counter | | bytes sent to next hops in successful deliveries |
 //! | `mxrelay_auth_failures_total` | counter | | failed SMTP AUTH attempts |
 //! | `mxrelay_events_dropped_total` | counter | | event log records dropped because the writer fell behind |
+//! | `mxrelay_webhook_delivered_total` | counter | | events a webhook receiver accepted (2xx) |
+//! | `mxrelay_webhook_failed_total` | counter | | webhook POSTs that failed (no connection, timeout, not 2xx); retried |
+//! | `mxrelay_webhook_dropped_total` | counter | `reason` | events given up on: `max_age` (older than `--webhook-max-age`), `backlog_full` (over `--webhook-max-backlog`) |
 //! | `mxrelay_delivery_latency_seconds` | histogram | `le` | seconds from reception to delivery, per recipient |
 //! | `mxrelay_open_connections` | gauge | | SMTP connections open now |
 //! | `mxrelay_busy_workers` | gauge | | delivery workers busy now |
 //! | `mxrelay_queue_messages` | gauge | | messages in the queue (set by the scheduler) |
 //! | `mxrelay_queue_oldest_message_age_seconds` | gauge | | age of the oldest queued message (set by the scheduler) |
+//! | `mxrelay_webhook_backlog_events` | gauge | | events waiting on disk for webhook receivers (all webhooks) |
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
 //!
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
@@ -81,6 +85,10 @@ pub struct Metrics {
     delivered_bytes: AtomicU64,
     auth_failures: AtomicU64,
     events_dropped: AtomicU64,
+    webhook_delivered: AtomicU64,
+    webhook_failed: AtomicU64,
+    webhook_dropped: [AtomicU64; WebhookDrop::ALL.len()],
+    webhook_backlog: AtomicI64,
     latency: Histogram,
     // Up/down gauges are signed: an unbalanced close shows as a negative value instead of
     // wrapping around to 2^64 - 1.
@@ -156,6 +164,10 @@ impl Metrics {
             delivered_bytes: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            webhook_delivered: AtomicU64::new(0),
+            webhook_failed: AtomicU64::new(0),
+            webhook_dropped: [const { AtomicU64::new(0) }; WebhookDrop::ALL.len()],
+            webhook_backlog: AtomicI64::new(0),
             latency: Histogram::new(),
             open_connections: AtomicI64::new(0),
             busy_workers: AtomicI64::new(0),
@@ -229,6 +241,26 @@ impl Metrics {
         bump(&self.events_dropped, 1);
     }
 
+    /// A webhook receiver took `n` events.
+    pub fn webhook_delivered(&self, n: u64) {
+        bump(&self.webhook_delivered, n);
+    }
+
+    /// A webhook POST failed (it is retried).
+    pub fn webhook_failed(&self) {
+        bump(&self.webhook_failed, 1);
+    }
+
+    /// `n` events given up on.
+    pub fn webhook_dropped(&self, why: WebhookDrop, n: u64) {
+        bump(&self.webhook_dropped[why as usize], n);
+    }
+
+    /// Events waiting for webhook receivers: `delta` more (or fewer).
+    pub fn webhook_backlog(&self, delta: i64) {
+        self.webhook_backlog.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// Seconds from reception to delivery of a recipient, into a fixed-bucket histogram
     /// ([`LATENCY_BUCKETS`] plus `+Inf`). NaN and negative values count as 0.
     pub fn observe_delivery_latency(&self, seconds: f64) {
@@ -260,6 +292,24 @@ impl Metrics {
         self.queue_messages.store(messages, Ordering::Relaxed);
         self.queue_oldest_age
             .store(oldest_age_seconds, Ordering::Relaxed);
+    }
+}
+
+/// Why webhook events were given up on (the `reason` of `mxrelay_webhook_dropped_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookDrop {
+    MaxAge,
+    BacklogFull,
+}
+
+impl WebhookDrop {
+    pub const ALL: [WebhookDrop; 2] = [WebhookDrop::MaxAge, WebhookDrop::BacklogFull];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookDrop::MaxAge => "max_age",
+            WebhookDrop::BacklogFull => "backlog_full",
+        }
     }
 }
 

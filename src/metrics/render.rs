@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Histogram, LATENCY_BUCKETS, Metrics, Refusal};
+use super::{Histogram, LATENCY_BUCKETS, Metrics, Refusal, WebhookDrop};
 use crate::events::category::Category;
 
 /// A plain counter: (name, help, value).
@@ -45,6 +45,14 @@ impl Metrics {
             "Recipients that failed permanently or expired, by why.",
             &self.bounced_by_category,
         );
+        counters(&mut out, &self.webhook_counters());
+        let name = "mxrelay_webhook_dropped_total";
+        let help = "Webhook events given up on, by reason.";
+        family(&mut out, name, help, "counter");
+        for why in WebhookDrop::ALL {
+            let value = load(&self.webhook_dropped[why as usize]);
+            sample(&mut out, name, &[("reason", why.label())], value);
+        }
         self.latency.render(
             &mut out,
             "mxrelay_delivery_latency_seconds",
@@ -136,6 +144,21 @@ impl Metrics {
         ]
     }
 
+    fn webhook_counters(&self) -> [Counter<'_>; 2] {
+        [
+            (
+                "mxrelay_webhook_delivered_total",
+                "Events a webhook receiver accepted.",
+                &self.webhook_delivered,
+            ),
+            (
+                "mxrelay_webhook_failed_total",
+                "Webhook POSTs that failed and are retried.",
+                &self.webhook_failed,
+            ),
+        ]
+    }
+
     fn gauges(&self, out: &mut String) {
         let signed = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
         let name = "mxrelay_open_connections";
@@ -151,6 +174,10 @@ impl Metrics {
         let help = "Age in seconds of the oldest message in the queue.";
         family(out, name, help, "gauge");
         sample(out, name, &[], load(&self.queue_oldest_age));
+        let name = "mxrelay_webhook_backlog_events";
+        let help = "Events waiting on disk for webhook receivers.";
+        family(out, name, help, "gauge");
+        sample(out, name, &[], signed(&self.webhook_backlog));
     }
 }
 

@@ -109,11 +109,15 @@ fn every_family_has_help_then_type_and_contiguous_samples() {
             "mxrelay_events_dropped_total",
             "mxrelay_recipients_deferred_by_category_total",
             "mxrelay_recipients_bounced_by_category_total",
+            "mxrelay_webhook_delivered_total",
+            "mxrelay_webhook_failed_total",
+            "mxrelay_webhook_dropped_total",
             "mxrelay_delivery_latency_seconds",
             "mxrelay_open_connections",
             "mxrelay_busy_workers",
             "mxrelay_queue_messages",
             "mxrelay_queue_oldest_message_age_seconds",
+            "mxrelay_webhook_backlog_events",
             "mxrelay_build_info",
         ]
     );
@@ -142,6 +146,11 @@ fn counters_and_gauges_render_their_values() {
     m.recipient_deferred(Category::Greylisted);
     m.recipient_deferred(Category::Connection);
     m.recipient_bounced(Category::InvalidRecipient);
+    m.webhook_delivered(5);
+    m.webhook_failed();
+    m.webhook_dropped(WebhookDrop::MaxAge, 2);
+    m.webhook_backlog(7);
+    m.webhook_backlog(-3);
     m.message_expired();
     m.bytes_delivered(4096);
     m.auth_failed();
@@ -193,6 +202,14 @@ fn counters_and_gauges_render_their_values() {
             "mxrelay_recipients_bounced_by_category_total{category=\"other\"}",
             "0",
         ),
+        ("mxrelay_webhook_delivered_total", "5"),
+        ("mxrelay_webhook_failed_total", "1"),
+        ("mxrelay_webhook_dropped_total{reason=\"max_age\"}", "2"),
+        (
+            "mxrelay_webhook_dropped_total{reason=\"backlog_full\"}",
+            "0",
+        ),
+        ("mxrelay_webhook_backlog_events", "4"),
         ("mxrelay_messages_expired_total", "1"),
         ("mxrelay_delivered_bytes_total", "4096"),
         ("mxrelay_auth_failures_total", "1"),

@@ -81,7 +81,7 @@ fn bench(active_limit: usize, workers: usize) -> Bench {
             spool,
             ledger: Arc::default(),
             sites,
-            events: Arc::new(Events::open(None, metrics.clone()).unwrap()),
+            events: Arc::new(Events::open(None, None, metrics.clone()).unwrap()),
             metrics,
         },
     );
