@@ -106,8 +106,16 @@ pub enum Event<'a> {
 impl Events {
     /// Reports an event: its log line, its metric and its JSON event.
     pub fn report(&self, event: &Event) {
-        self.log_and_count(event);
+        // Worked out once: the log line, the metric and the JSON event all carry it.
+        let category = event.category();
+        self.log_and_count(event, category);
         if let Some((name, mut fields)) = event.record() {
+            if let Some(c) = category {
+                // Beside the reason it is read from.
+                let at = fields.iter().position(|(k, _)| *k == "reason");
+                let at = at.map_or(fields.len(), |i| i + 1);
+                fields.insert(at, ("category", V::Str(c.label())));
+            }
             if let Some(tag) = event.tag() {
                 fields.push(("tag", V::Str(tag)));
             }
@@ -115,7 +123,8 @@ impl Events {
         }
     }
 
-    fn log_and_count(&self, event: &Event) {
+    fn log_and_count(&self, event: &Event, category: Option<Category>) {
+        let category = category.unwrap_or(Category::Other);
         let m = &self.metrics;
         match *event {
             Event::Received {
@@ -173,7 +182,6 @@ impl Events {
                 recipient,
                 reason,
             } => {
-                let category = categorize(None, reason);
                 log::info!(
                     "{id}: deferred to=<{recipient}> category={} reason=\"{reason}\"",
                     category.label()
@@ -188,7 +196,7 @@ impl Events {
             } => {
                 log::info!(
                     "{id}: failed to=<{recipient}> status={status} category={} reason=\"{reason}\"",
-                    categorize(Some(status), reason).label()
+                    category.label()
                 );
             }
             Event::Deferred {
@@ -203,9 +211,7 @@ impl Events {
                     human(delay)
                 );
             }
-            Event::Bounced { .. } => {
-                m.recipient_bounced(event.category().unwrap_or(Category::Other))
-            }
+            Event::Bounced { .. } => m.recipient_bounced(category),
             Event::Expired { id, reason, .. } => {
                 log::info!("{id}: expired: {reason}");
                 m.message_expired();
@@ -330,7 +336,6 @@ impl Event<'_> {
                     ("id", V::Str(id)),
                     ("recipients", V::List(recipients)),
                     ("reason", V::Str(reason)),
-                    ("category", V::Str(categorize(None, reason).label())),
                     ("attempt", V::Num(attempt as u64)),
                     (
                         "next_try",
@@ -353,10 +358,6 @@ impl Event<'_> {
                     ("recipient", V::Str(recipient)),
                     ("status", V::Str(status)),
                     ("reason", V::OptStr(reason)),
-                    (
-                        "category",
-                        V::Str(categorize(Some(status), reason.unwrap_or("")).label()),
-                    ),
                     ("relay", V::OptStr(relay)),
                     ("dsn_id", V::OptStr(dsn_id)),
                 ],
