@@ -359,16 +359,6 @@ fn metrics_count_what_happened() {
     let sink = sink_on("127.0.0.19", 0, Script::default());
     let spool = TempDir::new("metrics-e2e");
     let relay = Relay::via(&sink, spool.path(), &["--metrics-listen", "127.0.0.1:0"]);
-    let addr: std::net::SocketAddr = relay
-        .log()
-        .lines()
-        .find_map(|l| {
-            l.split("metrics on http://")
-                .nth(1)
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse().ok())
-        })
-        .expect("metrics address in the log");
     submit(
         relay.addr,
         "a@client.test",
@@ -376,22 +366,14 @@ fn metrics_count_what_happened() {
         MSG,
     );
     delivered(&sink, 1, &relay);
-    let body = |addr| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
     assert!(
-        wait_until(WAIT, || body(addr)
+        wait_until(WAIT, || relay
+            .metrics()
             .contains("mxrelay_recipients_delivered_total 2")),
         "{}",
-        body(addr)
+        relay.metrics()
     );
-    let text = body(addr);
+    let text = relay.metrics();
     assert!(text.contains("mxrelay_messages_received_total 1"), "{text}");
     assert!(
         text.contains("mxrelay_delivery_latency_seconds_count 2"),

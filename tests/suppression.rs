@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -65,25 +63,6 @@ fn send(relay: &Relay, rcpts: &[&str]) -> String {
     let id = queue_id(&reply);
     relay.wait_log(&format!("{id}: removed"));
     id
-}
-
-/// The relay's /metrics page (it runs with `--metrics-listen`).
-fn scrape(relay: &Relay) -> String {
-    relay.wait_log("serving metrics on http://");
-    let log = relay.log();
-    let addr = log
-        .split("serving metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).unwrap();
-    page
 }
 
 /// RCPT commands the sink saw for `address`.
@@ -160,7 +139,7 @@ fn a_suppressed_recipient_is_skipped_and_the_others_delivered() {
     assert_eq!(transactions(), before, "{:?}", sink.commands());
     assert!(wait_until(WAIT, || relay.queued() == 0), "{}", relay.log());
     assert!(dsns(&sink).is_empty());
-    let metrics = scrape(&relay);
+    let metrics = relay.metrics();
     assert!(
         metrics.contains("\nmxrelay_recipients_suppressed_total 2\n"),
         "{metrics}"

@@ -451,7 +451,7 @@ fn events_older_than_the_maximum_age_are_dropped() {
     let old = submit_numbered(relay.addr, 1, "old").remove(0);
     let dropped = "mxrelay_webhook_dropped_total{reason=\"max_age\"} 2\n";
     assert!(
-        wait_until(WAIT, || scrape(&relay).contains(dropped)),
+        wait_until(WAIT, || relay.metrics().contains(dropped)),
         "{}",
         relay.log()
     );
@@ -473,7 +473,7 @@ fn events_older_than_the_maximum_age_are_dropped() {
         ],
         "{old} must not arrive"
     );
-    let metrics = scrape(&relay);
+    let metrics = relay.metrics();
     assert!(metrics.contains(dropped), "{metrics}");
     assert!(
         metrics.contains("mxrelay_webhook_delivered_total 2\n"),
@@ -519,25 +519,4 @@ fn a_wrong_secret_fails_verification() {
     assert!(hook.posts().iter().all(|p| !p.verified));
     // Refused, so kept and retried.
     relay.wait_log("the receiver answered 401");
-}
-
-/// The relay's /metrics text.
-fn scrape(relay: &Relay) -> String {
-    let addr: SocketAddr = relay
-        .log()
-        .lines()
-        .find_map(|l| {
-            l.split("metrics on http://")
-                .nth(1)
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse().ok())
-        })
-        .expect("metrics address in the log");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
 }

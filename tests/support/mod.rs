@@ -168,6 +168,25 @@ impl Relay {
         self.log.lock().unwrap().clone()
     }
 
+    /// The relay's /metrics page (it runs with `--metrics-listen`).
+    pub fn metrics(&self) -> String {
+        self.wait_log("serving metrics on http://");
+        let log = self.log();
+        let addr = log
+            .split("serving metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+        page
+    }
+
     /// Waits until the log contains `needle` `count` times; panics with the log otherwise.
     pub fn wait_log_n(&self, needle: &str, count: usize) {
         if !wait_until(WAIT, || self.log().matches(needle).count() >= count) {
