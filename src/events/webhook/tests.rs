@@ -75,3 +75,32 @@ fn the_secret_file_loses_one_trailing_newline() {
     assert!(e.contains("--webhook-secret-file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_full_backlog_drops_new_events_and_counts_them() {
+    let dir = std::env::temp_dir().join(format!("mxrelay-hook-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (writer, _reader, _shared) = outbox::open(&dir).unwrap();
+    let mut outbox = Outbox {
+        url: "http://127.0.0.1/".into(),
+        writer,
+        dropped: 0,
+    };
+    let metrics = Metrics::new();
+    let event = record("{\"event\":\"delivered\"}", std::time::SystemTime::now());
+    // Room for two records and a half.
+    let max = event.len() as u64 * 5 / 2;
+    for _ in 0..5 {
+        outbox.append(&event, max, &metrics);
+    }
+    outbox.publish(&metrics);
+    assert_eq!(outbox.dropped, 3);
+    assert_eq!(outbox.writer.backlog_bytes(), 2 * event.len() as u64);
+    let page = metrics.render();
+    assert!(
+        page.contains("mxrelay_webhook_dropped_total{reason=\"backlog_full\"} 3"),
+        "{page}"
+    );
+    assert!(page.contains("mxrelay_webhook_backlog_events 2"), "{page}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
