@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 endpoint on `std::net`, for `/metrics` (and, later, the tracking and
-//! unsubscribe links): a thread per connection, at most 16 at once (503 beyond), 5 s to send
+//! A small HTTP/1.1 endpoint on `std::net`, for `/metrics` and the tracking and unsubscribe
+//! links: a thread per connection, at most 16 at once by default (503 beyond), 5 s to send
 //! the request head (a total, not per read, so trickling bytes does not extend it) and 5 s per
 //! write, the head bounded at 8 KiB (431 beyond), malformed request lines answered 400, and
 //! every response closing the connection. A POST may carry a body of at most 1 KiB
@@ -113,7 +113,28 @@ pub fn serve(
     handler: Arc<Handler>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<SocketAddr> {
-    serve_with(addr, name, handler, stop, HttpLimits::DEFAULT)
+    serve_with(bind(addr, name)?, name, handler, stop, HttpLimits::DEFAULT)
+}
+
+/// Binds `addr` for [`serve_on`] (at start, while the relay may still bind privileged ports).
+pub fn bind(addr: SocketAddr, name: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} for {name}: {e}")))
+}
+
+/// As [`serve`], on a bound listener and with its own cap on concurrent connections.
+pub fn serve_on(
+    listener: TcpListener,
+    name: &'static str,
+    handler: Arc<Handler>,
+    stop: Arc<AtomicBool>,
+    max_connections: usize,
+) -> io::Result<SocketAddr> {
+    let limits = HttpLimits {
+        max_connections,
+        ..HttpLimits::DEFAULT
+    };
+    serve_with(listener, name, handler, stop, limits)
 }
 
 /// Stops a [`serve`] loop: sets `stop` and connects once to `addr` (loopback if `addr` is a
@@ -125,15 +146,12 @@ pub fn shutdown(addr: SocketAddr, stop: &AtomicBool) {
 }
 
 fn serve_with(
-    addr: SocketAddr,
+    listener: TcpListener,
     name: &'static str,
     handler: Arc<Handler>,
     stop: Arc<AtomicBool>,
     limits: HttpLimits,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot listen on {addr} for {name}: {e}"))
-    })?;
     let local = listener.local_addr()?;
     thread::Builder::new()
         .name(format!("{name}-{local}"))
@@ -570,7 +588,14 @@ mod tests {
     /// An echo endpoint on a free loopback port, with these limits.
     fn echo_with(limits: HttpLimits, stop: &Arc<AtomicBool>) -> SocketAddr {
         let any = "127.0.0.1:0".parse().unwrap();
-        serve_with(any, "test", echo(), stop.clone(), limits).unwrap()
+        serve_with(
+            bind(any, "test").unwrap(),
+            "test",
+            echo(),
+            stop.clone(),
+            limits,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -23,3 +23,4 @@ pub mod suppression;
 pub mod tls;
 pub mod tracking;
 pub mod transform;
+pub mod web;

@@ -5,7 +5,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -24,15 +23,17 @@ use crate::delivery::{self, Context};
 use crate::dns::{CACHE_ENTRIES, CachingResolver, DnsClient, Resolver};
 use crate::events::Events;
 use crate::events::webhook::Webhooks;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::server::{self, Server, Services};
 use crate::spool::id::MsgId;
 use crate::spool::{Recovery, Spool};
 use crate::suppression::Suppressions;
 use crate::suppression::file::FileStore;
 use crate::tls::ServerTls;
+use crate::tracking::{Copier, Links};
 use crate::transform::Transforms;
 use crate::transform::dkim::Dkim;
+use crate::web;
 
 pub struct Relay {
     server: Server,
@@ -45,8 +46,8 @@ pub struct Relay {
     recovery: JoinHandle<()>,
     spool: Arc<Spool>,
     events: Arc<Events>,
-    /// The bound /metrics address and its stop flag.
-    metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
+    /// The HTTP listeners (metrics, tracking) being served.
+    http: Vec<web::Serving>,
 }
 
 /// Committed messages waiting for the scheduler; sessions block briefly when it is this far behind.
@@ -64,10 +65,11 @@ struct Acquired {
     users: Option<Arc<UsersFile>>,
     smarthost_auth: Option<(String, String)>,
     metrics: Arc<Metrics>,
-    metrics_endpoint: Option<(SocketAddr, Arc<AtomicBool>)>,
+    http: Vec<web::Bound>,
     transforms: Transforms,
     dkim: Option<Arc<Dkim>>,
     webhook_secret: Option<Vec<u8>>,
+    links: Option<Links>,
 }
 
 /// The delivery side, running: what the listeners and the signals talk to.
@@ -113,14 +115,33 @@ impl Relay {
             Events::open(cfg.events.as_deref(), webhooks, metrics.clone())
                 .map_err(|e| err("--events")(e.to_string()))?,
         );
+        let copier = acquired.links.clone().map(|links| {
+            Arc::new(Copier {
+                links,
+                exclude: cfg.tracking.exclude.clone(),
+                mailto: cfg.tracking.mailto.clone(),
+                dkim: acquired.dkim.clone(),
+                max_header: cfg.transforms.max_header_size,
+            })
+        });
         let delivery = start_delivery(
             cfg,
             acquired.smarthost_auth,
             recovery,
             (spool.clone(), metrics.clone(), events.clone()),
-            suppressions.clone(),
+            (suppressions.clone(), copier),
         )?;
-        control::serve(&cfg.spool, delivery.control.clone(), suppressions)?;
+        control::serve(&cfg.spool, delivery.control.clone(), suppressions.clone())?;
+        let http = web::serve(
+            acquired.http,
+            web::Routes {
+                metrics: metrics.clone(),
+                links: acquired.links,
+                events: events.clone(),
+                suppressions,
+                tracking_max_connections: cfg.tracking.max_connections,
+            },
+        )?;
         let services = Services {
             spool: spool.clone(),
             intake: delivery.intake,
@@ -147,7 +168,7 @@ impl Relay {
             recovery: delivery.recovery,
             spool,
             events,
-            metrics_endpoint: acquired.metrics_endpoint,
+            http,
         })
     }
 
@@ -194,8 +215,8 @@ impl Relay {
     /// in flight are abandoned; their recipients are still pending on disk.
     pub fn stop(self, grace: Duration) {
         self.server.stop(grace);
-        if let Some((addr, stop)) = &self.metrics_endpoint {
-            metrics::shutdown(*addr, stop);
+        for (addr, stop) in &self.http {
+            crate::http::shutdown(*addr, stop);
         }
         let _ = self.stop_scheduler.send(());
         let _ = self.scheduler.join();
@@ -227,24 +248,20 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
     }
     let smarthost_auth = cfg.delivery.smarthost_auth()?;
     let webhook_secret = cfg.webhooks.load_secret()?;
+    let links = cfg.tracking.links().map_err(err("tracking"))?;
     let metrics = Arc::new(Metrics::new());
-    let metrics_endpoint = match cfg.metrics_listen {
-        Some(addr) => {
-            let stop = Arc::new(AtomicBool::new(false));
-            Some((metrics::serve(addr, metrics.clone(), stop.clone())?, stop))
-        }
-        None => None,
-    };
+    let http = web::bind(cfg.metrics_listen, cfg.tracking.listen)?;
     Ok(Acquired {
         sockets,
         tls,
         users,
         smarthost_auth,
         metrics,
-        metrics_endpoint,
+        http,
         transforms,
         dkim,
         webhook_secret,
+        links,
     })
 }
 
@@ -270,7 +287,7 @@ fn start_delivery(
     smarthost_auth: Option<(String, String)>,
     recovery: Recovery,
     (spool, metrics, events): (Arc<Spool>, Arc<Metrics>, Arc<Events>),
-    suppressions: Arc<Suppressions>,
+    (suppressions, copier): (Arc<Suppressions>, Option<Arc<Copier>>),
 ) -> std::io::Result<Delivery> {
     let dns = DnsClient::with_servers(&cfg.dns_servers);
     let resolver: Arc<dyn Resolver> = Arc::new(CachingResolver::new(dns, CACHE_ENTRIES));
@@ -313,6 +330,7 @@ fn start_delivery(
         outcomes: outcome_tx,
         ctx: Arc::new(ctx),
         suppressions,
+        copier,
     };
     delivery::spawn_workers(cfg.delivery.workers, Arc::new(pool))?;
     let shared = scheduler::Shared {

@@ -740,3 +740,81 @@ fn sighup_reloads_the_keys_or_keeps_the_old_ones() {
     relay.wait_log("dkim: keys reloaded");
     assert!(signed(3));
 }
+
+#[test]
+fn tracked_copies_are_signed_after_the_rewrite() {
+    require_tools();
+    let tmp = TempDir::new("dkim-tracked");
+    let dir = tmp.path();
+    let (key, rec) = make_key(dir, "example.com", "t1", "rsa");
+    let dns = start_dnsmasq(dir, &[&rec]);
+    let sink = support::sink_on("127.0.0.1", 0, support::sink::Script::default());
+    let secret = dir.join("tracking.key");
+    std::fs::write(&secret, "a-tracking-secret-of-some-length\n").unwrap();
+    let spec = format!("example.com:t1:{}", key.display());
+    let relay = support::Relay::via(
+        &sink,
+        &dir.join("spool"),
+        &[
+            "--dkim",
+            &spec,
+            "--tracking-url",
+            "https://t.example",
+            "--tracking-secret-file",
+            secret.to_str().unwrap(),
+            "--track",
+            "clicks,opens",
+            "--unsubscribe",
+        ],
+    );
+    // A real sample: multipart/alternative with a quoted-printable HTML part.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mime");
+    let original = root.join("alternative-qp.eml");
+    let sample = std::fs::read(&original).unwrap();
+    let rcpts = ["bob@example.org", "carol@example.org"];
+    let r = support::submit(relay.addr, "news@example.com", &rcpts, &sample);
+    assert!(r.starts_with("250"), "{r}");
+    let got = support::delivered(&sink, 2, &relay);
+    let mut names = Vec::new();
+    for m in &got {
+        assert_eq!(m.rcpts.len(), 1, "one copy per recipient");
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(text.contains("https://t.example/c/"), "not tracked: {text}");
+        // RFC 8058 section 4: both unsubscribe fields under the signature.
+        let sig = text.split("DKIM-Signature:").nth(1).unwrap();
+        let h = sig.split("h=").nth(1).unwrap().split(';').next().unwrap();
+        let h: String = h.split_whitespace().collect();
+        assert!(h.contains("List-Unsubscribe:List-Unsubscribe-Post"), "{h}");
+        let name = m.rcpts[0].split('@').next().unwrap().to_string();
+        std::fs::write(dir.join(&name), &m.data).unwrap();
+        // Still well-formed MIME, every part but the HTML one unchanged.
+        let check = Command::new(PYTHON)
+            .arg(root.join("check.py"))
+            .arg(&original)
+            .arg(dir.join(&name))
+            .arg("https://t.example")
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        names.push(name);
+    }
+    let mut tampered = std::fs::read(dir.join("bob")).unwrap();
+    let at = tampered.len() - 40;
+    tampered[at] ^= 0x20;
+    std::fs::write(dir.join("bob-tampered"), &tampered).unwrap();
+    let (verdicts, _) = verify(dir, dns.port, &["bob", "carol", "bob-tampered"]);
+    for (name, pass) in [("bob", true), ("carol", true), ("bob-tampered", false)] {
+        let v = &verdicts[name];
+        assert_eq!(v.len(), 1, "{name}");
+        assert_eq!(
+            (v[0].d.as_str(), v[0].pass),
+            ("example.com", pass),
+            "{name}: {}",
+            v[0].why
+        );
+    }
+}

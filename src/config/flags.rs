@@ -339,6 +339,59 @@ pub static FLAGS: &[FlagDef] = &[
         Some("30d"),
     ),
     opt(
+        "tracking-url",
+        "URL",
+        "Public base URL of the tracking and unsubscribe endpoint, e.g. https://t.example.com",
+        None,
+    ),
+    multi(
+        "tracking-secret-file",
+        "FILE",
+        "Key that signs tracking tokens: the file's contents, one trailing newline trimmed \
+         (repeatable: the first signs, all verify, for key rotation)",
+        None,
+    ),
+    opt(
+        "tracking-listen",
+        "ADDR:PORT",
+        "Serve the tracking and unsubscribe links here (plain HTTP; may equal --metrics-listen)",
+        None,
+    ),
+    opt(
+        "tracking-max-connections",
+        "N",
+        "Requests answered at once by that endpoint; more get 503",
+        Some("256"),
+    ),
+    opt(
+        "track",
+        "clicks,opens|none",
+        "Track clicks and/or opens in the HTML of mail from trusted and authenticated clients \
+         (X-MxRelay-Track overrides per message)",
+        Some("none"),
+    ),
+    multi(
+        "track-exclude",
+        "DOMAIN",
+        "Never track links to this domain or its subdomains (repeatable)",
+        None,
+    ),
+    FlagDef {
+        long: "unsubscribe",
+        short: "",
+        hint: "",
+        help: "Add one-click List-Unsubscribe fields (RFC 8058) to each recipient's copy \
+               (X-MxRelay-Unsubscribe: yes|no overrides per message)",
+        default: None,
+        multi: false,
+    },
+    opt(
+        "unsubscribe-mailto",
+        "ADDRESS",
+        "Also offer this mailto: address in List-Unsubscribe",
+        None,
+    ),
+    opt(
         "events",
         "FILE",
         "Write one JSON line per message event to FILE (- for standard output)",

@@ -19,6 +19,7 @@ use crate::events::webhook::{self, WebhookConfig};
 use crate::server::ServerConfig;
 use crate::smtp::address::{self, Mailbox};
 use crate::suppression::SuppressionConfig;
+use crate::tracking::{Personal, TrackingConfig};
 use crate::transform::TransformConfig;
 
 mod flags;
@@ -49,6 +50,7 @@ pub struct Config {
     pub dns_servers: Vec<SocketAddr>,
     pub events: Option<String>,
     pub webhooks: WebhookConfig,
+    pub tracking: TrackingConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub user: Option<String>,
     pub shutdown_grace: Duration,
@@ -104,6 +106,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
     };
     let routes = Arc::new(routes(&f)?);
     let delivery = delivery(&f, &hostname, !routes.smarthost.is_empty())?;
+    let tracking = tracking(&f)?;
     let config = Config {
         server: server(&f, &hostname, &postmaster)?,
         tls_cert: f
@@ -117,7 +120,8 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             backlog: f.num("in-flow-backlog", 1)? as usize,
             delay: f.dur("in-flow-delay")?,
         },
-        transforms: transforms(&f)?,
+        transforms: transforms(&f, &tracking)?,
+        tracking,
         suppression: suppression(&f)?,
         dns_servers: f.list("dns-server", &[], parse_dns_server)?,
         events: f.given("events"),
@@ -255,7 +259,28 @@ impl Flags {
     }
 }
 
-fn transforms(f: &Flags) -> Result<TransformConfig, ConfigError> {
+fn tracking(f: &Flags) -> Result<TrackingConfig, ConfigError> {
+    let (clicks, opens) = Personal::parse_track(&f.value("track")).map_err(|e| bad("track", e))?;
+    let cfg = TrackingConfig {
+        url: f.given("tracking-url"),
+        secret_files: f.list("tracking-secret-file", &[], |v| Ok(PathBuf::from(v)))?,
+        listen: f.opt("tracking-listen", |v| {
+            v.parse().map_err(|_| format!("{v:?} is not ADDR:PORT"))
+        })?,
+        max_connections: f.num("tracking-max-connections", 1)? as usize,
+        defaults: Personal {
+            clicks,
+            opens,
+            unsubscribe: f.on("unsubscribe"),
+        },
+        exclude: f.list("track-exclude", &[], crate::tracking::config::parse_exclude)?,
+        mailto: f.given("unsubscribe-mailto"),
+    };
+    cfg.check().map_err(ConfigError)?;
+    Ok(cfg)
+}
+
+fn transforms(f: &Flags, tracking: &TrackingConfig) -> Result<TransformConfig, ConfigError> {
     Ok(TransformConfig {
         add_headers: f.list("add-header", &[], crate::transform::headers::parse_added)?,
         remove_headers: f.list(
@@ -265,6 +290,7 @@ fn transforms(f: &Flags) -> Result<TransformConfig, ConfigError> {
         )?,
         max_header_size: f.size("max-header-size", 1024)? as usize,
         dkim: f.list("dkim", &[], crate::transform::dkim::parse_spec)?,
+        control: tracking.control(),
     })
 }
 

@@ -296,3 +296,50 @@ fn help_lists_every_flag_with_defaults() {
         }
     }
 }
+
+#[test]
+fn tracking_flags() {
+    let c = run(&["--hostname", "relay.test"]).unwrap();
+    assert!(!c.tracking.defaults.any() && c.tracking.url.is_none());
+    assert!(!c.transforms.control.available.any());
+    let c = run(&[
+        "--hostname",
+        "relay.test",
+        "--tracking-url",
+        "https://t.example/",
+        "--tracking-secret-file",
+        "new.key",
+        "--tracking-secret-file",
+        "old.key",
+        "--tracking-listen",
+        "127.0.0.1:8080",
+        "--track",
+        "clicks,opens",
+        "--track-exclude",
+        "Partner.Example",
+        "--unsubscribe",
+    ])
+    .unwrap();
+    let t = &c.tracking;
+    assert_eq!(t.secret_files, [PathBuf::from("new.key"), "old.key".into()]);
+    assert_eq!(t.defaults.name(), "clicks,opens,unsubscribe");
+    assert_eq!(t.exclude, ["partner.example"]);
+    assert_eq!(t.max_connections, 256);
+    assert_eq!(c.transforms.control.defaults, t.defaults);
+    for (args, why) in [
+        (&["--track", "clicks"][..], "--track needs --tracking-url"),
+        (&["--track", "everything"], "--track"),
+        (&["--track", "unsubscribe"], "--track"),
+        (&["--unsubscribe"], "--unsubscribe needs"),
+        (
+            &["--tracking-url", "https://t.example"],
+            "--tracking-secret-file",
+        ),
+        (&["--track-exclude", "not a domain"], "--track-exclude"),
+    ] {
+        let mut a = vec!["--hostname", "relay.test"];
+        a.extend_from_slice(args);
+        let e = run(&a).unwrap_err().0;
+        assert!(e.contains(why), "{args:?}: {e}");
+    }
+}

@@ -210,3 +210,20 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     }
     Ok(Cidr { addr: ip, prefix })
 }
+
+/// A key from a file (`--webhook-secret-file`, `--tracking-secret-file`): its contents, one
+/// trailing newline (LF or CRLF) trimmed; refused when empty.
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut s = std::fs::read(path)
+        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    if s.last() == Some(&b'\n') {
+        s.pop();
+        if s.last() == Some(&b'\r') {
+            s.pop();
+        }
+    }
+    if s.is_empty() {
+        return Err(format!("the secret file {} is empty", path.display()));
+    }
+    Ok(s)
+}

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::dns::Resolver;
-use crate::spool::{Envelope, Place, Spool};
+use crate::spool::{Envelope, Place, Spool, Stored};
 use crate::suppression::Suppressions;
 use route::Destination;
 
@@ -54,6 +54,8 @@ pub struct Job {
     pub head: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// What the recipient's own copy gets (then `rcpts` holds one recipient).
+    pub personal: crate::tracking::Personal,
 }
 
 impl Job {
@@ -78,6 +80,7 @@ impl Job {
             head: env.head,
             eight_bit: env.eight_bit,
             smtputf8: env.smtputf8,
+            personal: env.personal,
         }
     }
 }
@@ -281,6 +284,8 @@ pub struct Pool {
     pub outcomes: Sender<Outcome>,
     pub ctx: Arc<Context>,
     pub suppressions: Arc<Suppressions>,
+    /// Makes each recipient's own copy of personalised mail (tracking, unsubscribe).
+    pub copier: Option<Arc<crate::tracking::Copier>>,
 }
 
 /// Workers report each job to its site, then send its outcome to the scheduler, except where
@@ -317,7 +322,7 @@ fn work(pool: &Pool) {
             attempt::Attempt::nothing()
         } else {
             match pool.spool.open_message(job.place) {
-                Ok(body) => attempt::deliver(&job, &body, ctx, &mut cache),
+                Ok(body) => deliver(&mut job, &body, pool, &mut cache),
                 Err(e) => {
                     attempt::Attempt::deferred(&job, format!("cannot open the queued message: {e}"))
                 }
@@ -340,6 +345,47 @@ fn work(pool: &Pool) {
         }
     }
     cache.expire(true);
+}
+
+/// The attempt of one job: the message as stored, or the recipient's own copy of
+/// personalised mail (made here, signed after the rewrite).
+fn deliver(
+    job: &mut Job,
+    stored: &Stored,
+    pool: &Pool,
+    cache: &mut attempt::Cache,
+) -> attempt::Attempt {
+    let copier = pool.copier.as_deref();
+    let (Some(copier), true, [(_, recipient)]) = (copier, job.personal.any(), &job.rcpts[..])
+    else {
+        return attempt::deliver(job, stored, &pool.ctx, cache);
+    };
+    let source = attempt::StoredMessage {
+        stored,
+        size: job.size,
+        head: job.head,
+    };
+    let recipient = recipient.clone();
+    let copy = match copier.prepare(&source, &job.id, &recipient, job.personal) {
+        Ok(Some(copy)) => copy,
+        Ok(None) => return attempt::deliver(job, stored, &pool.ctx, cache),
+        Err(e) => {
+            let reason = format!("cannot make the copy for {recipient}: {e}");
+            return attempt::Attempt::deferred(job, reason);
+        }
+    };
+    log::debug!(
+        "{}: copy for {recipient}: {} links, {} pixels, {} bytes",
+        job.id,
+        copy.report.links,
+        copy.report.pixels,
+        copy.size
+    );
+    // The next hop sees the copy: its SIZE, in order.
+    let mut own = job.clone();
+    own.size = copy.size;
+    own.head = 0;
+    attempt::deliver(&own, &copy, &pool.ctx, cache)
 }
 
 /// Takes the recipients on the suppression list out of `job`, just before its attempt: the

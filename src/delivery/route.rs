@@ -41,15 +41,20 @@ pub type Group = (Destination, Vec<(usize, String)>);
 
 impl RouteTable {
     /// A message's pending recipients, grouped by destination, at most `MAX_RCPTS_PER_JOB`
-    /// to a group.
+    /// to a group; one to a group when each gets a copy of their own (`Envelope::personal`).
     pub fn group(&self, env: &Envelope) -> Vec<Group> {
+        let per_group = if env.personal.any() {
+            1
+        } else {
+            MAX_RCPTS_PER_JOB
+        };
         let mut groups: Vec<Group> = Vec::new();
         for (i, r) in env.pending() {
             let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
             let dest = self.destination(domain);
             match groups
                 .iter_mut()
-                .find(|(d, rcpts)| *d == dest && rcpts.len() < MAX_RCPTS_PER_JOB)
+                .find(|(d, rcpts)| *d == dest && rcpts.len() < per_group)
             {
                 Some((_, rcpts)) => rcpts.push((i, r.address.clone())),
                 None => groups.push((dest, vec![(i, r.address.clone())])),
@@ -255,6 +260,18 @@ mod tests {
             smarthost: smarthost.map(hp).into_iter().collect(),
             routes: HashMap::from([("routed.test".to_string(), hp("10.0.0.1:2525"))]),
         }
+    }
+
+    #[test]
+    fn personal_copies_go_one_recipient_to_a_job() {
+        let t = table(None);
+        let mut env = Envelope::sample("M1", &["a@x.test", "b@x.test", "c@routed.test"]);
+        let sizes = |t: &RouteTable, env: &Envelope| -> Vec<usize> {
+            t.group(env).iter().map(|(_, r)| r.len()).collect()
+        };
+        assert_eq!(sizes(&t, &env), [2, 1]);
+        env.personal.unsubscribe = true;
+        assert_eq!(sizes(&t, &env), [1, 1, 1]);
     }
 
     #[test]

@@ -582,6 +582,7 @@ mod tests {
             head: 0,
             eight_bit: false,
             smtputf8: false,
+            personal: Default::default(),
         }
     }
 

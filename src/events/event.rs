@@ -10,6 +10,7 @@ use crate::delivery::clock::now_ms;
 use crate::delivery::scheduler::human;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Refused;
+use crate::tracking::Kind;
 
 pub enum Event<'a> {
     /// A message committed to the spool.
@@ -100,6 +101,19 @@ pub enum Event<'a> {
         recipient: &'a str,
         /// The list entry's reason: `unsubscribe`, `bounce` or `manual`.
         reason: &'a str,
+    },
+    /// A tracked link followed by a recipient: a click, an open (the pixel fetched) or a
+    /// one-click unsubscribe (done: the address is on the suppression list).
+    Engaged {
+        kind: Kind,
+        id: &'a str,
+        recipient: &'a str,
+        /// The original URL of a click.
+        url: Option<&'a str>,
+        user_agent: Option<&'a str>,
+        client_ip: Option<&'a str>,
+        /// Fetched by a mail provider's image proxy rather than a person (opens).
+        proxy: bool,
     },
 }
 
@@ -226,6 +240,22 @@ impl Events {
                 log::info!("{id}: suppressed to=<{recipient}> reason={reason} (not sent)");
                 m.recipient_suppressed();
             }
+            Event::Engaged {
+                kind,
+                id,
+                recipient,
+                client_ip,
+                proxy,
+                ..
+            } => {
+                log::info!(
+                    "{id}: {} by <{recipient}> from {}{}",
+                    kind.as_str(),
+                    client_ip.unwrap_or("?"),
+                    if proxy { " (image proxy)" } else { "" }
+                );
+                m.tracking_hit(kind);
+            }
         }
     }
 }
@@ -243,7 +273,8 @@ impl Event<'_> {
             | Event::Suppressed { tag, .. } => tag,
             Event::Rejected { .. }
             | Event::RecipientDeferred { .. }
-            | Event::RecipientFailed { .. } => None,
+            | Event::RecipientFailed { .. }
+            | Event::Engaged { .. } => None,
         }
     }
 
@@ -392,6 +423,26 @@ impl Event<'_> {
                     ("reason", V::Str(reason)),
                 ],
             ),
+            Event::Engaged {
+                kind,
+                id,
+                recipient,
+                url,
+                user_agent,
+                client_ip,
+                proxy,
+            } => {
+                let mut fields = vec![("id", V::Str(id)), ("recipient", V::Str(recipient))];
+                if kind == Kind::Click {
+                    fields.push(("url", V::OptStr(url)));
+                }
+                fields.push(("user_agent", V::OptStr(user_agent)));
+                fields.push(("client_ip", V::OptStr(client_ip)));
+                if kind == Kind::Open {
+                    fields.push(("proxy", V::Bool(proxy)));
+                }
+                (kind.as_str(), fields)
+            }
         })
     }
 }

@@ -31,6 +31,7 @@
 //! | `mxrelay_webhook_delivered_total` | counter | | events a webhook receiver accepted (2xx) |
 //! | `mxrelay_webhook_failed_total` | counter | | webhook POSTs that failed (no connection, timeout, not 2xx); retried |
 //! | `mxrelay_webhook_dropped_total` | counter | `reason` | events given up on: `max_age` (older than `--webhook-max-age`), `backlog_full` (over `--webhook-max-backlog`) |
+//! | `mxrelay_tracking_hits_total` | counter | `kind` | tracked links followed: `click`, `open` (the pixel fetched), `unsubscribe` (one-click POSTs done) |
 //! | `mxrelay_delivery_latency_seconds` | histogram | `le` | seconds from reception to delivery, per recipient |
 //! | `mxrelay_open_connections` | gauge | | SMTP connections open now |
 //! | `mxrelay_busy_workers` | gauge | | delivery workers busy now |
@@ -60,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use crate::events::category::Category;
 use crate::http::{self, Request, Response};
 pub use crate::smtp::session::Refusal;
+use crate::tracking::Kind;
 
 /// Upper bounds (seconds, inclusive) of the delivery latency histogram buckets; `+Inf` follows.
 pub const LATENCY_BUCKETS: [f64; 11] = [
@@ -89,6 +91,7 @@ pub struct Metrics {
     webhook_failed: AtomicU64,
     webhook_dropped: [AtomicU64; WebhookDrop::ALL.len()],
     webhook_backlog: AtomicI64,
+    tracking_hits: [AtomicU64; Kind::ALL.len()],
     latency: Histogram,
     // Up/down gauges are signed: an unbalanced close shows as a negative value instead of
     // wrapping around to 2^64 - 1.
@@ -168,6 +171,7 @@ impl Metrics {
             webhook_failed: AtomicU64::new(0),
             webhook_dropped: [const { AtomicU64::new(0) }; WebhookDrop::ALL.len()],
             webhook_backlog: AtomicI64::new(0),
+            tracking_hits: [const { AtomicU64::new(0) }; Kind::ALL.len()],
             latency: Histogram::new(),
             open_connections: AtomicI64::new(0),
             busy_workers: AtomicI64::new(0),
@@ -222,6 +226,11 @@ impl Metrics {
     /// One recipient not sent to: on the suppression list.
     pub fn recipient_suppressed(&self) {
         bump(&self.recipients_suppressed, 1);
+    }
+
+    /// A click, open or unsubscribe on the tracking endpoint.
+    pub fn tracking_hit(&self, kind: Kind) {
+        bump(&self.tracking_hits[kind as usize], 1);
     }
 
     pub fn message_expired(&self) {
@@ -321,7 +330,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<SocketAddr> {
-    let handler = move |r: &Request| route(r, &metrics);
+    let handler = move |r: &Request| route(r, &metrics).unwrap_or_else(Response::not_found);
     let local = http::serve(addr, "metrics", Arc::new(handler), stop)?;
     log::info!("serving metrics on http://{local}/metrics");
     Ok(local)
@@ -329,11 +338,14 @@ pub fn serve(
 
 pub use http::shutdown;
 
-fn route(r: &Request, metrics: &Metrics) -> Response {
+/// The answer for `/metrics`; `None` for other paths (one listener may serve other routes).
+pub fn route(r: &Request, metrics: &Metrics) -> Option<Response> {
     match (r.path, r.method) {
-        ("/metrics", "GET" | "HEAD") => Response::ok(EXPOSITION, metrics.render().into_bytes()),
-        ("/metrics", _) => Response::method_not_allowed("GET, HEAD"),
-        _ => Response::not_found(),
+        ("/metrics", "GET" | "HEAD") => {
+            Some(Response::ok(EXPOSITION, metrics.render().into_bytes()))
+        }
+        ("/metrics", _) => Some(Response::method_not_allowed("GET, HEAD")),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Histogram, LATENCY_BUCKETS, Metrics, Refusal, WebhookDrop};
 use crate::events::category::Category;
+use crate::tracking::Kind;
 
 /// A plain counter: (name, help, value).
 type Counter<'a> = (&'static str, &'static str, &'a AtomicU64);
@@ -25,13 +26,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         counters(&mut out, &self.intake_counters());
-        let name = "mxrelay_messages_rejected_total";
-        let help = "Messages or transactions refused, by reason.";
-        family(&mut out, name, help, "counter");
-        for reason in Refusal::ALL {
-            let value = load(&self.rejected[reason as usize]);
-            sample(&mut out, name, &[("reason", reason.label())], value);
-        }
+        labelled(
+            &mut out,
+            ("mxrelay_messages_rejected_total", "reason"),
+            "Messages or transactions refused, by reason.",
+            Refusal::ALL.map(|r| (r.label(), load(&self.rejected[r as usize]))),
+        );
         counters(&mut out, &self.delivery_counters());
         by_category(
             &mut out,
@@ -46,13 +46,18 @@ impl Metrics {
             &self.bounced_by_category,
         );
         counters(&mut out, &self.webhook_counters());
-        let name = "mxrelay_webhook_dropped_total";
-        let help = "Webhook events given up on, by reason.";
-        family(&mut out, name, help, "counter");
-        for why in WebhookDrop::ALL {
-            let value = load(&self.webhook_dropped[why as usize]);
-            sample(&mut out, name, &[("reason", why.label())], value);
-        }
+        labelled(
+            &mut out,
+            ("mxrelay_webhook_dropped_total", "reason"),
+            "Webhook events given up on, by reason.",
+            WebhookDrop::ALL.map(|w| (w.label(), load(&self.webhook_dropped[w as usize]))),
+        );
+        labelled(
+            &mut out,
+            ("mxrelay_tracking_hits_total", "kind"),
+            "Tracked links followed, by kind.",
+            Kind::ALL.map(|k| (k.as_str(), load(&self.tracking_hits[k as usize]))),
+        );
         self.latency.render(
             &mut out,
             "mxrelay_delivery_latency_seconds",
@@ -203,14 +208,20 @@ impl Histogram {
 
 /// A counter family with one sample per category, every category present.
 fn by_category(out: &mut String, name: &str, help: &str, values: &[AtomicU64]) {
+    let samples = Category::ALL.map(|c| (c.label(), load(&values[c.index()])));
+    labelled(out, (name, "category"), help, samples);
+}
+
+/// A counter family with one sample per value of its one label.
+fn labelled<const N: usize>(
+    out: &mut String,
+    (name, label): (&str, &str),
+    help: &str,
+    samples: [(&str, u64); N],
+) {
     family(out, name, help, "counter");
-    for c in Category::ALL {
-        sample(
-            out,
-            name,
-            &[("category", c.label())],
-            load(&values[c.index()]),
-        );
+    for (value, n) in samples {
+        sample(out, name, &[(label, value)], n);
     }
 }
 

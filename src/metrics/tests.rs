@@ -31,7 +31,7 @@ fn routes() {
             query: None,
             ..Request::default()
         };
-        route(&r, &m).status
+        route(&r, &m).map_or("404 Not Found", |r| r.status)
     };
     assert_eq!(status("GET", "/metrics"), "200 OK");
     assert_eq!(status("HEAD", "/metrics"), "200 OK");
@@ -112,6 +112,7 @@ fn every_family_has_help_then_type_and_contiguous_samples() {
             "mxrelay_webhook_delivered_total",
             "mxrelay_webhook_failed_total",
             "mxrelay_webhook_dropped_total",
+            "mxrelay_tracking_hits_total",
             "mxrelay_delivery_latency_seconds",
             "mxrelay_open_connections",
             "mxrelay_busy_workers",
@@ -163,6 +164,8 @@ fn counters_and_gauges_render_their_values() {
     m.worker_busy();
     m.worker_idle();
     m.set_queue(42, 3600);
+    m.tracking_hit(crate::tracking::Kind::Open);
+    m.tracking_hit(crate::tracking::Kind::Open);
     let t = m.render();
     for (series, want) in [
         ("mxrelay_connections_total", "2"),
@@ -210,6 +213,8 @@ fn counters_and_gauges_render_their_values() {
             "0",
         ),
         ("mxrelay_webhook_backlog_events", "4"),
+        ("mxrelay_tracking_hits_total{kind=\"open\"}", "2"),
+        ("mxrelay_tracking_hits_total{kind=\"click\"}", "0"),
         ("mxrelay_messages_expired_total", "1"),
         ("mxrelay_delivered_bytes_total", "4096"),
         ("mxrelay_auth_failures_total", "1"),

@@ -95,6 +95,7 @@ pub fn receive(
     env.head = head;
     env.eight_bit = summary.eight_bit;
     env.tag = notes.tag.unwrap_or_default();
+    env.personal = notes.personal;
     let place = match shared.services.spool.commit(incoming, &env) {
         Ok(place) => place,
         Err(e) => {

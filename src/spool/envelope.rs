@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::tracking::Personal;
+
 pub const VERSION: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +80,9 @@ pub struct Envelope {
     pub last_error: String,
     /// The client's tag (`X-MxRelay-Tag`), copied into the message's events; empty: none.
     pub tag: String,
+    /// What each recipient's copy gets (tracking, unsubscribe fields); with any, each
+    /// recipient is delivered in a transaction of its own.
+    pub personal: Personal,
     /// Put on hold by the operator: not delivered until released.
     pub held: bool,
     pub recipients: Vec<Recipient>,
@@ -110,6 +115,7 @@ impl Envelope {
             next_attempt: 0,
             last_error: String::new(),
             tag: String::new(),
+            personal: Personal::default(),
             held: false,
             recipients: Vec::new(),
         }
@@ -180,6 +186,9 @@ impl Envelope {
         if !self.tag.is_empty() {
             let _ = writeln!(s, "tag: {}", one_line(&self.tag));
         }
+        if self.personal.any() {
+            let _ = writeln!(s, "personal: {}", self.personal.name());
+        }
         for r in &self.recipients {
             let _ = writeln!(s, "rcpt: {} {}", r.state.name(), one_line(&r.address));
         }
@@ -233,6 +242,7 @@ impl Envelope {
                 "size" => e.size = num(value)?,
                 "head-after-body" => e.head = num(value)?,
                 "tag" => e.tag = value.to_string(),
+                "personal" => e.personal = Personal::parse(value).map_err(DecodeError)?,
                 "8bit" => e.eight_bit = flag(value)?,
                 "smtputf8" => e.smtputf8 = flag(value)?,
                 "attempts" => e.attempts = num(value)? as u32,
@@ -299,6 +309,11 @@ mod tests {
             next_attempt: 1_790_000_060_000,
             last_error: "451 4.7.1 try later".into(),
             tag: "welcome".into(),
+            personal: Personal {
+                clicks: true,
+                opens: false,
+                unsubscribe: true,
+            },
             held: true,
             recipients: vec![
                 Recipient {
@@ -331,10 +346,14 @@ mod tests {
             last_error: String::new(),
             head: 0,
             tag: String::new(),
+            personal: Personal::default(),
             ..e
         };
         let text = String::from_utf8(null.encode()).unwrap();
-        assert!(!text.contains("head") && !text.contains("tag"), "{text}");
+        assert!(
+            !text.contains("head") && !text.contains("tag") && !text.contains("personal"),
+            "{text}"
+        );
         assert_eq!(Envelope::decode(&null.encode()), Ok(null));
     }
 

@@ -5,15 +5,21 @@
 //! one copy per recipient, rewritten while it streams to the next hop, then DKIM-signed.
 
 pub mod base64;
+pub mod config;
+pub mod copy;
 pub mod endpoint;
 pub mod html;
 pub mod links;
+pub mod personal;
 pub mod qp;
 pub mod rewrite;
 pub mod token;
 pub mod unsubscribe;
 
+pub use config::TrackingConfig;
+pub use copy::{Copier, PersonalCopy, Source};
 pub use endpoint::{Endpoint, Hit};
 pub use links::Links;
+pub use personal::Personal;
 pub use rewrite::{Report, Rewriter};
 pub use token::{Claims, Keys, Kind, secret_from_file};

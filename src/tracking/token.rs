@@ -34,6 +34,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Click, Kind::Open, Kind::Unsubscribe];
+
     fn code(self) -> u8 {
         match self {
             Kind::Click => b'c',
@@ -206,20 +208,9 @@ pub fn redirectable(url: &str) -> bool {
     !rest.is_empty() && !url.chars().any(|c| c.is_control() || c == ' ')
 }
 
-/// A secret from a file: its contents, one trailing newline (LF or CRLF) trimmed; refused
-/// when empty or shorter than 16 bytes.
+/// A secret from a file (`config::read_secret`), refused when shorter than 16 bytes.
 pub fn secret_from_file(path: &Path) -> Result<Vec<u8>, String> {
-    let mut s = std::fs::read(path)
-        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
-    if s.last() == Some(&b'\n') {
-        s.pop();
-        if s.last() == Some(&b'\r') {
-            s.pop();
-        }
-    }
-    if s.is_empty() {
-        return Err(format!("the secret file {} is empty", path.display()));
-    }
+    let s = crate::config::read_secret(path)?;
     if s.len() < MIN_SECRET {
         return Err(format!(
             "the secret in {} is {} bytes; at least {MIN_SECRET} are needed",

@@ -1,11 +1,17 @@
 //! The operator's header rules (`--add-header`, `--remove-header`) and the per-message
-//! control header `X-MxRelay-Tag`, which is read into the message's events and never sent on.
+//! control headers, read and never sent on: `X-MxRelay-Tag` (into the message's events),
+//! `X-MxRelay-Track` and `X-MxRelay-Unsubscribe` (what each recipient's copy gets).
 
 use super::head::Field;
 use super::{Context, Message, Order, Pass, Transform, TransformError};
+use crate::tracking::Personal;
 
 /// The control header that tags a message for its events.
 pub const TAG_HEADER: &str = "X-MxRelay-Tag";
+/// `none`, `clicks`, `opens` or `clicks,opens`: overrides `--track` for the message.
+pub const TRACK_HEADER: &str = "X-MxRelay-Track";
+/// `yes` or `no`: overrides `--unsubscribe` for the message.
+pub const UNSUBSCRIBE_HEADER: &str = "X-MxRelay-Unsubscribe";
 /// Tags longer than this are cut (they end up in every event of the message).
 const TAG_MAX: usize = 128;
 
@@ -84,8 +90,15 @@ impl Pass for RulesPass {
 }
 
 /// Control headers, honoured only from trusted or authenticated clients (from others they
-/// are just headers).
-pub struct ControlHeaders;
+/// are just headers). Their mail also gets the personalisation the flags turn on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ControlHeaders {
+    /// `--track` and `--unsubscribe`: what a message gets unless its headers say otherwise.
+    pub defaults: Personal,
+    /// What can be turned on at all: tracking needs `--tracking-url` and a secret, the
+    /// unsubscribe fields an https one.
+    pub available: Personal,
+}
 
 impl Transform for ControlHeaders {
     fn order(&self) -> Order {
@@ -93,17 +106,47 @@ impl Transform for ControlHeaders {
     }
 
     fn begin(&self, cx: &Context) -> Option<Box<dyn Pass>> {
-        (cx.trusted || cx.auth_user.is_some()).then(|| Box::new(ControlPass) as Box<dyn Pass>)
+        (cx.trusted || cx.auth_user.is_some()).then(|| Box::new(*self) as Box<dyn Pass>)
     }
 }
 
-struct ControlPass;
-
-impl Pass for ControlPass {
-    fn header(&mut self, msg: &mut Message, _: &Context) -> Result<(), TransformError> {
+impl Pass for ControlHeaders {
+    fn header(&mut self, msg: &mut Message, cx: &Context) -> Result<(), TransformError> {
         if let Some(field) = msg.block.take(TAG_HEADER) {
             msg.notes.tag = Some(tag_value(field.value())).filter(|t| !t.is_empty());
         }
+        let mut p = self.defaults;
+        if let Some(field) = msg.block.take(TRACK_HEADER) {
+            let value = String::from_utf8_lossy(field.value());
+            match Personal::parse_track(&value) {
+                Ok((clicks, opens)) => (p.clicks, p.opens) = (clicks, opens),
+                Err(e) => log::warn!("{}: {TRACK_HEADER} ignored: {e}", cx.id),
+            }
+        }
+        if let Some(field) = msg.block.take(UNSUBSCRIBE_HEADER) {
+            let value = String::from_utf8_lossy(field.value());
+            match value.trim().to_ascii_lowercase().as_str() {
+                "yes" => p.unsubscribe = true,
+                "no" => p.unsubscribe = false,
+                _ => log::warn!(
+                    "{}: {UNSUBSCRIBE_HEADER} ignored: {value:?} is not yes or no",
+                    cx.id
+                ),
+            }
+        }
+        let a = self.available;
+        if (p.clicks && !a.clicks) || (p.opens && !a.opens) || (p.unsubscribe && !a.unsubscribe) {
+            log::warn!(
+                "{}: {} asked for, but the relay has no (https) --tracking-url and secret for it",
+                cx.id,
+                p.name()
+            );
+        }
+        msg.notes.personal = Personal {
+            clicks: p.clicks && a.clicks,
+            opens: p.opens && a.opens,
+            unsubscribe: p.unsubscribe && a.unsubscribe,
+        };
         Ok(())
     }
 }
@@ -177,15 +220,57 @@ mod tests {
 
     #[test]
     fn the_tag_is_read_and_removed_for_trusted_clients_only() {
+        let control = ControlHeaders::default();
         let header = b"From: a@b.test\r\nX-MxRelay-Tag:  welcome\r\n  mail\x01 \r\n\r\n";
-        let msg = run(&ControlHeaders, true, header).unwrap();
+        let msg = run(&control, true, header).unwrap();
         assert_eq!(msg.notes.tag.as_deref(), Some("welcome mail"));
         assert_eq!(msg.block.to_bytes(), b"From: a@b.test\r\n\r\n");
-        assert!(run(&ControlHeaders, false, header).is_none());
+        assert!(run(&control, false, header).is_none());
         let long = format!("X-MxRelay-Tag: {}\r\n\r\n", "t".repeat(500));
-        let msg = run(&ControlHeaders, true, long.as_bytes()).unwrap();
+        let msg = run(&control, true, long.as_bytes()).unwrap();
         assert_eq!(msg.notes.tag.unwrap().len(), TAG_MAX);
-        let msg = run(&ControlHeaders, true, b"X-MxRelay-Tag:\r\n\r\n").unwrap();
+        let msg = run(&control, true, b"X-MxRelay-Tag:\r\n\r\n").unwrap();
         assert_eq!(msg.notes.tag, None);
+    }
+
+    #[test]
+    fn track_and_unsubscribe_headers_override_the_flags() {
+        let all = Personal {
+            clicks: true,
+            opens: true,
+            unsubscribe: true,
+        };
+        let control = ControlHeaders {
+            defaults: Personal {
+                clicks: true,
+                ..Personal::default()
+            },
+            available: all,
+        };
+        let personal = |c: &ControlHeaders, header: &str| {
+            let msg = run(c, true, header.as_bytes()).unwrap();
+            assert!(!String::from_utf8_lossy(&msg.block.to_bytes()).contains("MxRelay"));
+            msg.notes.personal
+        };
+        assert_eq!(
+            personal(&control, "From: a@b.test\r\n\r\n").name(),
+            "clicks"
+        );
+        let h = "X-MxRelay-Track: opens\r\nX-MxRelay-Unsubscribe: Yes\r\n\r\n";
+        assert_eq!(personal(&control, h).name(), "opens,unsubscribe");
+        assert_eq!(
+            personal(&control, "X-MxRelay-Track: none\r\n\r\n").name(),
+            ""
+        );
+        // A value that makes no sense leaves the flags' choice.
+        let h = "X-MxRelay-Track: everything\r\nX-MxRelay-Unsubscribe: maybe\r\n\r\n";
+        assert_eq!(personal(&control, h).name(), "clicks");
+        // Nothing the relay cannot do, whatever the header asks.
+        let bare = ControlHeaders::default();
+        let h = "X-MxRelay-Track: clicks,opens\r\nX-MxRelay-Unsubscribe: yes\r\n\r\n";
+        assert_eq!(personal(&bare, h).name(), "");
+        // Untrusted clients' headers are just headers.
+        let msg = run(&control, false, h.as_bytes());
+        assert!(msg.is_none());
     }
 }

@@ -59,6 +59,8 @@ pub struct Notes {
     pub tag: Option<String>,
     /// One entry per signature added, e.g. `d=example.com s=mail a=rsa-sha256`.
     pub signatures: Vec<String>,
+    /// What each recipient's copy gets; with any, signing waits for delivery, after it.
+    pub personal: crate::tracking::Personal,
 }
 
 /// One transform's pass over one message.
@@ -106,6 +108,8 @@ pub struct TransformConfig {
     pub max_header_size: usize,
     /// `--dkim`.
     pub dkim: Vec<dkim::Spec>,
+    /// `--track`, `--unsubscribe` and what the tracking flags make possible.
+    pub control: headers::ControlHeaders,
 }
 
 impl TransformConfig {
@@ -114,7 +118,7 @@ impl TransformConfig {
     /// too, for reloading them.
     pub fn build(&self, hostname: &str) -> Result<(Transforms, Option<Arc<dkim::Dkim>>), String> {
         let mut list: Vec<Arc<dyn Transform>> = vec![
-            Arc::new(headers::ControlHeaders),
+            Arc::new(self.control),
             Arc::new(submission::SubmissionFixups {
                 hostname: hostname.to_string(),
             }),

@@ -16,6 +16,7 @@ use crate::smtp::client::{self, Action, Ending, Envelope, Failure, Needs, Report
 use crate::smtp::data::DotStuffer;
 use crate::smtp::reply::Reply;
 use crate::spool::Stored;
+use crate::tracking::{PersonalCopy, Source};
 
 /// RFC 5321 4.5.3.2 timeouts (minimums): 5 minutes for the greeting, MAIL and RCPT, 3 per
 /// data block, 10 for the reply to the end of data. DATA initiation may be as short as 2
@@ -150,6 +151,26 @@ pub trait Body {
 impl Body for Stored {
     fn open(&self, size: u64, head: u64) -> impl Read + '_ {
         self.reader(size, head)
+    }
+}
+
+/// A stored message with its lengths, as the source of recipients' own copies.
+pub struct StoredMessage<'a> {
+    pub stored: &'a Stored,
+    pub size: u64,
+    pub head: u64,
+}
+
+impl Source for StoredMessage<'_> {
+    fn open(&self) -> impl Read + '_ {
+        self.stored.reader(self.size, self.head)
+    }
+}
+
+/// A recipient's own copy is sent as it is made (the job carries its size).
+impl<S: Source> Body for PersonalCopy<'_, S> {
+    fn open(&self, _size: u64, _head: u64) -> impl Read + '_ {
+        self.bytes()
     }
 }
 

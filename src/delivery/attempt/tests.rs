@@ -37,6 +37,7 @@ fn job(dest: Destination, rcpts: &[&str]) -> Job {
         head: 0,
         eight_bit: false,
         smtputf8: false,
+        personal: Default::default(),
     }
 }
 

@@ -71,19 +71,8 @@ impl WebhookConfig {
         let Some(file) = &self.secret_file else {
             return Ok(None);
         };
-        let err = |e: String| {
-            std::io::Error::other(format!("--webhook-secret-file: {}: {e}", file.display()))
-        };
-        let mut key = std::fs::read(file).map_err(|e| err(e.to_string()))?;
-        if key.ends_with(b"\n") {
-            key.pop();
-            if key.ends_with(b"\r") {
-                key.pop();
-            }
-        }
-        if key.is_empty() {
-            return Err(err("the file is empty".into()));
-        }
+        let key = crate::config::read_secret(file)
+            .map_err(|e| std::io::Error::other(format!("--webhook-secret-file: {e}")))?;
         Ok(Some(key))
     }
 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::head::HeaderBlock;
 use super::{Context, Message, Order, Pass, Transform, TransformError};
 use canon::{BodyCanon, BodyHasher};
 use from::Author;
@@ -107,12 +108,93 @@ pub fn keys_for<'k>(keys: &'k [Key], domain: &str) -> Vec<&'k Key> {
 }
 
 /// The author's domain of a header block, or why there is none to sign for.
-fn author(msg: &Message) -> Author {
-    let mut from = msg.block.fields().iter().filter(|f| f.is("From"));
+fn author(block: &HeaderBlock) -> Author {
+    let mut from = block.fields().iter().filter(|f| f.is("From"));
     match (from.next(), from.next()) {
         (None, _) => Author::Unusable("no From: field"),
         (Some(_), Some(_)) => Author::Unusable("several From: fields"),
         (Some(f), None) => from::author(f.value()),
+    }
+}
+
+/// The keys of the author's domain, or why there are none (for the log).
+fn keys_of_author<'k>(keys: &'k [Key], block: &HeaderBlock) -> Result<Vec<&'k Key>, String> {
+    match author(block) {
+        Author::Domain(d) => {
+            let found = keys_for(keys, &d);
+            if found.is_empty() {
+                return Err(format!("no key for {d}"));
+            }
+            Ok(found)
+        }
+        Author::Unusable(why) => Err(why.to_string()),
+    }
+}
+
+impl Dkim {
+    /// The signing of one message whose header block is `block` (the body follows), or
+    /// `None`, logged, when its author's domain has no key. `id` names it in the log.
+    pub fn start(&self, block: &HeaderBlock, id: &str) -> Option<Signing> {
+        Signing::start(self.current(), block, id)
+    }
+}
+
+/// One message being signed: its body hashed as it streams, then `finish` over the header
+/// block as it will be sent.
+pub struct Signing {
+    /// The keys in use when it started (a reload meanwhile does not change them).
+    keys: Arc<Vec<Key>>,
+    body: BodyHasher,
+}
+
+impl Signing {
+    fn start(keys: Arc<Vec<Key>>, block: &HeaderBlock, id: &str) -> Option<Signing> {
+        match keys_of_author(&keys, block) {
+            Ok(_) => Some(Signing {
+                keys,
+                body: BodyHasher::new(BodyCanon::Relaxed),
+            }),
+            Err(why) => {
+                log::info!("{id}: not DKIM-signed: {why}");
+                None
+            }
+        }
+    }
+
+    /// The next piece of the body, as it will be sent.
+    pub fn body(&mut self, piece: &[u8]) {
+        self.body.update(piece);
+    }
+
+    /// Puts one signature per key on top of `block` (the first key's topmost) and returns
+    /// each as `d=DOMAIN s=SELECTOR a=ALGORITHM`. The block must still have the author's
+    /// domain the signing started with; if it lost it, nothing is signed.
+    pub fn finish(self, block: &mut HeaderBlock, id: &str) -> Result<Vec<String>, String> {
+        let keys = match keys_of_author(&self.keys, block) {
+            Ok(keys) => keys,
+            Err(why) => {
+                log::info!("{id}: not DKIM-signed: {why}");
+                return Ok(Vec::new());
+            }
+        };
+        let (body_hash, _) = self.body.finish();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut fields = Vec::with_capacity(keys.len());
+        for &k in &keys {
+            let field = sign::sign(block.fields(), k, &body_hash, now)
+                .map_err(|e| format!("DKIM signing ({}): {e}", describe(k)))?;
+            fields.push(field);
+        }
+        for field in fields.into_iter().rev() {
+            block.prepend(field);
+        }
+        let notes: Vec<String> = keys.iter().map(|k| describe(k)).collect();
+        for note in &notes {
+            log::debug!("{id}: DKIM-signed {note}");
+        }
+        Ok(notes)
     }
 }
 
@@ -126,73 +208,44 @@ impl Transform for Dkim {
         if keys.is_empty() {
             return None;
         }
-        Some(Box::new(DkimPass { keys, body: None }))
+        Some(Box::new(DkimPass {
+            keys,
+            signing: None,
+        }))
     }
 }
 
-/// One message: the body is hashed only if its From: domain has a key.
+/// One message at accept: the body is hashed only if its From: domain has a key.
 struct DkimPass {
     keys: Arc<Vec<Key>>,
-    body: Option<BodyHasher>,
+    signing: Option<Signing>,
 }
 
 impl Pass for DkimPass {
     fn header(&mut self, msg: &mut Message, cx: &Context) -> Result<(), TransformError> {
-        match author(msg) {
-            Author::Domain(d) => {
-                if keys_for(&self.keys, &d).is_empty() {
-                    log::debug!("{}: not DKIM-signed: no key for {d}", cx.id);
-                } else {
-                    self.body = Some(BodyHasher::new(BodyCanon::Relaxed));
-                }
-            }
-            Author::Unusable(why) => log::info!("{}: not DKIM-signed: {why}", cx.id),
+        if msg.notes.personal.any() {
+            log::debug!("{}: DKIM-signed at delivery, per recipient", cx.id);
+            return Ok(());
         }
+        self.signing = Signing::start(self.keys.clone(), &msg.block, cx.id);
         Ok(())
     }
 
     fn body(&mut self, piece: &[u8]) {
-        if let Some(h) = self.body.as_mut() {
-            h.update(piece);
+        if let Some(s) = self.signing.as_mut() {
+            s.body(piece);
         }
     }
 
     fn finish(&mut self, msg: &mut Message, cx: &Context) -> Result<(), TransformError> {
-        let Some(body) = self.body.take() else {
+        let Some(signing) = self.signing.take() else {
             return Ok(());
         };
         // The block as it is now (a transform before us may have changed it after its header).
-        let domain = match author(msg) {
-            Author::Domain(d) => d,
-            Author::Unusable(why) => {
-                log::info!("{}: not DKIM-signed: {why}", cx.id);
-                return Ok(());
-            }
-        };
-        let keys = keys_for(&self.keys, &domain);
-        if keys.is_empty() {
-            log::info!("{}: not DKIM-signed: no key for {domain}", cx.id);
-            return Ok(());
-        }
-        let (body_hash, _) = body.finish();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut fields = Vec::with_capacity(keys.len());
-        for k in keys {
-            let field = sign::sign(msg.block.fields(), k, &body_hash, now).map_err(|e| {
-                TransformError::Failed(format!("DKIM signing ({}): {e}", describe(k)))
-            })?;
-            fields.push((field, describe(k)));
-        }
-        // The first key's signature ends up on top.
-        for (field, _) in fields.iter().rev() {
-            msg.block.prepend(field.clone());
-        }
-        for (_, note) in fields {
-            log::debug!("{}: DKIM-signed {note}", cx.id);
-            msg.notes.signatures.push(note);
-        }
+        let notes = signing
+            .finish(&mut msg.block, cx.id)
+            .map_err(TransformError::Failed)?;
+        msg.notes.signatures.extend(notes);
         Ok(())
     }
 }
