@@ -366,6 +366,11 @@ impl Suppressions {
 /// A reply about the sender never counts, whatever its code: a refused MAIL fails every
 /// recipient with the same reply, and Postfix refuses an unknown sender with `550 5.1.0
 /// <a@b>: Sender address rejected: User unknown`.
+///
+/// Narrower than the `invalid_recipient` category of events (`events::category`) on purpose:
+/// that one says why mail failed, for a sender to read; this one takes an address off every
+/// later message, so disabled accounts, null MX and domain-level failures, which the
+/// category includes, stay out.
 pub fn is_unknown_user(status: &str, reply: &str) -> bool {
     if !status.starts_with("5.") || !reply.starts_with('5') {
         return false;
