@@ -775,6 +775,33 @@ fn tracked_copies_are_signed_after_the_rewrite() {
     let r = support::submit(relay.addr, "news@example.com", &rcpts, &sample);
     assert!(r.starts_with("250"), "{r}");
     let got = support::delivered(&sink, 2, &relay);
+    // A message too large to be held in memory: its header section is stored after the
+    // body, and the copy still starts with it, rewritten and signed.
+    let mut large = b"From: news@example.com\r\nSubject: large\r\nMIME-Version: 1.0\r\n\
+        Content-Type: text/html; charset=utf-8\r\n\r\n<html><body>\r\n"
+        .to_vec();
+    while large.len() < 700_000 {
+        large.extend_from_slice(b"<p><a href=\"https://example.com/item\">..item</a></p>\r\n");
+    }
+    large.extend_from_slice(b"</body></html>\r\n");
+    let r = support::submit(
+        relay.addr,
+        "news@example.com",
+        &["dave@example.org"],
+        &large,
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let dave = support::delivered(&sink, 3, &relay)[2].clone();
+    let text = String::from_utf8_lossy(&dave.data);
+    assert!(text.starts_with("DKIM-Signature: v=1;"), "{}", &text[..300]);
+    assert!(text.contains("\r\nSubject: large\r\n"));
+    assert!(text.contains("\r\nList-Unsubscribe: <https://t.example/u/"));
+    assert_eq!(
+        text.matches("https://t.example/c/").count(),
+        text.matches("..item").count()
+    );
+    assert!(text.contains("https://t.example/o/") && !text.contains("https://example.com/item"));
+    std::fs::write(dir.join("dave"), &dave.data).unwrap();
     let mut names = Vec::new();
     for m in &got {
         assert_eq!(m.rcpts.len(), 1, "one copy per recipient");
@@ -806,8 +833,13 @@ fn tracked_copies_are_signed_after_the_rewrite() {
     let at = tampered.len() - 40;
     tampered[at] ^= 0x20;
     std::fs::write(dir.join("bob-tampered"), &tampered).unwrap();
-    let (verdicts, _) = verify(dir, dns.port, &["bob", "carol", "bob-tampered"]);
-    for (name, pass) in [("bob", true), ("carol", true), ("bob-tampered", false)] {
+    let (verdicts, _) = verify(dir, dns.port, &["bob", "carol", "dave", "bob-tampered"]);
+    for (name, pass) in [
+        ("bob", true),
+        ("carol", true),
+        ("dave", true),
+        ("bob-tampered", false),
+    ] {
         let v = &verdicts[name];
         assert_eq!(v.len(), 1, "{name}");
         assert_eq!(
