@@ -53,6 +53,7 @@ impl Metrics {
             let value = load(&self.webhook_dropped[why as usize]);
             sample(&mut out, name, &[("reason", why.label())], value);
         }
+        counters(&mut out, &self.suppression_store_counters());
         self.latency.render(
             &mut out,
             "mxrelay_delivery_latency_seconds",
@@ -159,6 +160,26 @@ impl Metrics {
         ]
     }
 
+    fn suppression_store_counters(&self) -> [Counter<'_>; 3] {
+        [
+            (
+                "mxrelay_suppression_store_pushed_total",
+                "Suppression list changes made here and pushed to the shared store.",
+                &self.suppression_store_pushed,
+            ),
+            (
+                "mxrelay_suppression_store_pulled_total",
+                "Suppression list changes taken from the shared store.",
+                &self.suppression_store_pulled,
+            ),
+            (
+                "mxrelay_suppression_store_errors_total",
+                "Rounds with the shared suppression store that failed and are retried.",
+                &self.suppression_store_errors,
+            ),
+        ]
+    }
+
     fn gauges(&self, out: &mut String) {
         let signed = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
         let name = "mxrelay_open_connections";
@@ -178,6 +199,10 @@ impl Metrics {
         let help = "Events waiting on disk for webhook receivers.";
         family(out, name, help, "gauge");
         sample(out, name, &[], signed(&self.webhook_backlog));
+        let name = "mxrelay_suppression_store_pending";
+        let help = "Suppression list changes made here that the shared store does not have yet.";
+        family(out, name, help, "gauge");
+        sample(out, name, &[], load(&self.suppression_store_pending));
     }
 }
 
