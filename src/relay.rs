@@ -28,7 +28,6 @@ use crate::server::{self, Server, Services};
 use crate::spool::id::MsgId;
 use crate::spool::{Recovery, Spool};
 use crate::suppression::Suppressions;
-use crate::suppression::file::FileStore;
 use crate::tls::ServerTls;
 use crate::tracking::{Copier, Links};
 use crate::transform::Transforms;
@@ -93,7 +92,7 @@ impl Relay {
                 .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?,
         );
         let recovery = spool.begin_recovery()?;
-        let suppressions = Arc::new(open_suppressions(cfg)?);
+        let suppressions = open_suppressions(cfg, acquired.metrics.clone())?;
         let tls = match acquired.tls {
             Some(t) => Some(t),
             None if cfg.listen.iter().any(|l| l.role != Role::Smtp) => Some(Arc::new(
@@ -268,13 +267,12 @@ fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
 /// How long start-up waits for `mxrelay suppression` to let go of the list.
 const SUPPRESSION_LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The suppression list of the spool, locked by this daemon for as long as it runs.
-fn open_suppressions(cfg: &Config) -> std::io::Result<Suppressions> {
-    let store = FileStore::open(&cfg.spool, SUPPRESSION_LOCK_WAIT)
-        .map_err(|e| err("suppression list")(e.to_string()))?;
-    let now = crate::delivery::clock::now_ms();
-    let list = Suppressions::open(Box::new(store), cfg.suppression.clone(), now)
-        .map_err(|e| err("suppression list")(e.to_string()))?;
+/// The suppression list of the spool, locked by this daemon for as long as it runs (and
+/// shared through `--suppression-store` when given).
+fn open_suppressions(cfg: &Config, metrics: Arc<Metrics>) -> std::io::Result<Arc<Suppressions>> {
+    let list =
+        crate::suppression::start(&cfg.spool, &cfg.suppression, metrics, SUPPRESSION_LOCK_WAIT)
+            .map_err(|e| err("suppression list")(e.to_string()))?;
     if !list.is_empty() {
         log::info!("suppression: {} address(es) on the list", list.len());
     }

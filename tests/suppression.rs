@@ -1,13 +1,16 @@
 //! The suppression list end to end: a suppressed recipient is not sent while the others of
 //! the same message are; a hard bounce suppresses the next message to that address; and
 //! `mxrelay suppression add/remove/list/export/import` change what the next message does,
-//! against a running relay and, with none running, on the file.
+//! against a running relay and, with none running, on the file. With
+//! `--suppression-store redis://...` (a real redis-server), relays share one list, also
+//! across the store being down and a relay restarting meanwhile.
 
 mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use support::redis_server::RedisServer;
 use support::sink::{Message, Script, Sink};
 use support::{Relay, TempDir, WAIT, finish, queue_id, sink_on, submit, wait_until};
 
@@ -260,4 +263,184 @@ fn the_command_changes_what_the_next_message_does() {
     assert_eq!(mail(&sink).last().unwrap().rcpts, ["e@example.test"]);
     let listed = ok(spool.path(), &["list"]);
     assert!(listed.contains("-- 2 address(es)"), "{listed}");
+}
+
+/// Whether `mxrelay suppression list` on `spool` shows `address`.
+fn listed(spool: &Path, address: &str) -> bool {
+    ok(spool, &["list"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(address))
+}
+
+/// Waits until `spool`'s list shows `address` (or no longer does).
+fn wait_listed(relay: &Relay, address: &str, want: bool) {
+    if !wait_until(WAIT, || listed(&relay.spool, address) == want) {
+        panic!(
+            "{address} {} on the list of {}:\n{}",
+            if want { "never" } else { "still" },
+            relay.spool.display(),
+            relay.log()
+        );
+    }
+}
+
+/// The value of an unlabelled sample on the relay's /metrics page.
+fn metric(relay: &Relay, name: &str) -> u64 {
+    let page = relay.metrics();
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}:\n{page}"))
+        .parse()
+        .unwrap()
+}
+
+const HASH: &str = "mxrelay:suppression";
+
+#[test]
+fn relays_sharing_a_redis_store_suppress_for_each_other() {
+    let redis = RedisServer::start();
+    let url = redis.url(3);
+    let sink = sink_on("127.0.0.45", 0, Script::default());
+    let (spool_a, spool_b) = (TempDir::new("shared-a"), TempDir::new("shared-b"));
+    let store = ["--suppression-store", url.as_str()];
+    let a = Relay::via(&sink, spool_a.path(), &store);
+    let b = Relay::via(&sink, spool_b.path(), &store);
+    a.wait_log(&format!("sharing the list through {url}"));
+
+    // Added on A (through its control socket): in Redis, in database 3 only, then on B.
+    let out = ok(
+        spool_a.path(),
+        &["add", "Gone@Example.test", "--reason", "unsubscribe"],
+    );
+    assert!(out.contains("added Gone@Example.test"), "{out}");
+    let field = "Gone@example.test";
+    assert!(
+        wait_until(WAIT, || redis.db(3).hget(HASH, field).is_some()),
+        "not in Redis:\n{}",
+        a.log()
+    );
+    let value = redis.db(3).hget(HASH, field).unwrap();
+    assert!(value.ends_with(" unsubscribe Gone@Example.test"), "{value}");
+    assert_eq!(redis.db(0).hlen(HASH), 0, "database 0 untouched");
+    wait_listed(&b, "Gone@Example.test", true);
+    let id = send(&b, &["Gone@example.test", "ok@example.test"]);
+    b.wait_log(&format!(
+        "{id}: suppressed to=<Gone@example.test> reason=unsubscribe"
+    ));
+    assert_eq!(rcpts_for(&sink, "Gone@example.test"), 0);
+    assert_eq!(mail(&sink).last().unwrap().rcpts, ["ok@example.test"]);
+
+    // Removed on B: gone from Redis and from A, whose next message goes out.
+    let out = ok(spool_b.path(), &["remove", "Gone@example.test"]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(
+        wait_until(WAIT, || redis.db(3).hget(HASH, field).is_none()),
+        "still in Redis"
+    );
+    wait_listed(&a, "Gone@Example.test", false);
+    send(&a, &["Gone@example.test"]);
+    assert_eq!(rcpts_for(&sink, "Gone@example.test"), 1);
+
+    // An import on A, exported from B.
+    let csv = spool_a.path().join("import.csv");
+    std::fs::write(&csv, "x1@example.test\nx2@example.test,unsubscribe\n").unwrap();
+    let out = ok(spool_a.path(), &["import", &csv.display().to_string()]);
+    assert!(out.contains("imported 2"), "{out}");
+    wait_listed(&b, "x2@example.test", true);
+    let exported = ok(spool_b.path(), &["export"]);
+    assert!(
+        exported.contains("\nx1@example.test,manual,")
+            && exported.contains("\nx2@example.test,unsubscribe,"),
+        "{exported}"
+    );
+
+    // A hard bounce seen by B suppresses on A.
+    let bouncer = sink_on(
+        "127.0.0.45",
+        0,
+        Script::default().refuse_rcpt("nobody", "550 5.1.1 <nobody@example.test>: user unknown"),
+    );
+    drop(b);
+    let b = Relay::via(&bouncer, spool_b.path(), &store);
+    send(&b, &["nobody@example.test"]);
+    b.wait_log("suppression: <nobody@example.test> added (bounce");
+    wait_listed(&a, "nobody@example.test", true);
+    let id = send(&a, &["nobody@example.test"]);
+    a.wait_log(&format!(
+        "{id}: suppressed to=<nobody@example.test> reason=bounce"
+    ));
+}
+
+#[test]
+fn changes_made_while_redis_is_down_reach_it_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let url = redis.url(0);
+    let sink = sink_on("127.0.0.46", 0, Script::default());
+    let (spool_a, spool_b) = (TempDir::new("offline-a"), TempDir::new("offline-b"));
+    let args = |ip: &'static str| ["--suppression-store", url.as_str(), "--metrics-listen", ip];
+    let mut a = Relay::via(&sink, spool_a.path(), &args("127.0.0.46:0"));
+    let b = Relay::via(&sink, spool_b.path(), &args("127.0.0.46:0"));
+    // Known to both before the store goes down (and loses everything: no persistence).
+    ok(spool_b.path(), &["add", "early@example.test"]);
+    wait_listed(&a, "early@example.test", true);
+
+    redis.stop();
+    let out = ok(
+        spool_a.path(),
+        &["add", "late@example.test", "--reason", "unsubscribe"],
+    );
+    assert!(out.contains("added late@example.test"), "{out}");
+    let id = send(&a, &["late@example.test", "ok@example.test"]);
+    a.wait_log(&format!("{id}: suppressed to=<late@example.test>"));
+    assert!(
+        wait_until(WAIT, || metric(&a, "mxrelay_suppression_store_pending")
+            == 1),
+        "{}",
+        a.metrics()
+    );
+    a.wait_log(&format!("suppression: {url} is unreachable"));
+    assert!(metric(&a, "mxrelay_suppression_store_errors_total") > 0);
+
+    // A restarts while the store is still down: the change is still waiting, still in force.
+    a.terminate();
+    let a = Relay::via(&sink, spool_a.path(), &args("127.0.0.46:0"));
+    a.wait_log("starting from this spool's copy");
+    assert_eq!(metric(&a, "mxrelay_suppression_store_pending"), 1);
+    let id = send(&a, &["late@example.test"]);
+    a.wait_log(&format!("{id}: suppressed to=<late@example.test>"));
+    assert!(!listed(spool_b.path(), "late@example.test"));
+
+    // Back (and empty): A pushes what waited, both merge their lists into it again.
+    redis.restart();
+    assert!(
+        wait_until(WAIT, || redis
+            .db(0)
+            .hget(HASH, "late@example.test")
+            .is_some()),
+        "never pushed:\n{}",
+        a.log()
+    );
+    a.wait_log(&format!(
+        "suppression: {url} is reachable again; 1 change(s)"
+    ));
+    assert!(
+        wait_until(WAIT, || metric(&a, "mxrelay_suppression_store_pending")
+            == 0),
+        "{}",
+        a.metrics()
+    );
+    assert!(metric(&a, "mxrelay_suppression_store_pushed_total") >= 1);
+    wait_listed(&b, "late@example.test", true);
+    let id = send(&b, &["late@example.test"]);
+    b.wait_log(&format!("{id}: suppressed to=<late@example.test>"));
+    assert!(
+        wait_until(WAIT, || redis
+            .db(0)
+            .hget(HASH, "early@example.test")
+            .is_some()),
+        "the lists were not merged into the emptied store again"
+    );
+    assert!(listed(spool_a.path(), "early@example.test"));
+    assert_eq!(rcpts_for(&sink, "late@example.test"), 0);
+    assert_eq!(rcpts_for(&sink, "early@example.test"), 0);
 }

@@ -392,6 +392,13 @@ pub static FLAGS: &[FlagDef] = &[
         None,
     ),
     opt(
+        "suppression-store",
+        "redis://HOST:PORT/N",
+        "Share the suppression list with other instances through this Redis database; each \
+         keeps a copy in its spool, which decides while Redis is unreachable",
+        Some("the spool's own list"),
+    ),
+    opt(
         "events",
         "FILE",
         "Write one JSON line per message event to FILE (- for standard output)",

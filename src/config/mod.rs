@@ -298,6 +298,7 @@ fn suppression(f: &Flags) -> Result<SuppressionConfig, ConfigError> {
     let bounces = f.dur("suppress-bounces")?;
     Ok(SuppressionConfig {
         bounce_expiry: Some(bounces).filter(|d| !d.is_zero()),
+        store: f.opt("suppression-store", crate::suppression::shared::parse_url)?,
     })
 }
 

@@ -78,6 +78,10 @@ fn defaults() {
     );
     let off = run(&["--hostname", "relay.test", "--suppress-bounces", "0"]).unwrap();
     assert_eq!(off.suppression.bounce_expiry, None);
+    assert_eq!(c.suppression.store, None);
+    let shared = run(&["--suppression-store", "redis://:pw@10.0.0.5:6380/2"]).unwrap();
+    let store = shared.suppression.store.unwrap();
+    assert_eq!(store.to_string(), "redis://10.0.0.5:6380/2");
     assert!(c.scheduler.routes.smarthost.is_empty());
     assert!(
         c.server
@@ -139,6 +143,14 @@ fn errors_name_the_flag() {
         ),
         (&["--dkim", "example.com:sel"], "--dkim"),
         (&["--suppress-bounces", "a month"], "--suppress-bounces"),
+        (
+            &["--suppression-store", "rediss://h.test/0"],
+            "--suppression-store: \"rediss://h.test/0\": only redis://",
+        ),
+        (
+            &["--suppression-store", "redis://h.test/db"],
+            "--suppression-store",
+        ),
         (
             &["--webhook", "http://h.test/"],
             "needs --webhook-secret-file",

@@ -32,12 +32,16 @@
 //! | `mxrelay_webhook_failed_total` | counter | | webhook POSTs that failed (no connection, timeout, not 2xx); retried |
 //! | `mxrelay_webhook_dropped_total` | counter | `reason` | events given up on: `max_age` (older than `--webhook-max-age`), `backlog_full` (over `--webhook-max-backlog`) |
 //! | `mxrelay_tracking_hits_total` | counter | `kind` | tracked links followed: `click`, `open` (the pixel fetched), `unsubscribe` (one-click POSTs done) |
+//! | `mxrelay_suppression_store_pushed_total` | counter | | suppression list changes made here and pushed to the shared store (`--suppression-store`) |
+//! | `mxrelay_suppression_store_pulled_total` | counter | | suppression list changes taken from the shared store |
+//! | `mxrelay_suppression_store_errors_total` | counter | | rounds with the shared store that failed (unreachable, timeout, error); retried |
 //! | `mxrelay_delivery_latency_seconds` | histogram | `le` | seconds from reception to delivery, per recipient |
 //! | `mxrelay_open_connections` | gauge | | SMTP connections open now |
 //! | `mxrelay_busy_workers` | gauge | | delivery workers busy now |
 //! | `mxrelay_queue_messages` | gauge | | messages in the queue (set by the scheduler) |
 //! | `mxrelay_queue_oldest_message_age_seconds` | gauge | | age of the oldest queued message (set by the scheduler) |
 //! | `mxrelay_webhook_backlog_events` | gauge | | events waiting on disk for webhook receivers (all webhooks) |
+//! | `mxrelay_suppression_store_pending` | gauge | | suppression list changes made here that the shared store does not have yet |
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
 //!
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
@@ -92,6 +96,10 @@ pub struct Metrics {
     webhook_dropped: [AtomicU64; WebhookDrop::ALL.len()],
     webhook_backlog: AtomicI64,
     tracking_hits: [AtomicU64; Kind::ALL.len()],
+    suppression_store_pushed: AtomicU64,
+    suppression_store_pulled: AtomicU64,
+    suppression_store_errors: AtomicU64,
+    suppression_store_pending: AtomicU64,
     latency: Histogram,
     // Up/down gauges are signed: an unbalanced close shows as a negative value instead of
     // wrapping around to 2^64 - 1.
@@ -172,6 +180,10 @@ impl Metrics {
             webhook_dropped: [const { AtomicU64::new(0) }; WebhookDrop::ALL.len()],
             webhook_backlog: AtomicI64::new(0),
             tracking_hits: [const { AtomicU64::new(0) }; Kind::ALL.len()],
+            suppression_store_pushed: AtomicU64::new(0),
+            suppression_store_pulled: AtomicU64::new(0),
+            suppression_store_errors: AtomicU64::new(0),
+            suppression_store_pending: AtomicU64::new(0),
             latency: Histogram::new(),
             open_connections: AtomicI64::new(0),
             busy_workers: AtomicI64::new(0),
@@ -270,6 +282,21 @@ impl Metrics {
         self.webhook_backlog.fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// `n` suppression list changes pushed to the shared store.
+    pub fn suppression_store_pushed(&self, n: u64) {
+        bump(&self.suppression_store_pushed, n);
+    }
+
+    /// `n` suppression list changes taken from the shared store.
+    pub fn suppression_store_pulled(&self, n: u64) {
+        bump(&self.suppression_store_pulled, n);
+    }
+
+    /// A round with the shared store failed.
+    pub fn suppression_store_error(&self) {
+        bump(&self.suppression_store_errors, 1);
+    }
+
     /// Seconds from reception to delivery of a recipient, into a fixed-bucket histogram
     /// ([`LATENCY_BUCKETS`] plus `+Inf`). NaN and negative values count as 0.
     pub fn observe_delivery_latency(&self, seconds: f64) {
@@ -294,6 +321,12 @@ impl Metrics {
 
     pub fn worker_idle(&self) {
         self.busy_workers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Suppression list changes the shared store does not have yet.
+    pub fn suppression_store_pending(&self, changes: u64) {
+        self.suppression_store_pending
+            .store(changes, Ordering::Relaxed);
     }
 
     /// Queue size and the age of its oldest message, as last seen by the scheduler.

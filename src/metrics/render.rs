@@ -58,6 +58,7 @@ impl Metrics {
             "Tracked links followed, by kind.",
             Kind::ALL.map(|k| (k.as_str(), load(&self.tracking_hits[k as usize]))),
         );
+        counters(&mut out, &self.suppression_store_counters());
         self.latency.render(
             &mut out,
             "mxrelay_delivery_latency_seconds",
@@ -164,6 +165,26 @@ impl Metrics {
         ]
     }
 
+    fn suppression_store_counters(&self) -> [Counter<'_>; 3] {
+        [
+            (
+                "mxrelay_suppression_store_pushed_total",
+                "Suppression list changes made here and pushed to the shared store.",
+                &self.suppression_store_pushed,
+            ),
+            (
+                "mxrelay_suppression_store_pulled_total",
+                "Suppression list changes taken from the shared store.",
+                &self.suppression_store_pulled,
+            ),
+            (
+                "mxrelay_suppression_store_errors_total",
+                "Rounds with the shared suppression store that failed and are retried.",
+                &self.suppression_store_errors,
+            ),
+        ]
+    }
+
     fn gauges(&self, out: &mut String) {
         let signed = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
         let name = "mxrelay_open_connections";
@@ -183,6 +204,10 @@ impl Metrics {
         let help = "Events waiting on disk for webhook receivers.";
         family(out, name, help, "gauge");
         sample(out, name, &[], signed(&self.webhook_backlog));
+        let name = "mxrelay_suppression_store_pending";
+        let help = "Suppression list changes made here that the shared store does not have yet.";
+        family(out, name, help, "gauge");
+        sample(out, name, &[], load(&self.suppression_store_pending));
     }
 }
 

@@ -113,12 +113,16 @@ fn every_family_has_help_then_type_and_contiguous_samples() {
             "mxrelay_webhook_failed_total",
             "mxrelay_webhook_dropped_total",
             "mxrelay_tracking_hits_total",
+            "mxrelay_suppression_store_pushed_total",
+            "mxrelay_suppression_store_pulled_total",
+            "mxrelay_suppression_store_errors_total",
             "mxrelay_delivery_latency_seconds",
             "mxrelay_open_connections",
             "mxrelay_busy_workers",
             "mxrelay_queue_messages",
             "mxrelay_queue_oldest_message_age_seconds",
             "mxrelay_webhook_backlog_events",
+            "mxrelay_suppression_store_pending",
             "mxrelay_build_info",
         ]
     );
@@ -152,6 +156,10 @@ fn counters_and_gauges_render_their_values() {
     m.webhook_dropped(WebhookDrop::MaxAge, 2);
     m.webhook_backlog(7);
     m.webhook_backlog(-3);
+    m.suppression_store_pushed(3);
+    m.suppression_store_pulled(4);
+    m.suppression_store_error();
+    m.suppression_store_pending(6);
     m.message_expired();
     m.bytes_delivered(4096);
     m.auth_failed();
@@ -215,6 +223,10 @@ fn counters_and_gauges_render_their_values() {
         ("mxrelay_webhook_backlog_events", "4"),
         ("mxrelay_tracking_hits_total{kind=\"open\"}", "2"),
         ("mxrelay_tracking_hits_total{kind=\"click\"}", "0"),
+        ("mxrelay_suppression_store_pushed_total", "3"),
+        ("mxrelay_suppression_store_pulled_total", "4"),
+        ("mxrelay_suppression_store_errors_total", "1"),
+        ("mxrelay_suppression_store_pending", "6"),
         ("mxrelay_messages_expired_total", "1"),
         ("mxrelay_delivered_bytes_total", "4096"),
         ("mxrelay_auth_failures_total", "1"),

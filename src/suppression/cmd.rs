@@ -4,6 +4,10 @@
 //! they work with or without a daemon. `add`, `remove` and `import` go through the running
 //! daemon's control socket, which writes the file and its own copy together; when no daemon
 //! runs, they lock the list and change the file themselves.
+//!
+//! With a list shared through `--suppression-store`, the file is this instance's copy: `list`
+//! and `export` show it, and a change made without a daemon is queued in the spool as the
+//! daemon's are (`super::pending`), for the daemon to push when it starts.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

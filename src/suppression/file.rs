@@ -12,21 +12,29 @@
 //! live ones (plus a margin), and whenever it grows that far. `suppression.lock` is locked
 //! (flock) by the process that writes the list: the daemon for as long as it runs, or
 //! `mxrelay suppression` for one change when no daemon runs.
+//!
+//! When the list is shared with other instances (`--suppression-store`), the log is this
+//! instance's copy, and `suppression.pending` ([`super::pending`], same format) holds the
+//! changes made here that the shared store does not have yet. Whoever changes the list
+//! (the daemon, or `mxrelay suppression` without one) queues its changes there whenever the
+//! file exists, before writing them to the log, and reading the list applies them last.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Change, Entry, Store, key};
+use super::pending::{self, Queue};
+use super::{Change, Entry, Store, overlay};
 use crate::spool::fsio;
 
 pub const FILE: &str = "suppression.log";
 const LOCK: &str = "suppression.lock";
 const TMP: &str = "suppression.log.tmp";
-const HEADER: &[u8] = b"mxrelay-suppression 1\n";
+pub(super) const HEADER: &[u8] = b"mxrelay-suppression 1\n";
 /// Dead records tolerated beyond the live ones before the log is compacted.
 const SLACK: usize = 1024;
 
@@ -43,6 +51,8 @@ pub struct FileStore {
     /// The spool directory's owner, who must own what is created in it (a command run as
     /// root for a daemon that runs as its own user).
     owner: (u32, u32),
+    /// Changes made here that a shared store does not have yet, when the list is shared.
+    pending: Option<Arc<Queue>>,
     _lock: File,
 }
 
@@ -89,6 +99,7 @@ impl FileStore {
                 Err(fs::TryLockError::Error(e)) => return Err(OpenError::Io(e)),
             }
         }
+        let pending = Queue::open(dir, owner).map_err(OpenError::Io)?;
         Ok(FileStore {
             dir: dir.to_path_buf(),
             file: None,
@@ -96,8 +107,60 @@ impl FileStore {
             records: 0,
             rewrite: false,
             owner,
+            pending: pending.map(Arc::new),
             _lock: lock,
         })
+    }
+
+    /// Shares the list from now on: changes made here are queued for the shared store
+    /// (`suppression.pending`, created if it is not there). The queue, for whoever pushes it.
+    pub fn share(&mut self) -> io::Result<Arc<Queue>> {
+        if self.pending.is_none() {
+            self.pending = Some(Arc::new(Queue::create(&self.dir, self.owner)?));
+        }
+        Ok(self.pending.clone().expect("just made"))
+    }
+
+    /// Stops sharing the list: no more queueing, and the queue and the record of the shared
+    /// store joined are deleted (the list is this spool's own again; sharing it later merges
+    /// it anew). Changes still queued stay in the list here; a warning says how many.
+    pub fn unshare(&mut self) -> io::Result<()> {
+        let waiting = self.pending.take().map_or(0, |q| q.len());
+        if waiting > 0 {
+            log::warn!(
+                "suppression: {waiting} change(s) were waiting for the shared store, which is no \
+                 longer given (--suppression-store); they stay in this spool's list only"
+            );
+        }
+        pending::forget(&self.dir)
+    }
+
+    /// Appends `changes` to the log, durably.
+    fn append(&mut self, changes: &[Change]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(80 * changes.len());
+        for c in changes {
+            record(c, &mut buf);
+        }
+        let len = {
+            self.log()?;
+            self.len
+        };
+        let f = self.file.as_mut().expect("opened");
+        match f.write_all(&buf).and_then(|()| f.sync_data()) {
+            Ok(()) => {
+                self.len = len + buf.len() as u64;
+                self.records += changes.len();
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever part got written must not run into the next record.
+                if f.set_len(len).is_err() {
+                    self.file = None;
+                }
+                self.rewrite = true;
+                Err(e)
+            }
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -122,7 +185,7 @@ impl FileStore {
 }
 
 /// Opens (creating, owner-only) a file in the spool, owned by the spool's owner.
-fn create(path: &Path, owner: (u32, u32), truncate: bool) -> io::Result<File> {
+pub(super) fn create(path: &Path, owner: (u32, u32), truncate: bool) -> io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .append(!truncate)
@@ -144,11 +207,8 @@ fn create(path: &Path, owner: (u32, u32), truncate: bool) -> io::Result<File> {
 }
 
 /// One record line, with its checksum.
-fn record(change: &Change, out: &mut Vec<u8>) {
-    let body = match change {
-        Change::Add(e) => format!("+ {}", e.encode()),
-        Change::Remove(a) => format!("- {a}"),
-    };
+pub(super) fn record(change: &Change, out: &mut Vec<u8>) {
+    let body = change.encode();
     let crc = crc32fast::hash(body.as_bytes());
     out.extend_from_slice(format!("{crc:08x} {body}\n").as_bytes());
 }
@@ -160,11 +220,32 @@ fn decode(line: &[u8]) -> Option<Change> {
     if crc.len() != 8 || u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
         return None;
     }
-    match body.split_once(' ')? {
-        ("+", entry) => Some(Change::Add(Entry::decode(entry)?)),
-        ("-", address) if !address.is_empty() => Some(Change::Remove(address.to_string())),
-        _ => None,
+    Change::decode(body)
+}
+
+/// Writes a log holding exactly `changes` to `tmp` (synced), then renames it to `path` and
+/// syncs `dir`; the new file, open for appending, and its length.
+pub(super) fn replace<'a>(
+    dir: &Path,
+    (tmp, path): (&Path, &Path),
+    owner: (u32, u32),
+    changes: impl Iterator<Item = &'a Change>,
+) -> io::Result<(File, u64)> {
+    let mut out = BufWriter::new(create(tmp, owner, true)?);
+    out.write_all(HEADER)?;
+    let mut buf = Vec::with_capacity(128);
+    for c in changes {
+        buf.clear();
+        record(c, &mut buf);
+        out.write_all(&buf)?;
     }
+    let f = out.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    let len = f.metadata()?.len();
+    drop(f);
+    fs::rename(tmp, path)?;
+    fsio::sync_dir(dir)?;
+    Ok((create(path, owner, false)?, len))
 }
 
 /// What reading a log found.
@@ -182,9 +263,24 @@ pub struct Scan {
 /// Reads a log's bytes.
 pub fn scan(bytes: &[u8]) -> io::Result<Scan> {
     let mut s = Scan::default();
+    let (changes, damaged, good_len) = records(bytes)?;
+    s.records = changes.len();
+    s.damaged = damaged;
+    s.good_len = good_len;
+    for change in changes {
+        overlay(&mut s.entries, change);
+    }
+    Ok(s)
+}
+
+/// The whole records of a log's bytes in order, how many were damaged, and where the last
+/// whole one ends.
+pub(super) fn records(bytes: &[u8]) -> io::Result<(Vec<Change>, usize, usize)> {
+    let mut changes = Vec::new();
+    let mut damaged = 0;
     if bytes.is_empty() || HEADER.starts_with(bytes) {
         // Empty, or cut short while it was being created.
-        return Ok(s);
+        return Ok((changes, damaged, 0));
     }
     if !bytes.starts_with(HEADER) {
         return Err(io::Error::new(
@@ -192,27 +288,20 @@ pub fn scan(bytes: &[u8]) -> io::Result<Scan> {
             "not a suppression list this version knows (unknown first line)",
         ));
     }
-    s.good_len = HEADER.len();
+    let mut good_len = HEADER.len();
     let mut at = HEADER.len();
     while let Some(nl) = memchr::memchr(b'\n', &bytes[at..]) {
         let line = &bytes[at..at + nl];
         at += nl + 1;
         match decode(line) {
-            Some(Change::Add(e)) => {
-                s.entries.insert(key(&e.address), e);
+            Some(change) => {
+                changes.push(change);
+                good_len = at;
             }
-            Some(Change::Remove(a)) => {
-                s.entries.remove(&key(&a));
-            }
-            None => {
-                s.damaged += 1;
-                continue;
-            }
+            None => damaged += 1,
         }
-        s.records += 1;
-        s.good_len = at;
     }
-    Ok(s)
+    Ok((changes, damaged, good_len))
 }
 
 /// The entries of the spool's list in effect at `now`, read without taking the lock (for
@@ -220,14 +309,14 @@ pub fn scan(bytes: &[u8]) -> io::Result<Scan> {
 pub fn read(dir: &Path, now: u64) -> io::Result<Vec<Entry>> {
     let bytes = match fs::read(dir.join(FILE)) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    Ok(scan(&bytes)?
-        .entries
-        .into_values()
-        .filter(|e| e.live(now))
-        .collect())
+    let mut entries = scan(&bytes)?.entries;
+    for change in pending::read(dir)? {
+        overlay(&mut entries, change);
+    }
+    Ok(entries.into_values().filter(|e| e.live(now)).collect())
 }
 
 impl Store for FileStore {
@@ -264,34 +353,33 @@ impl Store for FileStore {
             self.rewrite = true;
         }
         self.records = s.records;
-        Ok(s.entries.into_values().filter(|e| e.live(now)).collect())
+        let mut entries = s.entries;
+        // Queued changes are the newest: one queued just before a crash may not have reached
+        // the log.
+        if let Some(q) = &self.pending {
+            for change in q.waiting() {
+                overlay(&mut entries, change.change);
+            }
+        }
+        Ok(entries.into_values().filter(|e| e.live(now)).collect())
     }
 
     fn apply(&mut self, changes: &[Change]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(80 * changes.len());
-        for c in changes {
-            record(c, &mut buf);
+        // Queued first: a change in the log but not in the queue would never be shared.
+        if let Some(q) = &self.pending {
+            q.add(changes)?;
         }
-        let len = {
-            self.log()?;
-            self.len
-        };
-        let f = self.file.as_mut().expect("opened");
-        match f.write_all(&buf).and_then(|()| f.sync_data()) {
-            Ok(()) => {
-                self.len = len + buf.len() as u64;
-                self.records += changes.len();
-                Ok(())
-            }
-            Err(e) => {
-                // Whatever part got written must not run into the next record.
-                if f.set_len(len).is_err() {
-                    self.file = None;
-                }
-                self.rewrite = true;
-                Err(e)
-            }
+        self.append(changes)
+    }
+
+    fn learn(&mut self, mut changes: Vec<Change>) -> io::Result<Vec<Change>> {
+        if let Some(q) = &self.pending {
+            changes.retain(|c| !q.holds(&c.key()));
         }
+        if !changes.is_empty() {
+            self.append(&changes)?;
+        }
+        Ok(changes)
     }
 
     fn wants_compaction(&self, live: usize) -> bool {
@@ -299,22 +387,10 @@ impl Store for FileStore {
     }
 
     fn compact(&mut self, live: &[Entry]) -> io::Result<()> {
-        let tmp = self.dir.join(TMP);
-        let mut out = BufWriter::new(create(&tmp, self.owner, true)?);
-        out.write_all(HEADER)?;
-        let mut buf = Vec::with_capacity(128);
-        for e in live {
-            buf.clear();
-            record(&Change::Add(e.clone()), &mut buf);
-            out.write_all(&buf)?;
-        }
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        let len = f.metadata()?.len();
-        drop(f);
-        fs::rename(&tmp, self.path())?;
-        fsio::sync_dir(&self.dir)?;
-        self.file = Some(create(&self.path(), self.owner, false)?);
+        let adds: Vec<Change> = live.iter().cloned().map(Change::Add).collect();
+        let (tmp, path) = (self.dir.join(TMP), self.path());
+        let (f, len) = replace(&self.dir, (&tmp, &path), self.owner, adds.iter())?;
+        self.file = Some(f);
         self.len = len;
         self.records = live.len();
         self.rewrite = false;

@@ -8,9 +8,21 @@
 //!
 //! Lookups are in memory (a `HashMap` behind a read-write lock, shared by the delivery
 //! workers); every change goes to a [`Store`] first and is in memory only once the store has
-//! it durably, so an unsubscribe is acknowledged only after it is on disk. The store is a
-//! trait so that another one (a shared Redis list for several instances) can take the file's
-//! place; the default is [`file::FileStore`], an append-only log in the spool.
+//! it durably, so an unsubscribe is acknowledged only after it is on disk. The store is
+//! [`file::FileStore`], an append-only log in the spool.
+//!
+//! Several instances can share one list (`--suppression-store redis://...`, [`shared`]). The
+//! spool's log then stays each instance's local copy, which decides on its own while the
+//! shared store is unreachable, and two kinds of change reach the store:
+//!
+//! - changes made here ([`Store::apply`]: the control socket, hard bounces) are durable in
+//!   the spool when `apply` returns, and also queued in `suppression.pending`
+//!   ([`pending`]) until the shared store has them; a background thread pushes them. Nothing
+//!   made here waits for Redis, and nothing is refused because it is down.
+//! - changes learnt from the shared store (made by other instances, or by this one and come
+//!   back) reach the copy through [`Suppressions::learn`] and [`Store::learn`]: written to
+//!   the local log, not queued again. A change learnt for an address that has one of its own
+//!   still queued is dropped: the queued one is newer, and replaces it once pushed.
 //!
 //! Delivery checks the list once per job, in the worker, just before the attempt
 //! (`delivery::work`): mail that went straight to a worker and mail that waited for a retry
@@ -21,15 +33,19 @@
 pub mod cmd;
 mod csv;
 pub mod file;
+pub mod pending;
 pub mod remote;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Mutex, RwLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::smtp::address::{Mailbox, domain_key};
 
 pub use csv::{format_time, parse_time};
@@ -40,12 +56,15 @@ pub struct SuppressionConfig {
     /// `--suppress-bounces`: how long a hard bounce keeps its address on the list; `None`
     /// (given as 0): hard bounces add nothing.
     pub bounce_expiry: Option<Duration>,
+    /// `--suppression-store`: the list shared with other instances; `None`: the spool's own.
+    pub store: Option<shared::StoreUrl>,
 }
 
 impl Default for SuppressionConfig {
     fn default() -> Self {
         SuppressionConfig {
             bounce_expiry: Some(Duration::from_secs(30 * 86_400)),
+            store: None,
         }
     }
 }
@@ -134,13 +153,51 @@ pub enum Change {
     Remove(String),
 }
 
+impl Change {
+    /// The address's [`key`].
+    pub fn key(&self) -> String {
+        match self {
+            Change::Add(e) => key(&e.address),
+            Change::Remove(a) => key(a),
+        }
+    }
+
+    /// `+ <entry>` or `- <address>`: one line (the spool's logs and the shared change log).
+    pub fn encode(&self) -> String {
+        match self {
+            Change::Add(e) => format!("+ {}", e.encode()),
+            Change::Remove(a) => format!("- {a}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Change> {
+        match s.split_once(' ')? {
+            ("+", entry) => Some(Change::Add(Entry::decode(entry)?)),
+            ("-", address) if check_address(address).is_ok() => {
+                Some(Change::Remove(address.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Where the list is kept. `Suppressions` holds the copy lookups use and calls the store
 /// under one lock, so a store sees one change at a time and need not be thread-safe.
 pub trait Store: Send {
     /// The entries in effect at `now` (unix ms), read once at start.
     fn load(&mut self, now: u64) -> io::Result<Vec<Entry>>;
-    /// Records `changes`, durably before it returns `Ok`.
+    /// Records `changes` made here, durably before it returns `Ok` (and, for a store shared
+    /// with other instances, on their way to it).
     fn apply(&mut self, changes: &[Change]) -> io::Result<()>;
+    /// Records `changes` learnt from a shared store, in the order they were made there,
+    /// durably before it returns `Ok`, and without sharing them again. Drops those to an
+    /// address that has a change made here and not yet shared (that one is newer); returns
+    /// the changes kept, which the copy in memory then takes. A store that shares nothing
+    /// records them all.
+    fn learn(&mut self, changes: Vec<Change>) -> io::Result<Vec<Change>> {
+        self.apply(&changes)?;
+        Ok(changes)
+    }
     /// Whether the store should be rewritten with only the `live` entries it holds.
     fn wants_compaction(&self, _live: usize) -> bool {
         false
@@ -278,16 +335,33 @@ impl Suppressions {
         }
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         store.apply(&changes)?;
+        self.take(&mut **store, changes, now);
+        Ok(())
+    }
+
+    /// Takes what a shared store says (see [`Learnt`]): the changes that differ from this
+    /// copy are recorded with [`Store::learn`], then seen. Returns how many were taken.
+    pub fn learn(&self, learnt: Learnt, now: u64) -> io::Result<usize> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = match learnt {
+            Learnt::Changes(changes) => effective(&self.read(), changes),
+            Learnt::All(entries) => differences(&self.read(), entries, now),
+        };
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let changes = store.learn(changes)?;
+        let n = changes.len();
+        self.take(&mut **store, changes, now);
+        Ok(n)
+    }
+
+    /// Durable changes into the copy in memory, under the store's lock; then compaction if
+    /// the store wants it.
+    fn take(&self, store: &mut dyn Store, changes: Vec<Change>, now: u64) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         for change in changes {
-            match change {
-                Change::Add(e) => {
-                    entries.insert(key(&e.address), e);
-                }
-                Change::Remove(a) => {
-                    entries.remove(&key(&a));
-                }
-            }
+            overlay(&mut entries, change);
         }
         if store.wants_compaction(entries.len()) {
             entries.retain(|_, e| e.live(now));
@@ -298,7 +372,6 @@ impl Suppressions {
                 log::warn!("suppression: cannot compact the list: {e}");
             }
         }
-        Ok(())
     }
 
     /// Adds the recipients whose permanent failure says their mailbox does not exist
@@ -344,6 +417,97 @@ impl Suppressions {
             }
         }
     }
+}
+
+/// Applies one change to entries by [`key`].
+fn overlay(entries: &mut HashMap<String, Entry>, change: Change) {
+    match change {
+        Change::Add(e) => {
+            entries.insert(key(&e.address), e);
+        }
+        Change::Remove(a) => {
+            entries.remove(&key(&a));
+        }
+    }
+}
+
+/// What a shared store says, for [`Suppressions::learn`].
+#[derive(Debug)]
+pub enum Learnt {
+    /// Changes made there since the last ones learnt, in order.
+    Changes(Vec<Change>),
+    /// The whole list as it is there (read when this instance joins, or fell behind).
+    All(Vec<Entry>),
+}
+
+/// The `changes` that would change `entries`, applied one after the other (adding an entry
+/// that is already there as it is, or removing an address that is not, changes nothing).
+fn effective(entries: &HashMap<String, Entry>, changes: Vec<Change>) -> Vec<Change> {
+    // What the changes kept so far made of their addresses.
+    let mut after: HashMap<String, Option<Entry>> = HashMap::new();
+    let mut kept = Vec::new();
+    for change in changes {
+        let k = change.key();
+        let now = match after.get(&k) {
+            Some(e) => e.as_ref(),
+            None => entries.get(&k),
+        };
+        let next = match &change {
+            Change::Add(e) if now != Some(e) => Some(e.clone()),
+            Change::Remove(_) if now.is_some() => None,
+            _ => continue,
+        };
+        after.insert(k, next);
+        kept.push(change);
+    }
+    kept
+}
+
+/// The changes that turn `entries` into `all` for what is in effect at `now`: the entries
+/// of `all` that differ, and removals of the live entries `all` lacks. Expired entries are
+/// left to compaction.
+fn differences(entries: &HashMap<String, Entry>, all: Vec<Entry>, now: u64) -> Vec<Change> {
+    let all: HashMap<String, Entry> = all
+        .into_iter()
+        .filter(|e| e.live(now))
+        .map(|e| (key(&e.address), e))
+        .collect();
+    let mut changes: Vec<Change> = entries
+        .iter()
+        .filter(|(k, e)| e.live(now) && !all.contains_key(*k))
+        .map(|(_, e)| Change::Remove(e.address.clone()))
+        .collect();
+    changes.extend(
+        all.into_iter()
+            .filter(|(k, e)| entries.get(k) != Some(e))
+            .map(|(_, e)| Change::Add(e)),
+    );
+    changes
+}
+
+/// The daemon's list: the spool's, locked for as long as the daemon runs (waiting up to
+/// `wait` for `mxrelay suppression` to let go of it), and shared through
+/// `cfg.store` when one is given (its background thread started here).
+pub fn start(
+    spool: &Path,
+    cfg: &SuppressionConfig,
+    metrics: Arc<Metrics>,
+    wait: Duration,
+) -> io::Result<Arc<Suppressions>> {
+    let mut store = file::FileStore::open(spool, wait)?;
+    let queue = match &cfg.store {
+        Some(_) => Some(store.share()?),
+        None => {
+            store.unshare()?;
+            None
+        }
+    };
+    let now = crate::delivery::clock::now_ms();
+    let list = Arc::new(Suppressions::open(Box::new(store), cfg.clone(), now)?);
+    if let (Some(url), Some(queue)) = (&cfg.store, queue) {
+        shared::Link::start(url, list.clone(), queue, metrics)?;
+    }
+    Ok(list)
 }
 
 /// Whether a permanent failure (`status` as `x.y.z`, `reply` as the remote server's reply,

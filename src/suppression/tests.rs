@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::csv::{export_line, import_line, parse_time};
 use super::file::{self, FileStore, OpenError};
+use super::pending::{self, Queue};
 use super::*;
 
 const NOW: u64 = 1_796_000_000_000;
@@ -334,6 +335,7 @@ fn hard_bounces_go_on_the_list_with_an_expiry() {
     assert!(list.get("full@x.test", NOW).is_none());
     let off = Suppressions::in_memory(SuppressionConfig {
         bounce_expiry: None,
+        ..SuppressionConfig::default()
     });
     let failure = ("gone@x.test", "5.1.1", "550 5.1.1 no such user");
     assert!(off.record_bounces(&[failure], NOW).is_empty());
@@ -423,4 +425,200 @@ fn the_control_socket_requests_change_the_list() {
         assert!(remote::serve(bad, &mut short, &list).is_err(), "{bad}");
     }
     assert_eq!(list.len(), 1);
+}
+
+#[test]
+fn changes_learnt_are_taken_only_where_they_change_something() {
+    let list = Suppressions::in_memory(SuppressionConfig::default());
+    let a = entry("a@x.test", Reason::Manual, None);
+    list.add(vec![a.clone()], NOW).unwrap();
+    let b = entry("b@x.test", Reason::Unsubscribe, None);
+    let taken = list.learn(
+        Learnt::Changes(vec![
+            // Already so, or not there: nothing to do.
+            Change::Add(a.clone()),
+            Change::Remove("c@x.test".into()),
+            // In order: b comes and goes, then comes back as something else.
+            Change::Add(b.clone()),
+            Change::Remove("b@X.TEST".into()),
+            Change::Remove("b@x.test".into()),
+            Change::Add(entry("b@x.test", Reason::Bounce, Some(NOW + DAY))),
+        ]),
+        NOW,
+    );
+    assert_eq!(taken.unwrap(), 3);
+    assert_eq!(addresses(&list, NOW), ["a@x.test", "b@x.test"]);
+    assert_eq!(list.get("b@x.test", NOW).unwrap().reason, Reason::Bounce);
+    assert_eq!(list.learn(Learnt::Changes(vec![]), NOW).unwrap(), 0);
+}
+
+#[test]
+fn the_whole_list_learnt_replaces_what_is_in_effect() {
+    let list = Suppressions::in_memory(SuppressionConfig::default());
+    list.add(
+        vec![
+            entry("same@x.test", Reason::Manual, None),
+            entry("changed@x.test", Reason::Manual, None),
+            entry("gone@x.test", Reason::Manual, None),
+            entry("expired@x.test", Reason::Bounce, Some(NOW - 1)),
+        ],
+        NOW,
+    )
+    .unwrap();
+    let all = vec![
+        entry("same@x.test", Reason::Manual, None),
+        entry("changed@X.test", Reason::Unsubscribe, None),
+        entry("new@x.test", Reason::Bounce, Some(NOW + DAY)),
+        // Expired there too: nothing to take.
+        entry("old@x.test", Reason::Bounce, Some(NOW - 1)),
+    ];
+    // Changed (replaced), gone (removed), new (added); the rest as they are.
+    assert_eq!(list.learn(Learnt::All(all.clone()), NOW).unwrap(), 3);
+    assert_eq!(
+        addresses(&list, NOW),
+        ["changed@X.test", "new@x.test", "same@x.test"]
+    );
+    assert_eq!(list.learn(Learnt::All(all), NOW).unwrap(), 0, "in step");
+}
+
+#[test]
+fn changes_made_here_wait_in_the_spool_until_the_store_has_them() {
+    let dir = Dir::new();
+    let mut store = FileStore::open(&dir.0, Duration::ZERO).unwrap();
+    let queue = store.share().unwrap();
+    let list = Suppressions::open(Box::new(store), SuppressionConfig::default(), NOW).unwrap();
+    list.add(
+        vec![
+            entry("a@x.test", Reason::Unsubscribe, None),
+            entry("b@x.test", Reason::Manual, None),
+        ],
+        NOW,
+    )
+    .unwrap();
+    assert!(list.remove("a@x.test", NOW).unwrap());
+    // The latest change per address, in the order they were made.
+    let waiting: Vec<Change> = queue.waiting().into_iter().map(|w| w.change).collect();
+    assert_eq!(
+        waiting,
+        [
+            Change::Add(entry("b@x.test", Reason::Manual, None)),
+            Change::Remove("a@x.test".into()),
+        ]
+    );
+    // Learnt for an address still waiting: dropped (the change made here is newer). Others
+    // are taken, written to the log and not queued.
+    let taken = list.learn(
+        Learnt::Changes(vec![
+            Change::Add(entry("a@x.test", Reason::Bounce, None)),
+            Change::Add(entry("c@x.test", Reason::Bounce, None)),
+        ]),
+        NOW,
+    );
+    assert_eq!(taken.unwrap(), 1);
+    assert_eq!(addresses(&list, NOW), ["b@x.test", "c@x.test"]);
+    assert_eq!(queue.len(), 2);
+    drop(list);
+    drop(queue);
+
+    // The queue outlives a restart; the log has every change.
+    assert_eq!(addresses(&dir.open(), NOW), ["b@x.test", "c@x.test"]);
+    let mut store = FileStore::open(&dir.0, Duration::ZERO).unwrap();
+    let queue = store.share().unwrap();
+    let waiting = queue.waiting();
+    assert_eq!(waiting.len(), 2);
+    let list = Suppressions::open(Box::new(store), SuppressionConfig::default(), NOW).unwrap();
+
+    // Confirmed: out of the queue, unless a newer change came meanwhile.
+    list.add(vec![entry("b@x.test", Reason::Unsubscribe, None)], NOW)
+        .unwrap();
+    queue.confirm(&waiting).unwrap();
+    let left: Vec<Change> = queue.waiting().into_iter().map(|w| w.change).collect();
+    assert_eq!(
+        left,
+        [Change::Add(entry("b@x.test", Reason::Unsubscribe, None))]
+    );
+    assert_eq!(
+        pending::read(&dir.0).unwrap(),
+        left,
+        "the file holds what is left"
+    );
+    queue.confirm(&queue.waiting()).unwrap();
+    assert!(queue.is_empty());
+    assert_eq!(
+        std::fs::read(dir.0.join(pending::FILE)).unwrap(),
+        b"mxrelay-suppression 1\n"
+    );
+    drop(list);
+
+    // No longer shared: the queue and the record of the store joined go.
+    queue.set_joined("e1").unwrap();
+    assert_eq!(queue.joined().as_deref(), Some("e1"));
+    drop(queue);
+    let mut store = FileStore::open(&dir.0, Duration::ZERO).unwrap();
+    store.unshare().unwrap();
+    assert!(!dir.0.join(pending::FILE).exists());
+    assert!(!dir.0.join(pending::JOINED).exists());
+    let list = Suppressions::open(Box::new(store), SuppressionConfig::default(), NOW).unwrap();
+    list.add(vec![entry("d@x.test", Reason::Manual, None)], NOW)
+        .unwrap();
+    assert!(!dir.0.join(pending::FILE).exists(), "nothing queued");
+}
+
+#[test]
+fn a_change_queued_just_before_a_crash_counts() {
+    let dir = Dir::new();
+    let mut store = FileStore::open(&dir.0, Duration::ZERO).unwrap();
+    store.share().unwrap();
+    let list = Suppressions::open(Box::new(store), SuppressionConfig::default(), NOW).unwrap();
+    list.add(vec![entry("a@x.test", Reason::Manual, None)], NOW)
+        .unwrap();
+    drop(list);
+    // Queued, then the crash before the log was written.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&dir.0).unwrap();
+    let queue = Queue::open(&dir.0, (meta.uid(), meta.gid()))
+        .unwrap()
+        .unwrap();
+    let late = entry("late@x.test", Reason::Unsubscribe, None);
+    queue.add(&[Change::Add(late.clone())]).unwrap();
+    queue.add(&[Change::Remove("a@x.test".into())]).unwrap();
+    drop(queue);
+    // Read as `mxrelay suppression list` reads it, and as the daemon loads it.
+    let read: Vec<String> = file::read(&dir.0, NOW)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.address)
+        .collect();
+    assert_eq!(read, ["late@x.test"]);
+    assert_eq!(addresses(&dir.open(), NOW), ["late@x.test"]);
+}
+
+#[test]
+fn the_command_without_a_daemon_queues_changes_to_a_shared_list() {
+    let dir = Dir::new();
+    FileStore::open(&dir.0, Duration::ZERO)
+        .unwrap()
+        .share()
+        .unwrap();
+    // `mxrelay suppression add` with no daemon opens the store without sharing it itself.
+    dir.open()
+        .add(vec![entry("a@x.test", Reason::Manual, None)], NOW)
+        .unwrap();
+    assert_eq!(
+        pending::read(&dir.0).unwrap(),
+        [Change::Add(entry("a@x.test", Reason::Manual, None))]
+    );
+}
+
+#[test]
+fn changes_encode_on_one_line() {
+    for c in [
+        Change::Add(entry("\"a b\"@x.test", Reason::Bounce, Some(NOW))),
+        Change::Remove("a@x.test".into()),
+    ] {
+        assert_eq!(Change::decode(&c.encode()), Some(c.clone()));
+    }
+    for bad in ["", "+ junk", "- ", "- not an address", "* a@x.test"] {
+        assert_eq!(Change::decode(bad), None, "{bad}");
+    }
 }

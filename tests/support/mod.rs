@@ -1,9 +1,10 @@
 //! Shared helpers for the integration tests: temp spools, the real `mxrelay` binary as a
-//! child process (log captured), a raw SMTP client, plus the fake DNS server and the
-//! recording sink. Every wait is bounded.
+//! child process (log captured), a raw SMTP client, plus the fake DNS server, the recording
+//! sink and a real Redis server. Every wait is bounded.
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod redis_server;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,6 +81,18 @@ pub fn finish(mut child: Child, timeout: Duration, what: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// If the test process dies without running destructors, the child started by `cmd` is
+/// killed with it.
+pub fn dies_with_the_test(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// The real binary, started with a temp spool on 127.0.0.1:0; its log is captured.
 pub struct Relay {
     child: Child,
@@ -100,14 +113,7 @@ impl Relay {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // If the test process dies without running destructors, take the relay with it.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        dies_with_the_test(&mut cmd);
         let mut child = cmd.spawn().expect("start mxrelay");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
