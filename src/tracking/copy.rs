@@ -1,11 +1,12 @@
 //! A recipient's own copy of a stored message, made while it is delivered: the header
 //! section with the unsubscribe fields added and a DKIM signature on top, then the body with
 //! its HTML links and open pixel rewritten for that recipient. Nothing is stored: a first
-//! pass over the message works out the copy's size and the body hash the signature needs;
-//! the second streams the same bytes to the next hop. Both run the same rewrite over the same
+//! pass over the message works out the copy's size and the body hash the signature needs.
+//! A body of up to `KEEP` bytes is kept from that pass and sent from memory; a larger one is
+//! made again as it streams to the next hop. Both passes run the same rewrite over the same
 //! stored bytes with the same keys, which gives the same output every time (tokens are an
 //! HMAC of their contents), so the signature covers exactly what is sent. Memory stays at
-//! the rewriter's bound (one HTML part) whatever the message's size.
+//! `KEEP` or the rewriter's bound (one HTML part), whatever the message's size.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use crate::transform::head::{HeadReader, HeaderBlock, Split};
 
 /// Bytes read from the stored message at a time.
 const CHUNK: usize = 64 * 1024;
+/// A copy's body up to this size is kept from the first pass (most newsletters), not made
+/// twice.
+const KEEP: usize = 256 * 1024;
 
 /// Makes recipients' copies, as the tracking flags say.
 pub struct Copier {
@@ -44,6 +48,8 @@ pub struct PersonalCopy<'a, S> {
     head: Vec<u8>,
     /// Bytes of the stored message's header section (replaced by `head`).
     skip: u64,
+    /// The body, when the first pass could keep it.
+    kept: Option<Vec<u8>>,
     /// The copy's size in bytes.
     pub size: u64,
     /// What the rewrite did to the HTML parts.
@@ -95,6 +101,7 @@ impl Copier {
             plan,
             head: Vec::new(),
             skip,
+            kept: None,
             size: 0,
             report: Report::default(),
             signatures: Vec::new(),
@@ -103,12 +110,14 @@ impl Copier {
         let mut sink = BodySink {
             signing: signing.as_mut(),
             len: 0,
+            kept: Some(Vec::new()),
         };
         let mut body = copy.body();
         io::copy(&mut body, &mut sink)?;
         let report = std::mem::take(&mut body.report);
         drop(body);
         let body_len = sink.len;
+        copy.kept = sink.kept;
         copy.report = report;
         if let Some(s) = signing {
             copy.signatures = s.finish(&mut block, id).map_err(io::Error::other)?;
@@ -134,7 +143,11 @@ impl Copier {
 impl<S: Source> PersonalCopy<'_, S> {
     /// The copy's bytes, in order (the second pass, or any later one).
     pub fn bytes(&self) -> impl Read + '_ {
-        io::Cursor::new(&self.head[..]).chain(self.body())
+        let body: Box<dyn Read + '_> = match &self.kept {
+            Some(kept) => Box::new(&kept[..]),
+            None => Box::new(self.body()),
+        };
+        io::Cursor::new(&self.head[..]).chain(body)
     }
 
     /// The copy's body: the stored message rewritten, its header section left out.
@@ -253,6 +266,8 @@ impl<R: Read> Body<'_, R> {
 struct BodySink<'s> {
     signing: Option<&'s mut crate::transform::dkim::Signing>,
     len: u64,
+    /// The body so far, while it is within `KEEP`.
+    kept: Option<Vec<u8>>,
 }
 
 impl Write for BodySink<'_> {
@@ -261,6 +276,13 @@ impl Write for BodySink<'_> {
             s.body(piece);
         }
         self.len += piece.len() as u64;
+        if let Some(k) = self.kept.as_mut() {
+            if k.len() + piece.len() <= KEEP {
+                k.extend_from_slice(piece);
+            } else {
+                self.kept = None;
+            }
+        }
         Ok(piece.len())
     }
 

@@ -239,6 +239,9 @@ fn reference(v: &[u8]) -> Option<(char, usize)> {
 
 /// Escapes a URL for an attribute value in double quotes.
 fn escape(url: &str) -> String {
+    if !url.contains(['&', '"', '\'', '<', '>']) {
+        return url.to_string();
+    }
     let mut out = String::with_capacity(url.len() + 8);
     for c in url.chars() {
         match c {

@@ -6,32 +6,47 @@
 /// Decodes a quoted-printable body (CRLF or LF line ends).
 pub fn decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
-    let mut lines = input.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let last = lines.peek().is_none();
+    let mut rest = input;
+    loop {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
         // Transport padding: white space at the end of an encoded line is not data.
         let line = trim_line_end(line);
         let (line, soft) = match line.strip_suffix(b"=") {
             Some(l) => (l, true),
             None => (line, false),
         };
-        let mut i = 0;
-        while i < line.len() {
-            if line[i] == b'='
-                && let Some(v) = line.get(i + 1..i + 3).and_then(hex_pair)
-            {
-                out.push(v);
-                i += 3;
-                continue;
+        decode_line(line, &mut out);
+        match next {
+            Some(n) => {
+                if !soft {
+                    out.extend_from_slice(b"\r\n");
+                }
+                rest = n;
             }
-            out.push(line[i]);
-            i += 1;
-        }
-        if !soft && !last {
-            out.extend_from_slice(b"\r\n");
+            None => return out,
         }
     }
-    out
+}
+
+/// `=XX` decoded, anything else (a malformed `=` too) copied, in runs.
+fn decode_line(mut line: &[u8], out: &mut Vec<u8>) {
+    while let Some(i) = memchr::memchr(b'=', line) {
+        out.extend_from_slice(&line[..i]);
+        match line.get(i + 1..i + 3).and_then(hex_pair) {
+            Some(v) => {
+                out.push(v);
+                line = &line[i + 3..];
+            }
+            None => {
+                out.push(b'=');
+                line = &line[i + 1..];
+            }
+        }
+    }
+    out.extend_from_slice(line);
 }
 
 /// A line without its line end (CRLF or LF) and the spaces and tabs before it.
@@ -56,28 +71,53 @@ const MAX_LINE: usize = 76;
 /// Encodes `input`, where CRLF is a hard line break; no CRLF is added at the end.
 pub fn encode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 8);
-    let mut first = true;
     let mut rest = input;
     loop {
-        let (line, next) = match rest.windows(2).position(|w| w == b"\r\n") {
+        let (line, next) = match memchr::memmem::find(rest, b"\r\n") {
             Some(i) => (&rest[..i], Some(&rest[i + 2..])),
             None => (rest, None),
         };
-        if !first {
-            out.extend_from_slice(b"\r\n");
-        }
-        first = false;
         encode_line(line, &mut out);
         match next {
-            Some(n) => rest = n,
+            Some(n) => {
+                out.extend_from_slice(b"\r\n");
+                rest = n;
+            }
             None => return out,
         }
     }
 }
 
+/// Whether a byte other than a line's last stands for itself (a space or tab at the end of
+/// a line must be encoded).
+fn plain(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 33..=60 | 62..=126)
+}
+
 fn encode_line(line: &[u8], out: &mut Vec<u8>) {
     let mut col = 0;
-    for (i, &b) in line.iter().enumerate() {
+    let mut i = 0;
+    while i < line.len() {
+        // A run of plain bytes before the last: copied in pieces that fill each line up to
+        // the soft break's `=`.
+        let body = &line[i..line.len() - 1];
+        let run = body.iter().position(|&b| !plain(b)).unwrap_or(body.len());
+        if run > 0 {
+            let mut piece = &body[..run];
+            while !piece.is_empty() {
+                if col == MAX_LINE - 1 {
+                    out.extend_from_slice(b"=\r\n");
+                    col = 0;
+                }
+                let n = piece.len().min(MAX_LINE - 1 - col);
+                out.extend_from_slice(&piece[..n]);
+                col += n;
+                piece = &piece[n..];
+            }
+            i += run;
+            continue;
+        }
+        let b = line[i];
         let at_end = i + 1 == line.len();
         let literal = match b {
             b'=' => false,
@@ -98,6 +138,7 @@ fn encode_line(line: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
         col += width;
+        i += 1;
     }
 }
 
