@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
+    mxrelay::privileges::owner_only_files();
     let argv0 = std::env::args().next().unwrap_or_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Invoked through a symlink, as the MTA programs other software expects.
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     }
     let cfg = match config::parse_args(&args) {
         Ok(Parsed::Run(c)) => c,
-        Ok(Parsed::Help(text)) => {
+        Ok(Parsed::Help(text) | Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
@@ -44,7 +45,12 @@ fn main() -> ExitCode {
     };
     let default_level = if cfg.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
+        .format(|out, record| {
+            use std::io::Write;
+            let now = mxrelay::events::rfc3339(std::time::SystemTime::now());
+            let (level, target) = (record.level(), record.target());
+            writeln!(out, "[{now} {level:<5} {target}] {}", record.args())
+        })
         .init();
 
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {

@@ -87,6 +87,7 @@ impl Relay {
         if let Some(user) = &cfg.user {
             crate::privileges::drop_to(user)?;
         }
+        crate::privileges::check_spool_owner(&cfg.spool)?;
         let spool = Arc::new(
             Spool::open(&cfg.spool)
                 .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?,
@@ -231,6 +232,9 @@ impl Relay {
 fn acquire(cfg: &Config) -> std::io::Result<Acquired> {
     // Two descriptors per client, plus spool slots, outbound connections and the rest.
     crate::privileges::raise_open_files_limit(2 * cfg.server.max_connections as u64 + 2048);
+    for (flag, file) in cfg.secret_files() {
+        crate::privileges::check_secret_file(flag, file)?;
+    }
     let sockets = server::bind(&cfg.listen)?;
     let tls = match &cfg.tls_cert {
         Some((cert, key)) => Some(Arc::new(

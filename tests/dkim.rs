@@ -730,12 +730,12 @@ fn sighup_reloads_the_keys_or_keeps_the_old_ones() {
     };
     assert!(signed(1));
     // A key file that went bad: the old key stays in use.
-    std::fs::write(&key, b"not a key").unwrap();
+    support::write_secret(&key, b"not a key");
     relay.signal("HUP");
     relay.wait_log("dkim: keys not reloaded, the old ones stay");
     assert!(signed(2));
     // A good one again: reloaded.
-    std::fs::write(&key, &good).unwrap();
+    support::write_secret(&key, &good);
     relay.signal("HUP");
     relay.wait_log("dkim: keys reloaded");
     assert!(signed(3));
@@ -750,7 +750,7 @@ fn tracked_copies_are_signed_after_the_rewrite() {
     let dns = start_dnsmasq(dir, &[&rec]);
     let sink = support::sink_on("127.0.0.1", 0, support::sink::Script::default());
     let secret = dir.join("tracking.key");
-    std::fs::write(&secret, "a-tracking-secret-of-some-length\n").unwrap();
+    support::write_secret(&secret, "a-tracking-secret-of-some-length\n");
     let spec = format!("example.com:t1:{}", key.display());
     let relay = support::Relay::via(
         &sink,

@@ -80,11 +80,10 @@ fn a_bcc_never_reaches_any_recipient_from_the_submission_port() {
     let sink = sink_on("127.0.0.1", 0, Script::default());
     let spool = TempDir::new("headers-bcc");
     let users = spool.path().join("users");
-    std::fs::write(
+    support::write_secret(
         &users,
         format!("app:{}\n", mxrelay::auth::hash_password("secret")),
-    )
-    .unwrap();
+    );
     let users_arg = users.display().to_string();
     let relay = Relay::via(
         &sink,

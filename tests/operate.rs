@@ -414,6 +414,83 @@ fn drops_privileges_with_user() {
     );
     // It still works: a message is accepted into the spool it owns.
     assert!(submit(relay.addr, "a@client.test", &["b@example.test"], MSG).starts_with("250"));
+    // Everything it created there is its own alone.
+    let mut dirs = vec![spool.path().to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{} has mode {mode:o}",
+                entry.path().display()
+            );
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), nobody.uid);
+            seen += 1;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    assert!(seen >= 3, "the spool holds files: {seen}");
+}
+
+#[test]
+fn root_refuses_a_spool_that_belongs_to_another_user_and_a_readable_secret() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: the spool owner check cannot be exercised here (CI runs as root)");
+        return;
+    }
+    let spool = TempDir::new("owner");
+    let nobody = mxrelay::privileges::lookup("nobody").expect("user nobody");
+    std::os::unix::fs::chown(spool.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mxrelay"))
+            .args([
+                "--hostname",
+                "relay.test",
+                "--listen",
+                "127.0.0.1:0",
+                "--spool",
+            ])
+            .arg(spool.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains(&format!("belongs to uid {}", nobody.uid)) && err.contains("--user"),
+        "{err}"
+    );
+    // A secret every user can read stops the start, whoever runs it, saying how to fix it.
+    let key = spool.path().join("webhook.key");
+    std::fs::write(&key, "0123456789abcdef0123").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let key = key.display().to_string();
+    let err = run(&[
+        "--webhook",
+        "http://127.0.0.1:9/",
+        "--webhook-secret-file",
+        &key,
+    ]);
+    assert!(
+        err.contains("is readable by every user (mode 0644)"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("chmod 600 {key}")), "{err}");
+    // Nothing was created in the other user's spool.
+    assert_eq!(
+        std::fs::read_dir(spool.path()).unwrap().count(),
+        1,
+        "only the key"
+    );
 }
 
 #[test]

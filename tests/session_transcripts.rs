@@ -420,15 +420,14 @@ fn start_relay(t: &Transcript, spool: &Path) -> Relay {
     if l.auth {
         fs::create_dir_all(spool).unwrap();
         let users = spool.join("users");
-        fs::write(
+        support::write_secret(
             &users,
             format!(
                 "{}:{}\n",
                 ACCOUNT.0,
                 mxrelay::auth::hash_password(ACCOUNT.1)
             ),
-        )
-        .unwrap();
+        );
         args.extend([
             "--users".into(),
             users.display().to_string(),

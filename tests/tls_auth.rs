@@ -152,11 +152,10 @@ impl TlsClient {
 
 fn users_file(dir: &Path, extra: &str) -> String {
     let path = dir.join("users");
-    std::fs::write(
+    support::write_secret(
         &path,
         format!("alice:{}{extra}\n", mxrelay::auth::hash_password("secret")),
-    )
-    .unwrap();
+    );
     path.display().to_string()
 }
 
@@ -557,7 +556,7 @@ fn delivers_through_a_tls_smarthost_that_demands_auth() {
     );
     let spool = TempDir::new("smarthost-auth");
     let pw = spool.path().join("smarthost.pw");
-    std::fs::write(&pw, "api-key-123\n").unwrap();
+    support::write_secret(&pw, "api-key-123\n");
     let relay = Relay::start(
         spool.path(),
         &[
@@ -738,7 +737,7 @@ fn sighup_reloads_the_users_file() {
         "dave:{}\n",
         mxrelay::auth::hash_password("davepw")
     ));
-    std::fs::write(&users, text).unwrap();
+    support::write_secret(&users, text);
     s.relay.signal("HUP");
     s.relay.wait_log("accounts reloaded");
     assert!(

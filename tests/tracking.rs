@@ -25,7 +25,7 @@ const HTML: &str = "From: News <news@example.com>\r\nSubject: news\r\nMIME-Versi
 /// one loopback listener.
 fn relay(sink: &support::sink::Sink, dir: &Path, extra: &[&str]) -> Relay {
     let secret = dir.join("tracking.key");
-    std::fs::write(&secret, "a-tracking-secret-of-some-length\n").unwrap();
+    support::write_secret(&secret, "a-tracking-secret-of-some-length\n");
     let events = dir.join("events.jsonl");
     let mut args = vec![
         "--tracking-url",

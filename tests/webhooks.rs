@@ -251,7 +251,7 @@ fn field<'a>(event: &'a str, name: &str) -> Option<&'a str> {
 
 fn secret(dir: &Path, key: &str) -> String {
     let path = dir.join("hook.key");
-    std::fs::write(&path, format!("{key}\n")).unwrap();
+    support::write_secret(&path, format!("{key}\n"));
     path.display().to_string()
 }
 

@@ -455,6 +455,14 @@ pub static FLAGS: &[FlagDef] = &[
         multi: false,
     },
     FlagDef {
+        long: "print-config",
+        short: "",
+        hint: "",
+        help: "Print the effective configuration as the flags that reproduce it, then exit",
+        default: None,
+        multi: false,
+    },
+    FlagDef {
         long: "help",
         short: "h",
         hint: "",

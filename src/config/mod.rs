@@ -5,7 +5,7 @@
 //! start-up.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::tracking::{Personal, TrackingConfig};
 use crate::transform::TransformConfig;
 
 mod flags;
+mod print;
 mod values;
 
 use flags::{DEFAULT_LISTEN, options};
@@ -60,6 +61,8 @@ pub struct Config {
 #[derive(Debug)]
 pub enum Parsed {
     Run(Box<Config>),
+    /// `--print-config`: the effective configuration as flags.
+    Print(String),
     Help(String),
     Version,
 }
@@ -136,7 +139,36 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         hostname,
         spool,
     };
+    if f.on("print-config") {
+        return Ok(Parsed::Print(print::command_line(&f, &config)));
+    }
     Ok(Parsed::Run(Box::new(config)))
+}
+
+impl Config {
+    /// The files that hold secrets, each with its flag: keys, passwords, HMAC secrets.
+    pub fn secret_files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files: Vec<(&'static str, &Path)> = Vec::new();
+        if let Some((_, key)) = &self.tls_cert {
+            files.push(("tls-key", key));
+        }
+        if let Some(users) = &self.auth.users {
+            files.push(("users", users));
+        }
+        if let Some((_, file)) = &self.delivery.smarthost_login {
+            files.push(("smarthost-password-file", file));
+        }
+        for (_, _, key) in &self.transforms.dkim {
+            files.push(("dkim", key));
+        }
+        if let Some(file) = &self.webhooks.secret_file {
+            files.push(("webhook-secret-file", file));
+        }
+        for file in &self.tracking.secret_files {
+            files.push(("tracking-secret-file", file));
+        }
+        files
+    }
 }
 
 /// getopts' matches, read as the flag table says: a flag not given takes its `[default]`.
@@ -353,7 +385,7 @@ fn hostname(f: &Flags) -> Result<String, ConfigError> {
 fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfig, ConfigError> {
     Ok(ServerConfig {
         hostname: hostname.to_string(),
-        trusted: f.list("trusted-network", &["127.0.0.0/8", "::1/128"], parse_cidr)?,
+        trusted: f.list("trusted-network", print::TRUSTED_DEFAULT, parse_cidr)?,
         postmaster: postmaster.clone(),
         max_connections: f.num("max-connections", 1)? as usize,
         max_message_size: f.size("max-message-size", 1)?,

@@ -41,6 +41,13 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes a file that holds a secret (a key, a users file) owner-only, as mxrelay wants.
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Polls `f` every 20 ms until it returns true or `timeout` passes.
 /// The `*.smtp` transcript files in `dir` (relative to the crate), sorted; never none.
 pub fn smtp_files(dir: &str) -> Vec<PathBuf> {
