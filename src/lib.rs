@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod dns;
 pub mod events;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod privileges;

@@ -23,6 +23,7 @@ use crate::delivery::{self, Context};
 use crate::dns::{CACHE_ENTRIES, CachingResolver, DnsClient, Resolver};
 use crate::events::Events;
 use crate::events::webhook::Webhooks;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::server::{self, Server, Services};
 use crate::spool::id::MsgId;
@@ -148,6 +149,7 @@ impl Relay {
             tls: tls.clone(),
             users: acquired.users.clone(),
             auth_guard: cfg.auth.guard(),
+            limits: Limits::new(cfg.server.limits.clone(), Arc::new(SystemClock)),
             in_flow: delivery.in_flow,
             metrics,
             events: events.clone(),

@@ -309,7 +309,17 @@ fn event_log_has_every_event_type_with_its_fields() {
         ),
         ("expired", &["id", "recipients", "age_s"]),
         ("deleted", &["id", "recipients"]),
-        ("rejected", &["client_ip", "command", "argument", "reply"]),
+        (
+            "rejected",
+            &[
+                "client_ip",
+                "auth_user",
+                "reason",
+                "command",
+                "argument",
+                "reply",
+            ],
+        ),
     ];
     let ok = wait_until(WAIT, || {
         let text = std::fs::read_to_string(&events).unwrap_or_default();

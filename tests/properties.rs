@@ -5,7 +5,9 @@ use mxrelay::smtp::address::{self, Mailbox};
 use mxrelay::smtp::command;
 use mxrelay::smtp::data::DataReader;
 use mxrelay::smtp::reply::{Enhanced, Reply, ReplyParser};
-use mxrelay::smtp::session::{Effect, Session, SessionConfig};
+use mxrelay::smtp::session::{
+    Admission, Effect, Limited, RateLimit, Session, SessionConfig, SessionLimits,
+};
 use mxrelay::spool::Envelope;
 use proptest::prelude::*;
 
@@ -23,6 +25,12 @@ fn session(relay_allowed: bool, auth: bool) -> Session {
         auth_available: auth,
         require_auth: false,
         plaintext_auth: auth,
+        limits: SessionLimits {
+            max_messages: Some(3),
+            ip_messages: true,
+            user_messages: true,
+            user_recipients: true,
+        },
     })
 }
 
@@ -118,10 +126,33 @@ proptest! {
     }
 
     #[test]
-    fn session_never_panics_and_keeps_its_promises(lines in proptest::collection::vec(smtp_line(), 1..40), relay in any::<bool>(), auth in any::<bool>()) {
+    fn session_never_panics_and_keeps_its_promises(lines in proptest::collection::vec(smtp_line(), 1..40), relay in any::<bool>(), auth in any::<bool>(), limited in proptest::collection::vec(any::<bool>(), 40)) {
         let mut s = session(relay, auth);
-        for line in &lines {
-            let step = s.feed(line);
+        let mut started = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let mut step = s.feed(line);
+            if let Effect::Admit(what) = step.effect {
+                // The rate limits answer: a refusal is a 450 that changes nothing.
+                let before = s.transaction().map(|t| t.recipients.len());
+                prop_assert!(step.reply.is_none());
+                let verdict = if limited[i] {
+                    Err(Limited { limit: RateLimit::Ip, retry_after: std::time::Duration::from_millis(1500) })
+                } else {
+                    Ok(())
+                };
+                step = s.admitted(verdict);
+                if limited[i] {
+                    let r = step.reply.as_ref().unwrap();
+                    prop_assert_eq!((r.code, r.render().contains("in 2 seconds")), (450, true));
+                    prop_assert_eq!(s.transaction().map(|t| t.recipients.len()), before);
+                    prop_assert!(what == Admission::Recipient || before.is_none());
+                }
+            }
+            if step.effect == Effect::MailAccepted {
+                started += 1;
+                // --max-messages-per-connection: 3 here.
+                prop_assert!(started <= 3);
+            }
             // A refusal, and only a refusal, says why.
             prop_assert_eq!(
                 step.refused.is_some(),
@@ -143,6 +174,7 @@ proptest! {
                 Effect::StartTls => s.tls_started(),
                 Effect::Close => break,
                 Effect::None | Effect::MailAccepted => {}
+                Effect::Admit(_) => prop_assert!(false, "admitted answers with a reply"),
             }
             if let Some(tx) = s.transaction() {
                 prop_assert!(tx.recipients.len() <= 5);

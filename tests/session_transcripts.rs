@@ -7,7 +7,7 @@
 //! | line                  | meaning                                                             |
 //! |-----------------------|---------------------------------------------------------------------|
 //! | `# text`              | comment; the first one says which rule the file pins                |
-//! | `! config k=v ...`    | `relay=allowed\|denied`, `max-recipients=N`, `max-errors=N`, `max-size=N`, `auth=on` (account alice/secret, AUTH allowed without TLS from loopback) |
+//! | `! config k=v ...`    | `relay=allowed\|denied`, `max-recipients=N`, `max-errors=N`, `max-size=N`, `auth=on` (account alice/secret, AUTH allowed without TLS from loopback); the limits `max-messages=N`, `rate-limit-ip=N/PERIOD`, `rate-limit-user=N/PERIOD`, `rate-limit-rcpt-user=N/PERIOD` (the client is then not exempt) |
 //! | `! socket-only`       | skipped by the pure run (the rule needs the real DATA reader)       |
 //! | `C: line`             | one command, sent with CRLF                                         |
 //! | `P: a\|b\|c`          | a pipelined group, sent in one write                                |
@@ -24,7 +24,12 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mxrelay::config::{Parsed, parse_args};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use mxrelay::config::{Parsed, parse_args, parse_rate};
+use mxrelay::delivery::clock::FakeClock;
+use mxrelay::limits;
 use mxrelay::relay::Relay;
 use mxrelay::smtp::address::Mailbox;
 use mxrelay::smtp::data::DataReader;
@@ -42,6 +47,8 @@ struct Limits {
     max_errors: u32,
     max_size: u64,
     auth: bool,
+    /// Flags of the rate and concurrency limits, as given.
+    limit_flags: Vec<(String, String)>,
 }
 
 impl Default for Limits {
@@ -52,6 +59,7 @@ impl Default for Limits {
             max_errors: 10,
             max_size: 10 << 20,
             auth: false,
+            limit_flags: Vec::new(),
         }
     }
 }
@@ -128,6 +136,18 @@ fn directive(t: &mut Transcript, d: &str) -> Result<(), String> {
                     Some(("max-errors", v)) => l.max_errors = num(v)? as u32,
                     Some(("max-size", v)) => l.max_size = num(v)?,
                     Some(("auth", "on")) => l.auth = true,
+                    Some((k @ "max-messages", v)) => {
+                        num(v)?;
+                        l.limit_flags
+                            .push((format!("{k}-per-connection"), v.into()));
+                    }
+                    Some((
+                        k @ ("rate-limit-ip" | "rate-limit-user" | "rate-limit-rcpt-user"),
+                        v,
+                    )) => {
+                        parse_rate(v)?;
+                        l.limit_flags.push((k.into(), v.into()));
+                    }
                     _ => return Err(format!("unknown setting {s}")),
                 }
             }
@@ -204,8 +224,24 @@ fn data_wire(lines: &[String]) -> String {
     wire
 }
 
+/// The client's address in both runs.
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The limits of a transcript, as the relay reads them from its flags (no client exempt).
+fn limits_config(l: &Limits) -> limits::LimitsConfig {
+    let mut args = vec!["--limit-exempt".to_string(), "none".into()];
+    for (k, v) in &l.limit_flags {
+        args.extend([format!("--{k}"), v.clone()]);
+    }
+    let Ok(Parsed::Run(cfg)) = parse_args(&args) else {
+        panic!("bad limit flags {args:?}");
+    };
+    cfg.server.limits
+}
+
 struct Pure {
     session: Session,
+    limits: limits::Limits,
     max_size: u64,
     pending: VecDeque<String>,
     state: PureState,
@@ -213,6 +249,8 @@ struct Pure {
 
 impl Pure {
     fn new(l: &Limits) -> Pure {
+        // The time stands still: rates refill only between transcripts.
+        let limits = limits::Limits::new(limits_config(l), Arc::new(FakeClock::at(1 << 40)));
         let session = Session::new(SessionConfig {
             hostname: "relay.test".into(),
             max_message_size: l.max_size,
@@ -227,8 +265,10 @@ impl Pure {
             auth_available: l.auth,
             require_auth: false,
             plaintext_auth: l.auth,
+            limits: limits.for_session(CLIENT),
         });
         let mut pure = Pure {
+            limits,
             max_size: l.max_size,
             pending: VecDeque::new(),
             state: PureState::Commands,
@@ -254,6 +294,14 @@ impl Peer for Pure {
                 PureState::Closed { .. } => return Err(format!("{c:?} sent after the close")),
             }
             let step = self.session.feed(c.as_bytes());
+            // The rate limits answer right away, as the driver does.
+            let step = match step.effect {
+                Effect::Admit(what) if step.reply.is_none() => {
+                    let verdict = self.limits.admit(CLIENT, self.session.auth_user(), what);
+                    self.session.admitted(verdict)
+                }
+                _ => step,
+            };
             if step.refused.is_some() != step.reply.as_ref().is_some_and(|r| r.code >= 400) {
                 return Err(format!("refused is not set exactly for refusals: {step:?}"));
             }
@@ -261,6 +309,7 @@ impl Peer for Pure {
                 self.push(r);
             }
             self.state = match step.effect {
+                Effect::Admit(_) => return Err(format!("a reply with Admit: {step:?}")),
                 Effect::None | Effect::MailAccepted => PureState::Commands,
                 Effect::BeginData => PureState::InData,
                 Effect::Close => PureState::Closed { eof_seen: false },
@@ -434,6 +483,13 @@ fn start_relay(t: &Transcript, spool: &Path) -> Relay {
             "--plaintext-auth-loopback".into(),
         ]);
         args.extend(["--auth-fail-delay".into(), "0s".into()]);
+    }
+    if !l.limit_flags.is_empty() {
+        // Loopback is trusted, and so exempt: not here.
+        args.extend(["--limit-exempt".into(), "none".into()]);
+        for (k, v) in &l.limit_flags {
+            args.extend([format!("--{k}"), v.clone()]);
+        }
     }
     if !l.relay_allowed {
         // 127.0.0.1 is outside this network, so the test client is untrusted.

@@ -51,8 +51,9 @@ impl fmt::Debug for FailureGuard {
     }
 }
 
-/// The key an address is counted under: IPv4-mapped IPv6 becomes IPv4, other IPv6 its /64.
-fn guard_key(ip: IpAddr) -> IpAddr {
+/// The key an address is counted under: IPv4-mapped IPv6 becomes IPv4, other IPv6 its /64
+/// (also the key of the per-address limits in `crate::limits`).
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -119,7 +120,7 @@ impl FailureGuard {
         if self.disabled() {
             return false;
         }
-        let key = guard_key(ip);
+        let key = address_key(ip);
         let mut st = self.lock_state();
         if !st.map.contains_key(&key) {
             self.make_room(&mut st, now);
@@ -151,13 +152,13 @@ impl FailureGuard {
         }
         let st = self.lock_state();
         st.map
-            .get(&guard_key(ip))
+            .get(&address_key(ip))
             .is_some_and(|r| self.record_locked(r, now))
     }
 
     /// A successful login clears the address's failures.
     pub fn clear(&self, ip: IpAddr) {
-        self.lock_state().map.remove(&guard_key(ip));
+        self.lock_state().map.remove(&address_key(ip));
     }
 
     #[cfg(test)]

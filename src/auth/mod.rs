@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use guard::FailureGuard;
+pub use guard::{FailureGuard, address_key};
 pub use hash::hash_password;
 pub use users::{Account, Users, UsersError, UsersFile};
 

@@ -144,6 +144,46 @@ pub static FLAGS: &[FlagDef] = &[
         Some("100"),
     ),
     opt(
+        "max-connections-per-ip",
+        "N",
+        "Concurrent SMTP clients from one address (IPv6: one /64) outside --limit-exempt; \
+         more get 421",
+        Some("20"),
+    ),
+    opt(
+        "max-messages-per-connection",
+        "N",
+        "Messages (accepted MAIL commands) per connection from clients outside --limit-exempt; \
+         the next MAIL gets 421 and the connection closes",
+        Some("1000"),
+    ),
+    opt(
+        "rate-limit-ip",
+        "N/PERIOD",
+        "Messages per client address (IPv6: one /64) outside --limit-exempt, e.g. 600/h; \
+         more get 450 at MAIL",
+        Some("no limit"),
+    ),
+    opt(
+        "rate-limit-user",
+        "N/PERIOD",
+        "Messages per authenticated user, e.g. 10000/d; more get 450 at MAIL",
+        Some("no limit"),
+    ),
+    opt(
+        "rate-limit-rcpt-user",
+        "N/PERIOD",
+        "Recipients per authenticated user, e.g. 5000/h; more get 450 at RCPT",
+        Some("no limit"),
+    ),
+    multi(
+        "limit-exempt",
+        "CIDR|none",
+        "Clients spared --max-connections-per-ip, --max-messages-per-connection and \
+         --rate-limit-ip (repeatable; none: nobody)",
+        Some("the --trusted-network networks"),
+    ),
+    opt(
         "max-message-size",
         "BYTES",
         "Largest message accepted (K, M, G suffixes allowed)",

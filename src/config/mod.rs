@@ -16,6 +16,7 @@ use crate::delivery::route::RouteTable;
 use crate::delivery::scheduler::SchedulerConfig;
 use crate::delivery::sites::SiteConfig;
 use crate::events::webhook::{self, WebhookConfig};
+use crate::limits::{LimitsConfig, Rate};
 use crate::server::ServerConfig;
 use crate::smtp::address::{self, Mailbox};
 use crate::suppression::SuppressionConfig;
@@ -383,9 +384,11 @@ fn hostname(f: &Flags) -> Result<String, ConfigError> {
 }
 
 fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfig, ConfigError> {
+    let trusted = f.list("trusted-network", print::TRUSTED_DEFAULT, parse_cidr)?;
     Ok(ServerConfig {
         hostname: hostname.to_string(),
-        trusted: f.list("trusted-network", print::TRUSTED_DEFAULT, parse_cidr)?,
+        limits: limits(f, &trusted)?,
+        trusted,
         postmaster: postmaster.clone(),
         max_connections: f.num("max-connections", 1)? as usize,
         max_message_size: f.size("max-message-size", 1)?,
@@ -397,6 +400,26 @@ fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfi
         tls_handshake_timeout: f.dur("tls-handshake-timeout")?,
         plaintext_auth_loopback: f.on("plaintext-auth-loopback"),
         auth_fail_delay: f.dur("auth-fail-delay")?,
+    })
+}
+
+/// The rate and concurrency limits; `--limit-exempt` defaults to the trusted networks.
+fn limits(f: &Flags, trusted: &[Cidr]) -> Result<LimitsConfig, ConfigError> {
+    let rate = |name| Ok(f.opt(name, parse_rate)?.map(Rate::new));
+    let exempt = match f.0.opt_strs("limit-exempt").as_slice() {
+        [] => trusted.to_vec(),
+        [none] if none == "none" => Vec::new(),
+        _ => f.list("limit-exempt", &[], parse_cidr)?,
+    };
+    Ok(LimitsConfig {
+        max_connections_per_ip: f.num("max-connections-per-ip", 1)? as usize,
+        max_messages_per_connection: f
+            .num("max-messages-per-connection", 1)?
+            .min(u32::MAX.into()) as u32,
+        rate_ip: rate("rate-limit-ip")?,
+        rate_user: rate("rate-limit-user")?,
+        rate_rcpt_user: rate("rate-limit-rcpt-user")?,
+        exempt,
     })
 }
 

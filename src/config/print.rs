@@ -20,6 +20,8 @@ fn computed(name: &str, cfg: &Config) -> Option<Vec<String>> {
         "postmaster" => vec![cfg.server.postmaster.to_string()],
         "trusted-network" => TRUSTED_DEFAULT.iter().map(|s| s.to_string()).collect(),
         "dest-rate" | "dns-server" | "tls-cert" | "suppression-store" => Vec::new(),
+        // Not given, it follows --trusted-network, which is printed.
+        "limit-exempt" => Vec::new(),
         _ => return None,
     })
 }

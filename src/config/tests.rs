@@ -104,6 +104,57 @@ fn defaults() {
 }
 
 #[test]
+fn limit_flags() {
+    use crate::limits::Rate;
+    let c = run(&["--hostname", "relay.test"]).unwrap();
+    let l = &c.server.limits;
+    assert_eq!(
+        (l.max_connections_per_ip, l.max_messages_per_connection),
+        (20, 1000)
+    );
+    assert_eq!(
+        (l.rate_ip, l.rate_user, l.rate_rcpt_user),
+        (None, None, None)
+    );
+    assert_eq!(l.exempt, c.server.trusted, "exempt: the trusted networks");
+    let c = run(&[
+        "--trusted-network",
+        "10.0.0.0/8",
+        "--rate-limit-ip",
+        "600/h",
+        "--rate-limit-user",
+        "10000/d",
+        "--rate-limit-rcpt-user",
+        "5/10s",
+        "--max-connections-per-ip",
+        "3",
+        "--max-messages-per-connection",
+        "50",
+    ])
+    .unwrap();
+    let l = &c.server.limits;
+    let rate = |count, secs| {
+        Some(Rate {
+            count,
+            period: Duration::from_secs(secs),
+        })
+    };
+    assert_eq!(
+        (l.rate_ip, l.rate_user, l.rate_rcpt_user),
+        (rate(600, 3600), rate(10000, 86400), rate(5, 10))
+    );
+    assert_eq!(
+        (l.max_connections_per_ip, l.max_messages_per_connection),
+        (3, 50)
+    );
+    assert_eq!(l.exempt, vec![parse_cidr("10.0.0.0/8").unwrap()]);
+    let none = run(&["--limit-exempt", "none"]).unwrap();
+    assert!(none.server.limits.exempt.is_empty());
+    let some = run(&["--limit-exempt", "192.0.2.0/24", "--limit-exempt", "::1"]).unwrap();
+    assert_eq!(some.server.limits.exempt.len(), 2);
+}
+
+#[test]
 fn errors_name_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--listen", "nope"], "--listen"),
@@ -119,6 +170,21 @@ fn errors_name_the_flag() {
         (&["--dest-rate", "10"], "--dest-rate"),
         (&["--dest-rate", "0/h"], "--dest-rate"),
         (&["--dest-rate", "5/0s"], "--dest-rate"),
+        (&["--rate-limit-ip", "600"], "--rate-limit-ip"),
+        (&["--rate-limit-user", "0/d"], "--rate-limit-user"),
+        (
+            &["--rate-limit-rcpt-user", "5/soon"],
+            "--rate-limit-rcpt-user",
+        ),
+        (
+            &["--max-connections-per-ip", "0"],
+            "--max-connections-per-ip",
+        ),
+        (
+            &["--max-messages-per-connection", "x"],
+            "--max-messages-per-connection",
+        ),
+        (&["--limit-exempt", "10.0.0.0/99"], "--limit-exempt"),
         (&["--active-limit", "0"], "--active-limit"),
         (&["--sender-domain", "alice"], "--sender-domain"),
         (&["--retry", "1m,x"], "--retry"),

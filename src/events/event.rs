@@ -33,6 +33,8 @@ pub enum Event<'a> {
     /// A command refused.
     Rejected {
         client_ip: &'a str,
+        /// The authenticated user, if the client had logged in.
+        auth_user: Option<&'a str>,
         refused: &'a Refused,
         reply: &'a Reply,
     },
@@ -323,12 +325,15 @@ impl Event<'_> {
             ),
             Event::Rejected {
                 client_ip,
+                auth_user,
                 refused,
                 reply,
             } => (
                 "rejected",
                 vec![
                     ("client_ip", V::Str(client_ip)),
+                    ("auth_user", V::OptStr(auth_user)),
+                    ("reason", V::Str(refused.reason.label())),
                     ("command", V::Str(&refused.command)),
                     ("argument", V::OptStr(refused.argument.as_deref())),
                     ("reply", V::Text(reply.summary())),

@@ -18,7 +18,7 @@
 //! | `expired` | `id`, `recipients` [..], `age_s` |
 //! | `deleted` | `id`, `recipients` [..] (still pending) |
 //! | `suppressed` | `id`, `recipient`, `reason` (`unsubscribe`, `bounce`, `manual`): not sent, on the suppression list |
-//! | `rejected` | `client_ip`, `command`, `argument` (or null), `reply` |
+//! | `rejected` | `client_ip`, `auth_user` (or null), `reason` (the label of `mxrelay_messages_rejected_total`), `command` (`CONNECT` for a connection refused over `--max-connections-per-ip`), `argument` (or null), `reply` |
 //!
 //! Every event about a message that a trusted or authenticated client tagged
 //! (`X-MxRelay-Tag:`) also has `tag`.

@@ -13,7 +13,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `mxrelay_connections_total` | counter | | SMTP connections accepted |
-//! | `mxrelay_connections_refused_total` | counter | | SMTP connections refused over the connection cap |
+//! | `mxrelay_connections_refused_total` | counter | | SMTP connections refused over a connection cap (`--max-connections`, `--max-connections-per-ip`) |
 //! | `mxrelay_in_flow_delays_total` | counter | | MAIL commands held back because delivery lagged (`--in-flow-delay`) |
 //! | `mxrelay_messages_received_total` | counter | | messages accepted (answered 250 at end of data) |
 //! | `mxrelay_received_bytes_total` | counter | | bytes of the messages accepted |
@@ -45,7 +45,9 @@
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
 //!
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
-//! `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
+//! the limits named after their flags (`max_connections_per_ip`, a connection;
+//! `max_messages_per_connection`, `rate_limit_ip`, `rate_limit_user`, a MAIL;
+//! `rate_limit_rcpt_user`, a RCPT) and `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
 //! one always present. Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
 //! plus `+Inf`.
 //!
@@ -198,7 +200,7 @@ impl Metrics {
         bump(&self.connections, 1);
     }
 
-    /// A connection refused over the connection cap.
+    /// A connection refused over a connection cap (total or per address).
     pub fn connection_refused(&self) {
         bump(&self.connections_refused, 1);
     }

@@ -83,7 +83,7 @@ impl Metrics {
             ),
             (
                 "mxrelay_connections_refused_total",
-                "SMTP connections refused because the connection cap was reached.",
+                "SMTP connections refused because a connection cap (total or per address) was reached.",
                 &self.connections_refused,
             ),
             (

@@ -253,6 +253,11 @@ fn counters_and_gauges_render_their_values() {
             "auth",
             "syntax",
             "too_many_errors",
+            "max_connections_per_ip",
+            "max_messages_per_connection",
+            "rate_limit_ip",
+            "rate_limit_user",
+            "rate_limit_rcpt_user",
             "other"
         ]
     );

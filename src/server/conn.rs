@@ -13,7 +13,7 @@ use crate::config::Role;
 use crate::events::Event;
 use crate::net::{Line, LineReader, Stream, TakePlain};
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::session::{Effect, Session, SessionConfig, Step};
+use crate::smtp::session::{Effect, Refusal, Refused, Session, SessionConfig, SessionLimits, Step};
 
 pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let cfg = &shared.cfg;
@@ -24,6 +24,10 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         return;
     }
     let ip = canonical(peer.ip());
+    let _slot = match shared.services.limits.connect(ip) {
+        Ok(slot) => slot,
+        Err(_) => return refuse_over_address_limit(shared, stream, ip),
+    };
     let trusted = cfg.trusted.iter().any(|n| n.contains(ip));
     let (stream, tls) = if role == Role::Smtps {
         match handshake(shared, stream, ip) {
@@ -37,18 +41,20 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         "connect from [{ip}] to the {} port (trusted: {trusted})",
         role.name()
     );
+    let mut session_cfg = session_config(
+        cfg,
+        Offers {
+            tls: shared.services.tls.is_some(),
+            auth: shared.services.users.is_some(),
+        },
+        role,
+        trusted,
+        ip,
+    );
+    session_cfg.limits = shared.services.limits.for_session(ip);
     let mut conn = Conn {
         shared,
-        session: Session::new(session_config(
-            cfg,
-            Offers {
-                tls: shared.services.tls.is_some(),
-                auth: shared.services.users.is_some(),
-            },
-            role,
-            trusted,
-            ip,
-        )),
+        session: Session::new(session_cfg),
         reader: LineReader::new(stream, line_buffer(cfg.max_line_length)),
         out: Vec::new(),
         ip,
@@ -60,7 +66,10 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let greeting = conn.session.greeting();
     conn.reply(&greeting);
     loop {
-        if !conn.reader.buffered().contains(&b'\n') && conn.flush().is_err() {
+        // Replies go out when no pipelined command waits, or when enough are queued: a
+        // client that sends without reading is held up by its own socket, not our memory.
+        let waiting = conn.reader.buffered().contains(&b'\n');
+        if (!waiting || conn.out.len() >= MAX_QUEUED_REPLIES) && conn.flush().is_err() {
             return;
         }
         let Some(step) = conn.next_step() else { break };
@@ -74,6 +83,48 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let _ = conn.flush();
     conn.reader.get_mut().close();
     log::debug!("disconnect from [{ip}] after {} commands", conn.commands);
+}
+
+/// Reply bytes queued for pipelined commands before they are written out anyway.
+const MAX_QUEUED_REPLIES: usize = 64 * 1024;
+
+/// A client whose address has `--max-connections-per-ip` open: 421, without waiting on it.
+fn refuse_over_address_limit(shared: &Shared, mut stream: TcpStream, ip: IpAddr) {
+    let r = reply::too_many_connections_from_address();
+    shared.services.metrics.connection_refused();
+    let refused = Refused {
+        reason: Refusal::MaxConnectionsPerIp,
+        command: "CONNECT".into(),
+        argument: None,
+    };
+    report_refusal(shared, ip, None, &refused, &r);
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(r.render().as_bytes());
+}
+
+/// The `rejected` event (and metric); a limit's refusal is also logged, with who and why.
+fn report_refusal(
+    shared: &Shared,
+    ip: IpAddr,
+    user: Option<&str>,
+    refused: &Refused,
+    reply: &Reply,
+) {
+    if refused.reason.is_limit() {
+        log::warn!(
+            "limit {} reached by [{ip}]{}: {} refused: {}",
+            refused.reason.label(),
+            user.map(|u| format!(" user={u}")).unwrap_or_default(),
+            refused.command,
+            reply.summary()
+        );
+    }
+    shared.services.events.report(&Event::Rejected {
+        client_ip: &ip.to_string(),
+        auth_user: user,
+        refused,
+        reply,
+    });
 }
 
 /// What the session loop does after a step.
@@ -114,6 +165,7 @@ fn session_config(
         auth_available: offers.auth,
         require_auth: role != Role::Smtp,
         plaintext_auth: cfg.plaintext_auth_loopback && ip.is_loopback(),
+        limits: SessionLimits::default(),
     }
 }
 
@@ -209,6 +261,13 @@ impl Conn<'_> {
                 Flow::Go
             }
             Effect::BeginData => self.data(),
+            Effect::Admit(what) => {
+                let user = self.session.auth_user();
+                let verdict = self.shared.services.limits.admit(self.ip, user, what);
+                let step = self.session.admitted(verdict);
+                self.answer(&step);
+                self.carry_out(step.effect)
+            }
         }
     }
 
@@ -250,11 +309,8 @@ impl Conn<'_> {
     fn answer(&mut self, step: &Step) {
         let Some(r) = &step.reply else { return };
         if let Some(refused) = &step.refused {
-            self.shared.services.events.report(&Event::Rejected {
-                client_ip: &self.ip.to_string(),
-                refused,
-                reply: r,
-            });
+            let user = self.session.auth_user();
+            report_refusal(self.shared, self.ip, user, refused, r);
         }
         self.reply(r);
     }
@@ -282,6 +338,14 @@ impl Conn<'_> {
         if !self.out.is_empty() {
             let r = self.reader.get_mut().write_all(&self.out);
             self.out.clear();
+            match &r {
+                Err(e) if crate::net::is_timeout(e) => log::info!(
+                    "write timeout to [{}]: the client reads no replies; closing",
+                    self.ip
+                ),
+                Err(e) => log::debug!("write to [{}] failed: {e}", self.ip),
+                Ok(()) => {}
+            }
             r?;
         }
         Ok(())
@@ -381,6 +445,7 @@ mod tests {
             tls_handshake_timeout: Duration::from_secs(10),
             plaintext_auth_loopback: true,
             auth_fail_delay: Duration::from_secs(1),
+            limits: crate::limits::LimitsConfig::none(),
         }
     }
 

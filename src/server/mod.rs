@@ -43,6 +43,7 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     pub plaintext_auth_loopback: bool,
     pub auth_fail_delay: Duration,
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// What sessions use besides their configuration.
@@ -53,6 +54,8 @@ pub struct Services {
     pub tls: Option<Arc<ServerTls>>,
     pub users: Option<Arc<UsersFile>>,
     pub auth_guard: FailureGuard,
+    /// Connections per address, messages per connection, message and recipient rates.
+    pub limits: crate::limits::Limits,
     pub in_flow: Arc<crate::delivery::flow::InFlow>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,

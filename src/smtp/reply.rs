@@ -208,6 +208,32 @@ pub fn shutting_down(hostname: &str) -> Reply {
 pub fn too_many_connections() -> Reply {
     Reply::enh(421, (7, 0), "Too many connections, try again later")
 }
+pub fn too_many_connections_from_address() -> Reply {
+    Reply::enh(
+        421,
+        (7, 0),
+        "Too many connections from your address, try again later",
+    )
+}
+pub fn too_many_messages(max: u32) -> Reply {
+    Reply::enh(
+        421,
+        (7, 0),
+        format!("Too many messages in this connection ({max}), reconnect to send more"),
+    )
+}
+/// A rate limit reached at MAIL or RCPT: `what` names it, and the client may try again
+/// after `retry_after_secs`.
+pub fn rate_limited(what: &str, retry_after_secs: u64) -> Reply {
+    Reply::enh(
+        450,
+        (7, 1),
+        format!(
+            "{what} reached, try again in {retry_after_secs} second{}",
+            if retry_after_secs == 1 { "" } else { "s" }
+        ),
+    )
+}
 pub fn too_many_errors() -> Reply {
     Reply::enh(421, (7, 0), "Too many errors, closing connection")
 }

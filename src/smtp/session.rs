@@ -33,6 +33,23 @@ pub struct SessionConfig {
     pub require_auth: bool,
     /// AUTH is allowed without TLS (loopback clients, when configured).
     pub plaintext_auth: bool,
+    /// The limits on this client's messages and recipients.
+    pub limits: SessionLimits,
+}
+
+/// The limits a session enforces itself (messages per connection) or asks its driver about
+/// (rate limits, through `Effect::Admit`). The default is none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Transactions (accepted MAIL commands) per connection; the next MAIL gets 421 and the
+    /// connection closes.
+    pub max_messages: Option<u32>,
+    /// A message rate applies to this client's address: ask before every MAIL.
+    pub ip_messages: bool,
+    /// A message rate applies to authenticated users: ask before their MAIL.
+    pub user_messages: bool,
+    /// A recipient rate applies to authenticated users: ask before their RCPT.
+    pub user_recipients: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +71,55 @@ pub enum Effect {
         user: String,
         password: Option<Vec<u8>>,
     },
+    /// No reply yet: ask the rate limits whether this message (MAIL) or recipient (RCPT) of
+    /// this client and `auth_user()` may go ahead, and answer with `admitted`.
+    Admit(Admission),
+}
+
+/// What `Effect::Admit` asks the rate limits about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new message (MAIL).
+    Message,
+    /// One more recipient (RCPT).
+    Recipient,
+}
+
+/// The rate limits, as the session names them in its refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Messages per client address (`--rate-limit-ip`).
+    Ip,
+    /// Messages per authenticated user (`--rate-limit-user`).
+    User,
+    /// Recipients per authenticated user (`--rate-limit-rcpt-user`).
+    UserRecipients,
+}
+
+impl RateLimit {
+    fn refusal(self) -> Refusal {
+        match self {
+            RateLimit::Ip => Refusal::RateLimitIp,
+            RateLimit::User => Refusal::RateLimitUser,
+            RateLimit::UserRecipients => Refusal::RateLimitRcptUser,
+        }
+    }
+
+    /// What the reply says was reached.
+    fn described(self) -> &'static str {
+        match self {
+            RateLimit::Ip => "Message rate limit for your address",
+            RateLimit::User => "Message rate limit for your account",
+            RateLimit::UserRecipients => "Recipient rate limit for your account",
+        }
+    }
+}
+
+/// A refusal by a rate limit: which one, and how long until it lets the next one through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limited {
+    pub limit: RateLimit,
+    pub retry_after: std::time::Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,20 +139,47 @@ pub enum Refusal {
     Auth,
     Syntax,
     TooManyErrors,
+    /// A connection over `--max-connections-per-ip`.
+    MaxConnectionsPerIp,
+    /// A MAIL over `--max-messages-per-connection`.
+    MaxMessagesPerConnection,
+    /// A MAIL over `--rate-limit-ip`.
+    RateLimitIp,
+    /// A MAIL over `--rate-limit-user`.
+    RateLimitUser,
+    /// A RCPT over `--rate-limit-rcpt-user`.
+    RateLimitRcptUser,
     Other,
 }
 
 impl Refusal {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::RelayDenied,
         Refusal::Size,
         Refusal::Hops,
         Refusal::Auth,
         Refusal::Syntax,
         Refusal::TooManyErrors,
+        Refusal::MaxConnectionsPerIp,
+        Refusal::MaxMessagesPerConnection,
+        Refusal::RateLimitIp,
+        Refusal::RateLimitUser,
+        Refusal::RateLimitRcptUser,
         Refusal::Other,
     ];
+
+    /// Whether this is one of the rate and concurrency limits (named after its flag).
+    pub fn is_limit(self) -> bool {
+        matches!(
+            self,
+            Refusal::MaxConnectionsPerIp
+                | Refusal::MaxMessagesPerConnection
+                | Refusal::RateLimitIp
+                | Refusal::RateLimitUser
+                | Refusal::RateLimitRcptUser
+        )
+    }
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -97,6 +190,11 @@ impl Refusal {
             Refusal::Auth => "auth",
             Refusal::Syntax => "syntax",
             Refusal::TooManyErrors => "too_many_errors",
+            Refusal::MaxConnectionsPerIp => "max_connections_per_ip",
+            Refusal::MaxMessagesPerConnection => "max_messages_per_connection",
+            Refusal::RateLimitIp => "rate_limit_ip",
+            Refusal::RateLimitUser => "rate_limit_user",
+            Refusal::RateLimitRcptUser => "rate_limit_rcpt_user",
             Refusal::Other => "other",
         }
     }
@@ -148,6 +246,17 @@ pub struct Session {
     auth_user: Option<String>,
     /// Envelope sender domains the authenticated user may use; empty = any.
     sender_domains: Vec<String>,
+    /// Transactions started on this connection.
+    messages: u32,
+    /// The MAIL or RCPT waiting for the driver's `admitted`.
+    admitting: Option<Admitting>,
+}
+
+/// A MAIL or RCPT that passed the session's checks and waits for the rate limits, with its
+/// argument as a refusal would describe it.
+enum Admitting {
+    Mail(Transaction, String),
+    Rcpt(Mailbox, String),
 }
 
 impl Session {
@@ -165,6 +274,8 @@ impl Session {
             pending_user: None,
             auth_user: None,
             sender_domains: Vec::new(),
+            messages: 0,
+            admitting: None,
         }
     }
 
@@ -229,6 +340,7 @@ impl Session {
 
     pub fn feed(&mut self, line: &[u8]) -> Step {
         debug_assert!(self.state != State::InData, "feed during DATA");
+        debug_assert!(self.admitting.is_none(), "feed before admitted");
         if self.sasl.is_some() {
             return self.sasl_response(line);
         }
@@ -307,6 +419,27 @@ impl Session {
             step(reply::auth_ok())
         } else {
             refuse(Refusal::Auth, reply::auth_failed()).about_command("AUTH")
+        }
+    }
+
+    /// The rate limits' verdict on the MAIL or RCPT of `Effect::Admit`.
+    pub fn admitted(&mut self, verdict: Result<(), Limited>) -> Step {
+        let admitting = self
+            .admitting
+            .take()
+            .expect("Effect::Admit before admitted");
+        match (admitting, verdict) {
+            (Admitting::Mail(tx, _), Ok(())) => self.start_transaction(tx),
+            (Admitting::Rcpt(mailbox, _), Ok(())) => self.add_recipient(mailbox),
+            (admitting, Err(limited)) => {
+                let (verb, argument) = match admitting {
+                    Admitting::Mail(_, a) => ("MAIL", a),
+                    Admitting::Rcpt(_, a) => ("RCPT", a),
+                };
+                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let r = reply::rate_limited(limited.limit.described(), secs);
+                refuse(limited.limit.refusal(), r).about(verb.into(), Some(argument))
+            }
         }
     }
 
@@ -445,19 +578,32 @@ impl Session {
     }
 
     fn mail(&mut self, from: Option<Mailbox>, params: Vec<Param>) -> Step {
+        let described = |from: &Option<Mailbox>| {
+            let path = from.as_ref().map(Mailbox::to_string).unwrap_or_default();
+            path_argument(&path, &params)
+        };
         match self.check_mail(from.as_ref(), &params) {
             Ok(mut tx) => {
-                tx.sender = from;
-                self.tx = Some(tx);
-                Step {
-                    effect: Effect::MailAccepted,
-                    ..step(reply::sender_ok())
+                let limits = self.cfg.limits;
+                if limits.ip_messages || (limits.user_messages && self.auth_user.is_some()) {
+                    let argument = described(&from);
+                    tx.sender = from;
+                    self.admitting = Some(Admitting::Mail(tx, argument));
+                    return admit(Admission::Message);
                 }
+                tx.sender = from;
+                self.start_transaction(tx)
             }
-            Err(refusal) => {
-                let path = from.as_ref().map(Mailbox::to_string).unwrap_or_default();
-                refusal.with_argument(path_argument(&path, &params))
-            }
+            Err(refusal) => refusal.with_argument(described(&from)),
+        }
+    }
+
+    fn start_transaction(&mut self, tx: Transaction) -> Step {
+        self.messages += 1;
+        self.tx = Some(tx);
+        Step {
+            effect: Effect::MailAccepted,
+            ..step(reply::sender_ok())
         }
     }
 
@@ -476,6 +622,14 @@ impl Session {
         }
         if self.tx.is_some() {
             return Err(self.error(Refusal::Syntax, reply::nested_mail()));
+        }
+        if let Some(max) = self.cfg.limits.max_messages.filter(|&m| self.messages >= m) {
+            // The limit is the connection's: only a new one can go on (RFC 5321 3.8).
+            let r = reply::too_many_messages(max);
+            return Err(Step {
+                effect: Effect::Close,
+                ..refuse(Refusal::MaxMessagesPerConnection, r)
+            });
         }
         let mut tx = Transaction {
             sender: None,
@@ -531,20 +685,27 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: ForwardPath, params: Vec<Param>) -> Step {
+        let described = || {
+            let path = match &to {
+                ForwardPath::Postmaster => "Postmaster".to_string(),
+                ForwardPath::Mailbox(m) => m.to_string(),
+            };
+            path_argument(&path, &params)
+        };
         match self.check_rcpt(&to, &params) {
-            Ok(mailbox) => {
-                let tx = self.tx.as_mut().expect("checked");
-                tx.recipients.push(mailbox);
-                step(reply::recipient_ok())
+            Ok(mailbox) if self.cfg.limits.user_recipients && self.auth_user.is_some() => {
+                self.admitting = Some(Admitting::Rcpt(mailbox, described()));
+                admit(Admission::Recipient)
             }
-            Err(refusal) => {
-                let path = match &to {
-                    ForwardPath::Postmaster => "Postmaster".to_string(),
-                    ForwardPath::Mailbox(m) => m.to_string(),
-                };
-                refusal.with_argument(path_argument(&path, &params))
-            }
+            Ok(mailbox) => self.add_recipient(mailbox),
+            Err(refusal) => refusal.with_argument(described()),
         }
+    }
+
+    fn add_recipient(&mut self, mailbox: Mailbox) -> Step {
+        let tx = self.tx.as_mut().expect("checked");
+        tx.recipients.push(mailbox);
+        step(reply::recipient_ok())
     }
 
     /// The recipient RCPT adds, or the refusal.
@@ -669,6 +830,15 @@ fn refuse(why: Refusal, reply: Reply) -> Step {
     }
 }
 
+/// No reply yet: the driver asks the rate limits and calls `admitted`.
+fn admit(what: Admission) -> Step {
+    Step {
+        reply: None,
+        effect: Effect::Admit(what),
+        refused: None,
+    }
+}
+
 fn step(reply: Reply) -> Step {
     Step {
         reply: Some(reply),
@@ -680,6 +850,7 @@ fn step(reply: Reply) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::reply::Enhanced;
 
     fn config() -> SessionConfig {
         SessionConfig {
@@ -695,6 +866,7 @@ mod tests {
             auth_available: false,
             require_auth: false,
             plaintext_auth: false,
+            limits: SessionLimits::default(),
         }
     }
 
@@ -765,6 +937,62 @@ mod tests {
                 .map(|r| (r.reason, r.command.as_str(), r.argument.as_deref()));
             assert_eq!(got, *want, "{line}");
         }
+    }
+
+    #[test]
+    fn rate_limits_are_asked_and_their_refusals_say_what_and_why() {
+        let mut s = Session::new(SessionConfig {
+            limits: SessionLimits {
+                max_messages: Some(2),
+                ip_messages: true,
+                user_messages: false,
+                user_recipients: true,
+            },
+            ..config()
+        });
+        s.feed(b"EHLO c.test");
+        let ask = s.feed(b"MAIL FROM:<a@b.test> SIZE=10");
+        assert_eq!(
+            (ask.reply, ask.effect),
+            (None, Effect::Admit(Admission::Message))
+        );
+        let limited = Limited {
+            limit: RateLimit::Ip,
+            retry_after: std::time::Duration::from_millis(200),
+        };
+        let no = s.admitted(Err(limited));
+        let reply = no.reply.unwrap();
+        assert_eq!((reply.code, reply.enhanced), (450, Some(Enhanced(4, 7, 1))));
+        assert!(
+            reply.lines[0].ends_with("try again in 1 second"),
+            "{reply:?}"
+        );
+        let refused = no.refused.unwrap();
+        assert_eq!(
+            (
+                refused.reason,
+                refused.command.as_str(),
+                refused.argument.as_deref()
+            ),
+            (Refusal::RateLimitIp, "MAIL", Some("<a@b.test> SIZE=10"))
+        );
+        assert!(s.transaction().is_none(), "refused: no transaction");
+        // Recipient rates are per user: no login, no question.
+        s.feed(b"MAIL FROM:<a@b.test>");
+        let yes = s.admitted(Ok(()));
+        assert_eq!(yes.effect, Effect::MailAccepted);
+        assert_eq!(s.feed(b"RCPT TO:<c@d.test>").effect, Effect::None);
+        s.feed(b"RSET");
+        // The refused MAIL did not count: this is the second message.
+        s.feed(b"MAIL FROM:<a@b.test>");
+        assert_eq!(s.admitted(Ok(())).effect, Effect::MailAccepted);
+        s.feed(b"RSET");
+        let over = s.feed(b"MAIL FROM:<a@b.test>");
+        assert_eq!(over.effect, Effect::Close);
+        assert_eq!(
+            over.refused.map(|r| r.reason),
+            Some(Refusal::MaxMessagesPerConnection)
+        );
     }
 
     #[test]

@@ -308,6 +308,11 @@ impl Client {
         self.try_send(bytes).expect("send");
     }
 
+    /// Another handle on the socket, to write from a second thread while replies are read.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the socket")
+    }
+
     pub fn try_send(&mut self, bytes: &[u8]) -> Option<()> {
         self.stream.write_all(bytes).ok()
     }
