@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod privileges;
+pub mod proxy;
 pub mod queue_cmd;
 pub mod relay;
 pub mod sendmail;
