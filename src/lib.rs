@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod privileges;
+pub mod proxy;
 pub mod queue_cmd;
 pub mod relay;
 pub mod sendmail;

@@ -60,7 +60,7 @@ fn err(context: &str) -> impl Fn(String) -> std::io::Error + '_ {
 /// What start-up takes while it may still be root: ports, key and password files, the
 /// metrics port.
 struct Acquired {
-    sockets: Vec<(TcpListener, Role)>,
+    sockets: Vec<(TcpListener, crate::config::Listener)>,
     tls: Option<Arc<ServerTls>>,
     users: Option<Arc<UsersFile>>,
     smarthost_auth: Option<(String, String)>,

@@ -1,6 +1,7 @@
 //! Property tests: the parsers and the session never panic on arbitrary input, and what
 //! they render parses back to the same thing.
 
+use mxrelay::proxy;
 use mxrelay::smtp::address::{self, Mailbox};
 use mxrelay::smtp::command;
 use mxrelay::smtp::data::DataReader;
@@ -209,6 +210,34 @@ proptest! {
             got = p.feed(line).unwrap();
         }
         prop_assert_eq!(got.unwrap(), r);
+    }
+
+    /// The PROXY header parser never panics, a header does not depend on what follows it,
+    /// and a prefix of anything incomplete is incomplete too (so the server may consume it).
+    #[test]
+    fn proxy_parser_never_panics_nor_reads_past_a_header(
+        start in prop_oneof![
+            Just(&b""[..]),
+            Just(&b"PROXY "[..]),
+            Just(&b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n"[..]),
+            Just(&proxy::V2_SIGNATURE[..]),
+        ],
+        rest in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let input = [start, &rest[..]].concat();
+        match proxy::parse(&input) {
+            Ok(proxy::Parsed::Header(h)) => {
+                prop_assert!(h.len <= input.len() && h.len <= proxy::MAX_HEADER);
+                prop_assert_eq!(proxy::parse(&input[..h.len]), Ok(proxy::Parsed::Header(h)));
+            }
+            Ok(proxy::Parsed::Incomplete) => {
+                prop_assert!(input.len() < proxy::MAX_HEADER);
+                for cut in 0..input.len() {
+                    prop_assert_eq!(proxy::parse(&input[..cut]), Ok(proxy::Parsed::Incomplete));
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     #[test]

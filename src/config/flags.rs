@@ -58,10 +58,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub static FLAGS: &[FlagDef] = &[
     multi(
         "listen",
-        "ADDR:PORT[/ROLE]",
+        "ADDR:PORT[/ROLE[+proxy]]",
         "Accept SMTP here (repeatable; IPv6 as [::1]:2525). ROLE: smtp (relay port), submission \
-         (STARTTLS, AUTH required), smtps (implicit TLS, AUTH required)",
+         (STARTTLS, AUTH required), smtps (implicit TLS, AUTH required); ROLE+proxy: behind a \
+         load balancer speaking the PROXY protocol (v1 or v2), see --proxy-from",
         Some(DEFAULT_LISTEN),
+    ),
+    multi(
+        "proxy-from",
+        "CIDR",
+        "Load balancers allowed to connect to +proxy listeners and name the real client in a \
+         PROXY header (repeatable); connections from elsewhere are closed",
+        None,
     ),
     opt(
         "hostname",
@@ -276,7 +284,7 @@ pub static FLAGS: &[FlagDef] = &[
     opt(
         "tls-handshake-timeout",
         "DURATION",
-        "Time a client gets to finish the TLS handshake",
+        "Time a client gets to finish the TLS handshake (and a balancer to send its PROXY header)",
         Some("30s"),
     ),
     opt(

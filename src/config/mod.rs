@@ -111,8 +111,10 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
     let routes = Arc::new(routes(&f)?);
     let delivery = delivery(&f, &hostname, !routes.smarthost.is_empty())?;
     let tracking = tracking(&f)?;
+    let server = server(&f, &hostname, &postmaster)?;
+    check_proxy(&listen, &server.proxy_from)?;
     let config = Config {
-        server: server(&f, &hostname, &postmaster)?,
+        server,
         tls_cert: f
             .pair("tls-cert", "tls-key")?
             .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
@@ -389,6 +391,7 @@ fn server(f: &Flags, hostname: &str, postmaster: &Mailbox) -> Result<ServerConfi
         hostname: hostname.to_string(),
         limits: limits(f, &trusted)?,
         trusted,
+        proxy_from: f.list("proxy-from", &[], parse_cidr)?,
         postmaster: postmaster.clone(),
         max_connections: f.num("max-connections", 1)? as usize,
         max_message_size: f.size("max-message-size", 1)?,
@@ -421,6 +424,26 @@ fn limits(f: &Flags, trusted: &[Cidr]) -> Result<LimitsConfig, ConfigError> {
         rate_rcpt_user: rate("rate-limit-rcpt-user")?,
         exempt,
     })
+}
+
+/// A `+proxy` listener takes headers only from `--proxy-from`, and `--proxy-from` is only
+/// for `+proxy` listeners: either without the other is a mistake.
+fn check_proxy(listen: &[Listener], proxy_from: &[Cidr]) -> Result<(), ConfigError> {
+    match (listen.iter().find(|l| l.proxy), proxy_from.is_empty()) {
+        (Some(l), true) => Err(bad(
+            "listen",
+            format!(
+                "{}/{}+proxy needs --proxy-from (the balancers' addresses)",
+                l.addr,
+                l.role.name()
+            ),
+        )),
+        (None, false) => Err(bad(
+            "proxy-from",
+            "no --listen has the +proxy suffix".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn auth(f: &Flags) -> Result<AuthConfig, ConfigError> {

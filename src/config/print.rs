@@ -19,7 +19,13 @@ fn computed(name: &str, cfg: &Config) -> Option<Vec<String>> {
         "spool" => vec![cfg.spool.display().to_string()],
         "postmaster" => vec![cfg.server.postmaster.to_string()],
         "trusted-network" => TRUSTED_DEFAULT.iter().map(|s| s.to_string()).collect(),
-        "dest-rate" | "dns-server" | "tls-cert" | "suppression-store" => Vec::new(),
+        "dest-rate"
+        | "rate-limit-ip"
+        | "rate-limit-user"
+        | "rate-limit-rcpt-user"
+        | "dns-server"
+        | "tls-cert"
+        | "suppression-store" => Vec::new(),
         // Not given, it follows --trusted-network, which is printed.
         "limit-exempt" => Vec::new(),
         _ => return None,

@@ -50,7 +50,8 @@ fn defaults() {
         c.listen,
         vec![Listener {
             addr: "127.0.0.1:2525".parse().unwrap(),
-            role: Role::Smtp
+            role: Role::Smtp,
+            proxy: false,
         }]
     );
     assert_eq!(c.delivery.tls_outbound, TlsOutbound::May);
@@ -262,10 +263,75 @@ fn listener_roles() {
         l("[::1]:465/smtps"),
         Listener {
             addr: "[::1]:465".parse().unwrap(),
-            role: Role::Smtps
+            role: Role::Smtps,
+            proxy: false,
         }
     );
     assert!(parse_listener("127.0.0.1:25/").is_err());
+    // A role ending in +proxy: a PROXY header comes first.
+    for (s, role) in [
+        ("0.0.0.0:25/smtp+proxy", Role::Smtp),
+        ("0.0.0.0:587/submission+proxy", Role::Submission),
+        ("[::]:465/smtps+proxy", Role::Smtps),
+    ] {
+        assert_eq!((l(s).role, l(s).proxy), (role, true), "{s}");
+    }
+    assert!(!l("0.0.0.0:25/smtp").proxy);
+    for bad in [
+        "0.0.0.0:25/+proxy",
+        "0.0.0.0:25/proxy",
+        "0.0.0.0:25/smtp+proxy+proxy",
+    ] {
+        assert!(parse_listener(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn proxy_listeners_need_proxy_from_and_the_other_way_round() {
+    let c = run(&[
+        "--hostname",
+        "relay.test",
+        "--listen",
+        "127.0.0.1:2525/smtp+proxy",
+        "--listen",
+        "127.0.0.1:2526",
+        "--proxy-from",
+        "10.0.0.0/8",
+        "--proxy-from",
+        "2001:db8::/32",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.listen.iter().map(|l| l.proxy).collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert_eq!(c.server.proxy_from.len(), 2);
+    let plain = run(&["--hostname", "relay.test"]).unwrap();
+    assert!(plain.server.proxy_from.is_empty());
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--listen", "127.0.0.1:25/submission+proxy"],
+            "--listen: 127.0.0.1:25/submission+proxy needs --proxy-from",
+        ),
+        (
+            &["--proxy-from", "10.0.0.0/8"],
+            "--proxy-from: no --listen has the +proxy suffix",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:25/smtp+proxy",
+                "--proxy-from",
+                "10.0.0.0/33",
+            ],
+            "--proxy-from: \"10.0.0.0/33\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let args = [&["--hostname", "relay.test"], args].concat();
+        let e = run(&args).unwrap_err();
+        assert!(e.0.contains(want), "{args:?}: {e}");
+    }
 }
 
 #[test]

@@ -32,6 +32,9 @@ impl Role {
 pub struct Listener {
     pub addr: SocketAddr,
     pub role: Role,
+    /// `+proxy`: every connection starts with a PROXY protocol header (v1 or v2) from an
+    /// address in `--proxy-from`, naming the real client.
+    pub proxy: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,22 +100,30 @@ pub fn default_spool() -> PathBuf {
     }
 }
 
-/// `ADDR:PORT[/ROLE]`.
+/// `ADDR:PORT[/ROLE[+proxy]]`.
 pub fn parse_listener(s: &str) -> Result<Listener, String> {
     let (addr, role) = match s.rsplit_once('/') {
         Some((a, r)) => (a, r),
         None => (s, "smtp"),
     };
+    let (role, proxy) = match role.strip_suffix("+proxy") {
+        Some(r) => (r, true),
+        None => (role, false),
+    };
     let role = match role {
         "smtp" => Role::Smtp,
         "submission" => Role::Submission,
         "smtps" => Role::Smtps,
-        other => return Err(format!("{other:?} is not a role (smtp, submission, smtps)")),
+        other => {
+            return Err(format!(
+                "{other:?} is not a role (smtp, submission, smtps, each optionally +proxy)"
+            ));
+        }
     };
     let addr = addr
         .parse::<SocketAddr>()
-        .map_err(|_| format!("{s:?} is not ADDR:PORT[/ROLE]"))?;
-    Ok(Listener { addr, role })
+        .map_err(|_| format!("{s:?} is not ADDR:PORT[/ROLE[+proxy]]"))?;
+    Ok(Listener { addr, role, proxy })
 }
 
 /// `N/PERIOD`: a count per `s`, `m`, `h`, `d` or any duration (`600/h`, `5/10s`).

@@ -434,6 +434,7 @@ mod tests {
         ServerConfig {
             hostname: "relay.test".into(),
             trusted: vec![crate::config::parse_cidr("10.0.0.0/8").unwrap()],
+            proxy_from: Vec::new(),
             postmaster: Mailbox::parse("postmaster@relay.test").unwrap(),
             max_connections: 10,
             max_message_size: 1000,

@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod conn;
+pub mod proxied;
 pub mod reply_map;
 
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ use crate::tls::ServerTls;
 pub struct ServerConfig {
     pub hostname: String,
     pub trusted: Vec<Cidr>,
+    /// Who may send PROXY headers to `+proxy` listeners (`--proxy-from`).
+    pub proxy_from: Vec<Cidr>,
     pub postmaster: Mailbox,
     pub max_connections: usize,
     pub max_message_size: u64,
@@ -77,6 +80,8 @@ pub struct Shared {
 struct Listening {
     listener: TcpListener,
     role: Role,
+    /// `+proxy`: a PROXY header from `--proxy-from` comes first.
+    proxy: bool,
     /// Threads blocked in accept() on this socket.
     waiting: AtomicUsize,
 }
@@ -93,7 +98,7 @@ const CONN_STACK: usize = 256 * 1024;
 impl Server {
     /// Starts accepting on listeners bound by `bind`.
     pub fn start(
-        sockets: Vec<(TcpListener, Role)>,
+        sockets: Vec<(TcpListener, Listener)>,
         cfg: ServerConfig,
         services: Services,
     ) -> std::io::Result<Server> {
@@ -107,15 +112,17 @@ impl Server {
         });
         let mut local_addrs = Vec::new();
         let mut listening = Vec::new();
-        for (listener, role) in sockets {
+        for (listener, Listener { role, proxy, .. }) in sockets {
             let addr = listener.local_addr()?;
-            log::info!("listening on {addr} ({})", role.name());
+            let suffix = if proxy { "+proxy" } else { "" };
+            log::info!("listening on {addr} ({}{suffix})", role.name());
             local_addrs.push(addr);
             // accept() returns after this long without a client, so idle threads can exit.
             crate::net::set_accept_timeout(&listener, IDLE_THREAD)?;
             let l = Arc::new(Listening {
                 listener,
                 role,
+                proxy,
                 waiting: AtomicUsize::new(0),
             });
             spawn_session_thread(&l, &shared)?;
@@ -159,11 +166,11 @@ impl Server {
 }
 
 /// Binds every listener (before privileges are dropped), so a bad address fails start-up.
-pub fn bind(listeners: &[Listener]) -> std::io::Result<Vec<(TcpListener, Role)>> {
+pub fn bind(listeners: &[Listener]) -> std::io::Result<Vec<(TcpListener, Listener)>> {
     listeners
         .iter()
         .map(|l| {
-            TcpListener::bind(l.addr).map(|s| (s, l.role)).map_err(|e| {
+            TcpListener::bind(l.addr).map(|s| (s, *l)).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr))
             })
         })
@@ -227,12 +234,15 @@ fn session_thread(l: &Arc<Listening>, shared: &Arc<Shared>) {
         {
             log::error!("cannot start a session thread: {e}");
         }
-        serve(stream, peer, l.role, shared);
+        serve(stream, peer, l, shared);
         l.waiting.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-fn serve(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
+fn serve(stream: TcpStream, peer: SocketAddr, l: &Listening, shared: &Shared) {
+    if l.proxy && !proxied::from_balancer(peer, &shared.cfg.proxy_from) {
+        return;
+    }
     if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
         shared.active.fetch_sub(1, Ordering::SeqCst);
         shared.services.metrics.connection_refused();
@@ -249,7 +259,15 @@ fn serve(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
         shared.open.lock().expect("conn registry").insert(id, clone);
     }
     shared.services.metrics.session_opened();
-    conn::run(stream, peer, role, shared);
+    // Behind a balancer, the client it names is the client from here on.
+    let client = if l.proxy {
+        proxied::real_client(&stream, peer, shared.cfg.tls_handshake_timeout)
+    } else {
+        Some(peer)
+    };
+    if let Some(client) = client {
+        conn::run(stream, client, l.role, shared);
+    }
     shared.services.metrics.session_closed();
     shared.open.lock().expect("conn registry").remove(&id);
     shared.active.fetch_sub(1, Ordering::SeqCst);

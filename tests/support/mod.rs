@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod haproxy;
 pub mod redis_server;
 pub mod sink;
 
@@ -278,6 +279,15 @@ impl Client {
     /// `None` when the relay cannot be reached (for tests that kill it).
     pub fn try_connect(addr: SocketAddr) -> Option<Client> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        Client::over(stream)
+    }
+
+    /// A client connecting from `source` (any 127.x address works on loopback).
+    pub fn connect_from(source: &str, addr: SocketAddr) -> Client {
+        Client::over(connect_from(source, addr)).expect("connect")
+    }
+
+    fn over(stream: TcpStream) -> Option<Client> {
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
             .ok()?;
@@ -327,6 +337,22 @@ impl Client {
         let mut b = [0u8; 1];
         matches!(self.reader.read(&mut b), Ok(0))
     }
+}
+
+/// A TCP connection to `addr` from the address `source` (any port).
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let source: SocketAddr = (source.parse::<std::net::IpAddr>().unwrap(), 0).into();
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    s.bind(&source.into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+    s.into()
 }
 
 /// One whole transaction; returns the reply to the end of DATA. `body` is raw wire content
