@@ -179,7 +179,7 @@ fn user_rates_name_the_user_in_the_log() {
     std::fs::create_dir_all(spool.path()).unwrap();
     let users = spool.path().join("users");
     let hash = mxrelay::auth::hash_password("secret");
-    std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+    support::write_secret(&users, format!("alice:{hash}\n"));
     let relay = Relay::start(
         spool.path(),
         &[

@@ -280,7 +280,7 @@ fn smtps_behind_haproxy_takes_the_header_before_tls_and_locks_out_only_the_real_
     let spool = TempDir::new("proxy-smtps");
     let users = spool.path().join("users");
     let hash = mxrelay::auth::hash_password("secret");
-    std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+    support::write_secret(&users, format!("alice:{hash}\n"));
     let ev = spool.path().join("events.jsonl").display().to_string();
     let c = certs();
     let mut args = proxy_args("smtps", &ev);

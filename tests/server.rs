@@ -352,9 +352,10 @@ fn corrupt_envelope_is_quarantined_at_start() {
         &["--smarthost", "127.0.0.1:9", "--retry", "1h"],
     );
     relay.wait_log(&format!("quarantining {id}"));
-    assert_eq!(relay.queued(), 0);
-    let reason =
-        std::fs::read_to_string(spool.path().join(format!("corrupt/{id}.reason"))).unwrap();
+    // The log line comes first; the move and the .reason file follow.
+    let reason_file = spool.path().join(format!("corrupt/{id}.reason"));
+    assert!(wait_until(WAIT, || relay.queued() == 0 && reason_file.exists()));
+    let reason = std::fs::read_to_string(&reason_file).unwrap();
     assert!(reason.contains("no end line"), "{reason}");
     let kept = std::fs::read(spool.path().join(format!("corrupt/{id}.msg"))).unwrap();
     assert!(
