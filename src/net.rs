@@ -32,10 +32,12 @@ pub fn set_accept_timeout(
     timeout: std::time::Duration,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
+    // The field types differ between libcs (and musl's are deprecated aliases): let the
+    // struct decide.
+    // SAFETY: timeval is plain integers, for which all zeros is a valid value.
+    let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+    tv.tv_sec = timeout.as_secs().try_into().unwrap_or(i32::MAX.into());
+    tv.tv_usec = timeout.subsec_micros().into();
     // SAFETY: a valid socket and a timeval of the size given.
     let rc = unsafe {
         libc::setsockopt(
