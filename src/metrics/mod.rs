@@ -40,12 +40,13 @@
 //! | `mxrelay_busy_workers` | gauge | | delivery workers busy now |
 //! | `mxrelay_queue_messages` | gauge | | messages in the queue (set by the scheduler) |
 //! | `mxrelay_queue_oldest_message_age_seconds` | gauge | | age of the oldest queued message (set by the scheduler) |
+//! | `mxrelay_spool_free_bytes` | gauge | | bytes free on the spool's filesystem (set by the scheduler; see `--min-free-space`) |
 //! | `mxrelay_webhook_backlog_events` | gauge | | events waiting on disk for webhook receivers (all webhooks) |
 //! | `mxrelay_suppression_store_pending` | gauge | | suppression list changes made here that the shared store does not have yet |
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
 //!
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
-//! `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
+//! `storage` (the spool short of space, or a write that failed), `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
 //! one always present. Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
 //! plus `+Inf`.
 //!
@@ -107,6 +108,7 @@ pub struct Metrics {
     busy_workers: AtomicI64,
     queue_messages: AtomicU64,
     queue_oldest_age: AtomicU64,
+    spool_free: AtomicU64,
 }
 
 /// Observations above this many seconds are summed as this much (keeps the integer sum from
@@ -189,6 +191,7 @@ impl Metrics {
             busy_workers: AtomicI64::new(0),
             queue_messages: AtomicU64::new(0),
             queue_oldest_age: AtomicU64::new(0),
+            spool_free: AtomicU64::new(0),
         }
     }
 
@@ -334,6 +337,11 @@ impl Metrics {
         self.queue_messages.store(messages, Ordering::Relaxed);
         self.queue_oldest_age
             .store(oldest_age_seconds, Ordering::Relaxed);
+    }
+
+    /// Bytes free on the spool's filesystem.
+    pub fn set_spool_free(&self, bytes: u64) {
+        self.spool_free.store(bytes, Ordering::Relaxed);
     }
 }
 
