@@ -91,7 +91,8 @@ impl Relay {
         crate::privileges::check_spool_owner(&cfg.spool)?;
         let spool = Arc::new(
             Spool::open(&cfg.spool)
-                .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?,
+                .map_err(|e| err("spool")(format!("{}: {e}", cfg.spool.display())))?
+                .with_min_free(cfg.min_free_space),
         );
         let recovery = spool.begin_recovery()?;
         let suppressions = open_suppressions(cfg, acquired.metrics.clone())?;

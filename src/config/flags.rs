@@ -83,6 +83,13 @@ pub static FLAGS: &[FlagDef] = &[
         "Queue directory",
         Some("/var/spool/mxrelay as root, else ~/.local/state/mxrelay"),
     ),
+    opt(
+        "min-free-space",
+        "BYTES|N%",
+        "Refuse new mail (452 4.3.1 at MAIL) while less than this is free on the spool's \
+         filesystem, keeping room to deliver and bounce what is queued; 0 turns it off",
+        Some("64M"),
+    ),
     multi(
         "smarthost",
         "HOST[:PORT]",

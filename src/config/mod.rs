@@ -38,6 +38,8 @@ pub struct Config {
     pub listen: Vec<Listener>,
     pub hostname: String,
     pub spool: PathBuf,
+    /// `--min-free-space`.
+    pub min_free_space: crate::spool::MinFree,
     pub server: ServerConfig,
     /// Certificate chain and key files (`--tls-cert`, `--tls-key`).
     pub tls_cert: Option<(PathBuf, PathBuf)>,
@@ -101,6 +103,8 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         Some(s) => PathBuf::from(s),
         None => default_spool(),
     };
+    let min_free_space = crate::spool::MinFree::parse(&f.value("min-free-space"))
+        .map_err(|e| bad("min-free-space", e))?;
     let postmaster = match f.given("postmaster") {
         Some(p) => Mailbox::parse(&p).map_err(|e| bad("postmaster", format!("{p:?}: {e}")))?,
         None => Mailbox {
@@ -141,6 +145,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         listen,
         hostname,
         spool,
+        min_free_space,
     };
     if f.on("print-config") {
         return Ok(Parsed::Print(print::command_line(&f, &config)));

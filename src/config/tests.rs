@@ -487,3 +487,18 @@ fn tracking_flags() {
         assert!(e.contains(why), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn min_free_space_takes_bytes_or_a_percentage() {
+    use crate::spool::MinFree;
+    let c = |extra: &[&str]| {
+        let mut args = vec!["--hostname", "relay.test"];
+        args.extend_from_slice(extra);
+        run(&args).map(|c| c.min_free_space)
+    };
+    assert_eq!(c(&[]), Ok(MinFree::Bytes(64 << 20)), "the default");
+    assert_eq!(c(&["--min-free-space", "2%"]), Ok(MinFree::Percent(2.0)));
+    assert_eq!(c(&["--min-free-space", "0"]), Ok(MinFree::Bytes(0)), "off");
+    let e = c(&["--min-free-space", "lots"]).unwrap_err();
+    assert!(e.0.starts_with("--min-free-space: "), "{e}");
+}

@@ -40,6 +40,7 @@
 //! | `mxrelay_busy_workers` | gauge | | delivery workers busy now |
 //! | `mxrelay_queue_messages` | gauge | | messages in the queue (set by the scheduler) |
 //! | `mxrelay_queue_oldest_message_age_seconds` | gauge | | age of the oldest queued message (set by the scheduler) |
+//! | `mxrelay_spool_free_bytes` | gauge | | bytes free on the spool's filesystem (set by the scheduler; see `--min-free-space`) |
 //! | `mxrelay_webhook_backlog_events` | gauge | | events waiting on disk for webhook receivers (all webhooks) |
 //! | `mxrelay_suppression_store_pending` | gauge | | suppression list changes made here that the shared store does not have yet |
 //! | `mxrelay_build_info` | gauge | `version` | always 1; the version is in the label |
@@ -47,7 +48,8 @@
 //! Values of `reason`: `relay_denied`, `size`, `hops`, `auth`, `syntax`, `too_many_errors`,
 //! the limits named after their flags (`max_connections_per_ip`, a connection;
 //! `max_messages_per_connection`, `rate_limit_ip`, `rate_limit_user`, a MAIL;
-//! `rate_limit_rcpt_user`, a RCPT) and `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
+//! `rate_limit_rcpt_user`, a RCPT), `storage` (the spool short of space, or a write that
+//! failed) and `other` (see [`Refusal`]). Values of `category`: those of `crate::events::category`, every
 //! one always present. Histogram buckets (`le`, seconds): see [`LATENCY_BUCKETS`],
 //! plus `+Inf`.
 //!
@@ -109,6 +111,7 @@ pub struct Metrics {
     busy_workers: AtomicI64,
     queue_messages: AtomicU64,
     queue_oldest_age: AtomicU64,
+    spool_free: AtomicU64,
 }
 
 /// Observations above this many seconds are summed as this much (keeps the integer sum from
@@ -191,6 +194,7 @@ impl Metrics {
             busy_workers: AtomicI64::new(0),
             queue_messages: AtomicU64::new(0),
             queue_oldest_age: AtomicU64::new(0),
+            spool_free: AtomicU64::new(0),
         }
     }
 
@@ -336,6 +340,11 @@ impl Metrics {
         self.queue_messages.store(messages, Ordering::Relaxed);
         self.queue_oldest_age
             .store(oldest_age_seconds, Ordering::Relaxed);
+    }
+
+    /// Bytes free on the spool's filesystem.
+    pub fn set_spool_free(&self, bytes: u64) {
+        self.spool_free.store(bytes, Ordering::Relaxed);
     }
 }
 

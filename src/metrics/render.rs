@@ -200,6 +200,10 @@ impl Metrics {
         let help = "Age in seconds of the oldest message in the queue.";
         family(out, name, help, "gauge");
         sample(out, name, &[], load(&self.queue_oldest_age));
+        let name = "mxrelay_spool_free_bytes";
+        let help = "Bytes free on the spool's filesystem.";
+        family(out, name, help, "gauge");
+        sample(out, name, &[], load(&self.spool_free));
         let name = "mxrelay_webhook_backlog_events";
         let help = "Events waiting on disk for webhook receivers.";
         family(out, name, help, "gauge");

@@ -121,6 +121,7 @@ fn every_family_has_help_then_type_and_contiguous_samples() {
             "mxrelay_busy_workers",
             "mxrelay_queue_messages",
             "mxrelay_queue_oldest_message_age_seconds",
+            "mxrelay_spool_free_bytes",
             "mxrelay_webhook_backlog_events",
             "mxrelay_suppression_store_pending",
             "mxrelay_build_info",
@@ -172,6 +173,7 @@ fn counters_and_gauges_render_their_values() {
     m.worker_busy();
     m.worker_idle();
     m.set_queue(42, 3600);
+    m.set_spool_free(1 << 30);
     m.tracking_hit(crate::tracking::Kind::Open);
     m.tracking_hit(crate::tracking::Kind::Open);
     let t = m.render();
@@ -235,6 +237,7 @@ fn counters_and_gauges_render_their_values() {
         ("mxrelay_busy_workers", "2"),
         ("mxrelay_queue_messages", "42"),
         ("mxrelay_queue_oldest_message_age_seconds", "3600"),
+        ("mxrelay_spool_free_bytes", "1073741824"),
     ] {
         assert_eq!(value_of(&t, series), want, "{series}");
     }
@@ -258,6 +261,7 @@ fn counters_and_gauges_render_their_values() {
             "rate_limit_ip",
             "rate_limit_user",
             "rate_limit_rcpt_user",
+            "storage",
             "other"
         ]
     );

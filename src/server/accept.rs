@@ -1,6 +1,7 @@
-//! The accept side of one message, from DATA's 354 to the commit that earns the 250: the
-//! `Received:` field, the DATA reader, the transform stage, the session's verdict, the
-//! envelope, the spool commit, the `received` event and the hand-over to delivery.
+//! The accept side of one message, from DATA's 354 to the commit that earns the 250 (and,
+//! before it, whether the spool has room for one at MAIL): the `Received:` field, the DATA
+//! reader, the transform stage, the session's verdict, the envelope, the spool commit, the
+//! `received` event and the hand-over to delivery.
 
 use std::io;
 use std::net::IpAddr;
@@ -12,7 +13,7 @@ use crate::events::Event;
 use crate::net::{LineReader, Stream};
 use crate::smtp::data::{DataReader, Summary};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Refusal, Session, Transaction};
+use crate::smtp::session::{Effect, Refusal, Session, Step, Transaction};
 use crate::spool::{Envelope, Incoming, Kind, RcptState, Recipient};
 use crate::transform::{Context, Notes, Stage};
 
@@ -34,6 +35,21 @@ pub struct Client<'a> {
     pub esmtp: bool,
     pub tls: Option<&'a str>,
     pub auth_user: Option<&'a str>,
+}
+
+/// A MAIL the session accepted goes ahead only while the spool has room for the message
+/// (`--min-free-space`, and its declared SIZE on top of it); otherwise it gets `452 4.3.1`
+/// before the client sends a message that would not be kept. Other steps pass.
+pub fn admit(shared: &Shared, session: &mut Session, step: Step) -> Step {
+    if step.effect != Effect::MailAccepted {
+        return step;
+    }
+    let size = session.transaction().and_then(|tx| tx.declared_size);
+    if shared.services.spool.space().has_room(size.unwrap_or(0)) {
+        return step;
+    }
+    let (why, reply) = reply_map::short_of_space();
+    session.mail_refused(why, reply)
 }
 
 /// Reads the message that follows DATA's 354 from `reader` and commits it, or says why not.
@@ -100,7 +116,8 @@ pub fn receive(
         Ok(place) => place,
         Err(e) => {
             log::error!("{id}: spool commit failed: {e}");
-            return DataOutcome::Refused(Refusal::Other, reply_map::spool_error(&e));
+            let (why, reply) = reply_map::spool_error(&e);
+            return DataOutcome::Refused(why, reply);
         }
     };
     report_received(shared, client, &env, summary, &notes.signatures);
@@ -149,7 +166,7 @@ fn finish(
     session.data_verdict(summary)?;
     let write_failed = |e: io::Error| {
         log::error!("{id}: spool write failed: {e}");
-        (Refusal::Other, reply_map::spool_error(&e))
+        reply_map::spool_error(&e)
     };
     if let Some(e) = write_error {
         return Err(write_failed(e));

@@ -73,6 +73,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
             return;
         }
         let Some(step) = conn.next_step() else { break };
+        let step = accept::admit(shared, &mut conn.session, step);
         conn.answer(&step);
         match conn.carry_out(step.effect) {
             Flow::Go => {}

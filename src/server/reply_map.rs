@@ -6,13 +6,25 @@ use crate::smtp::reply::{self, Enhanced, Reply};
 use crate::smtp::session::Refusal;
 use crate::transform::TransformError;
 
-/// A spool failure while accepting a message: out of space is its own code (RFC 3463 4.3.1).
-pub fn spool_error(e: &io::Error) -> Reply {
-    if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {
-        Reply::new(452, Some(Enhanced(4, 3, 1)), "Insufficient system storage")
-    } else {
-        reply::local_error()
+/// A spool failure while accepting a message. Out of space (or quota) is its own code,
+/// `452 4.3.1`; anything else (EIO, a filesystem remounted read-only) is `451 4.3.0`. Either
+/// way nothing was kept, the client may try again, and the session goes on.
+pub fn spool_error(e: &io::Error) -> (Refusal, Reply) {
+    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        );
+    match full {
+        true => (Refusal::Storage, reply::insufficient_storage()),
+        false => (Refusal::Storage, reply::local_error()),
     }
+}
+
+/// MAIL while the spool is short of space (`--min-free-space`, or less free above it than
+/// the message's declared SIZE).
+pub fn short_of_space() -> (Refusal, Reply) {
+    (Refusal::Storage, reply::insufficient_storage())
 }
 
 /// A transform that would not (or could not) take the message.
@@ -47,13 +59,37 @@ mod tests {
 
     #[test]
     fn maps_spool_errors() {
-        assert_eq!(
-            spool_error(&io::Error::from_raw_os_error(libc::ENOSPC)).code,
-            452
-        );
-        assert_eq!(
-            spool_error(&io::Error::other("boom")).render(),
-            "451 4.3.0 Local error in processing, try again later\r\n"
-        );
+        let errno = io::Error::from_raw_os_error;
+        let cases = [
+            (
+                errno(libc::ENOSPC),
+                "452 4.3.1 Insufficient system storage\r\n",
+            ),
+            (
+                errno(libc::EDQUOT),
+                "452 4.3.1 Insufficient system storage\r\n",
+            ),
+            (
+                io::Error::from(io::ErrorKind::StorageFull),
+                "452 4.3.1 Insufficient system storage\r\n",
+            ),
+            (
+                errno(libc::EIO),
+                "451 4.3.0 Local error in processing, try again later\r\n",
+            ),
+            (
+                errno(libc::EROFS),
+                "451 4.3.0 Local error in processing, try again later\r\n",
+            ),
+            (
+                io::Error::other("boom"),
+                "451 4.3.0 Local error in processing, try again later\r\n",
+            ),
+        ];
+        for (e, want) in cases {
+            let (why, r) = spool_error(&e);
+            assert_eq!((why, r.render().as_str()), (Refusal::Storage, want), "{e}");
+        }
+        assert_eq!(short_of_space().1, reply::insufficient_storage());
     }
 }

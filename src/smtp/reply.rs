@@ -243,6 +243,11 @@ pub fn timeout() -> Reply {
 pub fn local_error() -> Reply {
     Reply::enh(451, (3, 0), "Local error in processing, try again later")
 }
+/// The spool cannot take a message now (full, or short of `--min-free-space`): RFC 3463 4.3.1,
+/// as Postfix and Exim answer; clients retry later.
+pub fn insufficient_storage() -> Reply {
+    Reply::enh(452, (3, 1), "Insufficient system storage")
+}
 pub fn too_many_recipients() -> Reply {
     Reply::enh(452, (5, 3), "Too many recipients")
 }

@@ -149,12 +149,14 @@ pub enum Refusal {
     RateLimitUser,
     /// A RCPT over `--rate-limit-rcpt-user`.
     RateLimitRcptUser,
+    /// The spool could not take the message: short of space, or a write failed.
+    Storage,
     Other,
 }
 
 impl Refusal {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::RelayDenied,
         Refusal::Size,
         Refusal::Hops,
@@ -166,6 +168,7 @@ impl Refusal {
         Refusal::RateLimitIp,
         Refusal::RateLimitUser,
         Refusal::RateLimitRcptUser,
+        Refusal::Storage,
         Refusal::Other,
     ];
 
@@ -195,6 +198,7 @@ impl Refusal {
             Refusal::RateLimitIp => "rate_limit_ip",
             Refusal::RateLimitUser => "rate_limit_user",
             Refusal::RateLimitRcptUser => "rate_limit_rcpt_user",
+            Refusal::Storage => "storage",
             Refusal::Other => "other",
         }
     }
@@ -454,6 +458,15 @@ impl Session {
             return Err((Refusal::Hops, reply::too_many_hops()));
         }
         Ok(())
+    }
+
+    /// Takes back the MAIL just accepted (`Effect::MailAccepted`), which the driver refuses
+    /// for a reason outside the protocol (the spool is short of space): the transaction is
+    /// dropped and `r` answers the MAIL instead of its 250. Not counted as a client error.
+    pub fn mail_refused(&mut self, why: Refusal, r: Reply) -> Step {
+        let sender = self.tx.take().and_then(|tx| tx.sender);
+        let path = sender.as_ref().map(Mailbox::to_string).unwrap_or_default();
+        refuse(why, r).about("MAIL".into(), Some(format!("<{path}>")))
     }
 
     /// Reports the end of DATA: `Ok(queue id)` once the message is durably queued, or why
@@ -890,6 +903,29 @@ mod tests {
         );
         assert_eq!(effect(&mut s, "RSET"), Effect::None);
         assert_eq!(effect(&mut s, "MAIL FROM:<>"), Effect::MailAccepted);
+    }
+
+    #[test]
+    fn a_mail_the_driver_refuses_starts_no_transaction() {
+        let mut s = Session::new(config());
+        s.feed(b"EHLO client.test");
+        let step = s.feed(b"MAIL FROM:<a@b.test> SIZE=100");
+        assert_eq!(step.effect, Effect::MailAccepted);
+        let step = s.mail_refused(Refusal::Storage, reply::insufficient_storage());
+        assert_eq!(
+            step.reply.unwrap().render(),
+            "452 4.3.1 Insufficient system storage\r\n"
+        );
+        let refused = step.refused.unwrap();
+        assert_eq!(
+            (refused.reason, refused.command.as_str()),
+            (Refusal::Storage, "MAIL")
+        );
+        assert_eq!(refused.argument.as_deref(), Some("<a@b.test>"));
+        assert!(s.transaction().is_none());
+        // No MAIL to add recipients to; a later MAIL starts afresh.
+        assert_eq!(s.feed(b"RCPT TO:<c@d.test>").reply.unwrap().code, 503);
+        assert_eq!(s.feed(b"MAIL FROM:<a@b.test>").effect, Effect::MailAccepted);
     }
 
     #[test]

@@ -301,6 +301,17 @@ impl Spool {
         a.free_cells.push(k);
     }
 
+    /// Sets cell `k` aside after its sync failed. The kernel may have dropped the pages that
+    /// did not reach the disk, or kept them marked clean, so neither the disk nor the page
+    /// cache can be trusted for the cell ("fsyncgate"). It is marked free (unsynced: if the
+    /// mark is lost as well, recovery finds the whole message, sent again, or a checksum that
+    /// fails, quarantined; never part of a message) and not reused before the next start, so
+    /// that a bad spot of the disk does not fail every next message too.
+    pub(super) fn retire_cell(&self, k: u32, e: &io::Error) {
+        log::error!("spool: sync of cell {k} failed ({e}); the cell is set aside until restart");
+        self.mark_free_or_warn(k);
+    }
+
     /// Free cells found by recovery, for reuse (lowest first).
     pub(super) fn add_free_cells(&self, mut cells: Vec<u32>) {
         cells.reverse();

@@ -2,11 +2,10 @@
 //! gets a slot file; one that fits goes into a cell at commit, in one write.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use super::alloc::{Slot, Writing};
 use super::slot::{HEADER_LEN, Header, State};
-use super::{CELL, Envelope, Place, SlotRef, Spool, id};
+use super::{CELL, Envelope, Place, SlotRef, Spool, fsio, id};
 
 /// A message that fits a cell stays in memory until commit, and is then written together with
 /// header and envelope, in one go, just before its fdatasync. Written out earlier, its pages
@@ -121,7 +120,7 @@ impl Incoming<'_> {
             Some(slot) => slot,
             None => self.slot.insert(self.spool.take_slot()?),
         };
-        slot.file.write_all_at(bytes, at)?;
+        fsio::write_all_at(&slot.file, bytes, at)?;
         slot.len = slot.len.max(at + bytes.len() as u64);
         Ok(())
     }
@@ -153,7 +152,7 @@ impl Incoming<'_> {
             self.write_at(header, 0)?;
         }
         let slot = self.slot.as_ref().expect("flushed into a slot file");
-        slot.file.sync_data()
+        fsio::sync_data(&slot.file)
     }
 }
 
@@ -193,11 +192,19 @@ impl Spool {
             incoming.pending[..HEADER_LEN].copy_from_slice(&header);
             let written = self.write_cell(k, &incoming.pending);
             self.alloc().extend_cell(k, incoming.pending.len() as u64);
-            if written.is_err() {
-                // The message may have reached the disk all the same: freed like a delivered one.
-                self.free_cell(k, false);
-            }
-            return written.map(|()| place(SlotRef::Cell(k)));
+            return match written {
+                Ok(()) => Ok(place(SlotRef::Cell(k))),
+                // Cut short (a full disk): whatever part was written is freed like a delivered
+                // message, and the cell reused.
+                Err((e, false)) => {
+                    self.free_cell(k, false);
+                    Err(e)
+                }
+                Err((e, true)) => {
+                    self.retire_cell(k, &e);
+                    Err(e)
+                }
+            };
         }
         let result = incoming.sync_to_slot_file(&header);
         let slot = incoming.slot.take().expect("written to a slot file");
@@ -208,7 +215,8 @@ impl Spool {
         }) {
             Ok(()) => Ok(place),
             Err(e) => {
-                // Its header may have reached the disk: not a slot to reuse.
+                // Its header may have reached the disk, and after a failed sync its pages are
+                // not to be trusted: not a slot to reuse.
                 self.delete_slot(slot.n);
                 Err(e)
             }

@@ -21,6 +21,12 @@
 //! first: see `MARK_FREED_AFTER`): if a crash undoes that, the message is delivered again (a
 //! duplicate, never a loss).
 //!
+//! A commit whose write fails (a full disk) frees what it got, cell or slot file, for reuse;
+//! one whose fdatasync fails gives it up, since after a failed fdatasync the pages are not to
+//! be trusted: a slot file is deleted, a cell is set aside until the next start. Either way
+//! the client is refused (`server::reply_map`) and recovery never takes what was written for
+//! a message: its checksum does not match. `space` keeps a reserve free for what is queued.
+//!
 //! Which message is where is not kept here: the ledger (`delivery::ledger`) holds each
 //! message's `Place`, which is all the spool needs to read, update or free it.
 
@@ -31,6 +37,7 @@ pub mod id;
 mod incoming;
 mod recover;
 pub mod slot;
+pub mod space;
 pub mod state;
 
 use std::fs::{self, File, OpenOptions};
@@ -45,6 +52,7 @@ pub use envelope::{Envelope, Kind, RcptState, Recipient};
 pub use incoming::Incoming;
 pub use recover::{Location, Recovery, list_each};
 use slot::HEADER_LEN;
+pub use space::{MinFree, Space};
 use state::{Layout, Record};
 
 /// The shared file of cells, in `queue/`.
@@ -76,6 +84,7 @@ pub struct Spool {
     alloc: Mutex<alloc::Alloc>,
     queue_sync: fsio::DirSync,
     keep: alloc::Keep,
+    space: Space,
 }
 
 /// Where a queued message is: its slot and the slot's state records. Small and `Copy`, so
@@ -131,6 +140,7 @@ impl Spool {
         let existing = cells.metadata()?.len().div_ceil(CELL);
         Ok(Spool {
             queue_sync: fsio::DirSync::new(&queue),
+            space: Space::new(&queue, MinFree::Bytes(0)),
             queue,
             tmp,
             corrupt,
@@ -140,6 +150,17 @@ impl Spool {
             alloc: Mutex::new(alloc::Alloc::new(existing)),
             keep: alloc::Keep::default(),
         })
+    }
+
+    /// Keeps `min` free on the spool's filesystem (`--min-free-space`): see `space()`.
+    pub fn with_min_free(mut self, min: MinFree) -> Spool {
+        self.space = Space::new(&self.queue, min);
+        self
+    }
+
+    /// The free space on the spool's filesystem, against its reserve.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     fn alloc(&self) -> std::sync::MutexGuard<'_, alloc::Alloc> {
@@ -200,12 +221,13 @@ impl Spool {
     }
 
     /// Writes a whole slot into cell `k` and syncs it, through a descriptor of the cells file
-    /// of this write's own (see `cell_writers`).
-    fn write_cell(&self, k: u32, slot: &[u8]) -> io::Result<()> {
-        let fd = self.take_writer()?;
-        let written = fd
-            .write_all_at(slot, k as u64 * CELL)
-            .and_then(|()| fd.sync_data());
+    /// of this write's own (see `cell_writers`). An error says whether it was the sync that
+    /// failed (then the cell is set aside: `retire_cell`).
+    fn write_cell(&self, k: u32, slot: &[u8]) -> Result<(), (io::Error, bool)> {
+        let fd = self.take_writer().map_err(|e| (e, false))?;
+        let written = fsio::write_all_at(&fd, slot, k as u64 * CELL)
+            .map_err(|e| (e, false))
+            .and_then(|()| fsio::sync_data(&fd).map_err(|e| (e, true)));
         self.put_writer(fd);
         written
     }
@@ -350,15 +372,15 @@ impl Batch<'_> {
             SlotRef::Cell(k) => k,
             SlotRef::File(n) => {
                 let file = self.spool.open_slot(n)?;
-                file.write_all_at(&bytes, offset)?;
-                return file.sync_data();
+                fsio::write_all_at(&file, &bytes, offset)?;
+                return fsio::sync_data(&file);
             }
         };
         let fd = match &self.cells {
             Some(fd) => fd,
             None => self.cells.insert(self.spool.take_writer()?),
         };
-        fd.write_all_at(&bytes, k as u64 * CELL + offset)?;
+        fsio::write_all_at(fd, &bytes, k as u64 * CELL + offset)?;
         self.spool
             .alloc()
             .extend_cell(k, offset + bytes.len() as u64);
@@ -370,7 +392,7 @@ impl Batch<'_> {
         let Some(fd) = self.cells.take() else {
             return Ok(());
         };
-        let synced = fd.sync_data();
+        let synced = fsio::sync_data(&fd);
         self.spool.put_writer(fd);
         synced
     }

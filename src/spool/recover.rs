@@ -81,28 +81,47 @@ impl Spool {
 impl Recovery {
     /// Scans every slot listed at start. `found` gets each committed message and returns
     /// false if it already has one with that id: the second slot is quarantined. Returns
-    /// how many messages were found.
+    /// how many messages were found. A slot that cannot be read, or quarantined (a failing
+    /// or full disk), is logged and left as it is for the next start, neither sent nor
+    /// reused; the scan goes on.
     pub fn run(mut self, spool: &Spool, mut found: impl FnMut(Found) -> bool) -> io::Result<u64> {
         let mut count = 0;
         let mut free = Vec::new();
+        let left = |what: &str, e: io::Error| {
+            log::error!("spool: {what}: {e}; left as it is until the next start");
+        };
         for k in 0..self.cells as u32 {
             let base = k as u64 * CELL;
-            match slot::read(&spool.cells, base, Some(CELL), true)? {
+            let content = match slot::read(&spool.cells, base, Some(CELL), true) {
+                Ok(content) => content,
+                Err(e) => {
+                    left(&format!("cannot read cell {k}"), e);
+                    continue;
+                }
+            };
+            match content {
                 slot::Content::Free => {}
                 slot::Content::Live(env, env_len) => {
                     let place =
                         Place::new(SlotRef::Cell(k), env.size, env_len, env.recipients.len());
-                    match self.found(spool, env, place, &mut found)? {
-                        Some(true) => {
+                    match self.found(spool, env, place, &mut found) {
+                        Ok(Some(true)) => {
                             count += 1;
                             continue;
                         }
-                        Some(false) => {}
-                        None => continue,
+                        Ok(Some(false)) => {}
+                        Ok(None) => continue,
+                        Err(e) => {
+                            left(&format!("cannot take up cell {k}"), e);
+                            continue;
+                        }
                     }
                 }
                 slot::Content::Damaged(why) => {
-                    spool.quarantine_cell(k, &format!("cell-{k}"), &why)?
+                    if let Err(e) = spool.quarantine_cell(k, &format!("cell-{k}"), &why) {
+                        left(&format!("cannot quarantine cell {k}"), e);
+                        continue;
+                    }
                 }
             }
             free.push(k);
@@ -115,22 +134,30 @@ impl Recovery {
             let Ok(file) = File::open(&path) else {
                 continue;
             };
-            match slot::read(&file, 0, None, true)? {
-                slot::Content::Free => spool.release(Slot {
-                    n,
-                    file: None,
-                    size: file.metadata()?.len(),
+            let done = match slot::read(&file, 0, None, true) {
+                Ok(slot::Content::Free) => file.metadata().map(|m| {
+                    spool.release(Slot {
+                        n,
+                        file: None,
+                        size: m.len(),
+                    })
                 }),
-                slot::Content::Live(env, env_len) => {
+                Ok(slot::Content::Live(env, env_len)) => {
                     let place =
                         Place::new(SlotRef::File(n), env.size, env_len, env.recipients.len());
-                    if self.found(spool, env, place, &mut found)? == Some(true) {
-                        count += 1;
-                    }
+                    self.found(spool, env, place, &mut found).map(|taken| {
+                        if taken == Some(true) {
+                            count += 1;
+                        }
+                    })
                 }
-                slot::Content::Damaged(why) => {
-                    spool.quarantine_file(&path, &format!("slot-{n}"), &why)?
+                Ok(slot::Content::Damaged(why)) => {
+                    spool.quarantine_file(&path, &format!("slot-{n}"), &why)
                 }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                left(&format!("slot {n}"), e);
             }
         }
         for (id, path) in self.legacy {

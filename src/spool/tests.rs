@@ -53,6 +53,14 @@ fn without_cells(root: &Path) -> Spool {
     spool
 }
 
+/// A spool with cells, or one whose messages all get slot files.
+fn open_with(root: &Path, cells: bool) -> Spool {
+    match cells {
+        true => Spool::open(root).unwrap(),
+        false => without_cells(root),
+    }
+}
+
 fn at(spool: &Spool, place: Place) -> Location {
     match place.slot {
         SlotRef::Cell(k) => Location {
@@ -175,10 +183,7 @@ fn commit_recover_record_remove() {
 fn a_torn_state_record_leaves_the_one_before() {
     for cells in [true, false] {
         let root = temp_dir("torn-state");
-        let spool = match cells {
-            true => Spool::open(&root).unwrap(),
-            false => without_cells(&root),
-        };
+        let spool = open_with(&root, cells);
         let (e, place) = commit(&spool, b"torn");
         let mut first = e.clone();
         first.attempts = 1;
@@ -186,6 +191,15 @@ fn a_torn_state_record_leaves_the_one_before() {
         let mut second = e.clone();
         second.attempts = 2;
         second.recipients[0].state = RcptState::Delivered;
+        // Record 2 cannot be written (a full disk), or synced: record 1 stands, and record 2
+        // is written again, with the same number, once it works.
+        let errno = libc::ENOSPC;
+        fsio::fault::inject(fsio::fault::Fault::Write { errno, kept: 30 });
+        assert!(spool.record(place, 2, &second).is_err());
+        assert_eq!(spool.load(place, &e.id).unwrap(), (first.clone(), 1));
+        fsio::fault::inject(fsio::fault::Fault::Sync { errno: libc::EIO });
+        assert!(spool.record(place, 2, &second).is_err());
+        fsio::fault::clear();
         spool.record(place, 2, &second).unwrap();
         assert_eq!(spool.load(place, &e.id).unwrap(), (second.clone(), 2));
         // The write of record 2 cut short: record 1 is the state.
@@ -687,4 +701,108 @@ fn a_header_section_written_last_reads_back_in_order() {
         let spool = Spool::open(&root).unwrap();
         assert_eq!(recover(&spool), [e], "{body_len}");
     }
+}
+
+/// A message of `body` that fails to commit with `fault`; its id.
+fn failed_commit(spool: &Spool, body: &[u8], fault: fsio::fault::Fault) -> (String, io::Error) {
+    let mut inc = spool.create();
+    inc.write_all(body).unwrap();
+    let mut e = env(&inc.id.clone());
+    e.size = body.len() as u64;
+    fsio::fault::inject(fault);
+    let err = spool.commit(inc, &e).unwrap_err();
+    fsio::fault::clear();
+    (e.id, err)
+}
+
+#[test]
+fn a_commit_cut_short_by_a_full_disk_is_never_recovered() {
+    use fsio::fault::Fault;
+    for cells in [true, false] {
+        let root = temp_dir("cut-short");
+        let open = || open_with(&root, cells);
+        let spool = open();
+        let (kept, _) = commit(&spool, b"kept");
+        // The header and part of the message reach the page cache, then the disk is full.
+        let fault = Fault::Write {
+            errno: libc::ENOSPC,
+            kept: HEADER_LEN + 100,
+        };
+        let (id, err) = failed_commit(&spool, &[b'z'; 5000], fault);
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "cells: {cells}");
+        // A crash now: the part written is not taken for a message (a cell with a header is
+        // quarantined: shorter than its header says).
+        assert_eq!(recover(&open()), vec![kept.clone()], "cells: {cells}");
+        assert!(!listed(&root).iter().any(|e| e.id == id));
+        if cells {
+            let reason = fs::read_to_string(root.join("corrupt/cell-1.reason")).unwrap();
+            assert!(reason.contains("shorter"), "{reason}");
+        }
+        // No crash: space comes back, and the next message takes the same place.
+        let (next, place) = commit(&spool, b"next");
+        if cells {
+            assert_eq!(place.slot, SlotRef::Cell(1), "the cell is reused");
+        }
+        let mut want = vec![kept, next];
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(recover(&open()), want, "cells: {cells}");
+        fs::remove_dir_all(root).unwrap();
+    }
+}
+
+#[test]
+fn a_slot_whose_sync_failed_is_given_up_and_never_sent() {
+    use fsio::fault::Fault;
+    for cells in [true, false] {
+        let root = temp_dir("sync-fails");
+        let open = || open_with(&root, cells);
+        let spool = open();
+        let (kept, _) = commit(&spool, b"kept");
+        let fault = Fault::Sync { errno: libc::EIO };
+        let (id, err) = failed_commit(&spool, b"whole in the page cache", fault);
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+        // Not trusted from now on: a cell is set aside (marked free, not reused before a
+        // restart), a slot file deleted.
+        let (next, place) = commit(&spool, b"next");
+        match cells {
+            true => assert_eq!(place.slot, SlotRef::Cell(2), "cell 1 is set aside"),
+            false => assert_eq!(names(&root.join("queue")).len(), 3, "cells and two slots"),
+        }
+        assert!(!listed(&root).iter().any(|e| e.id == id));
+        let mut want = vec![kept, next];
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        let spool = open();
+        assert_eq!(recover(&spool), want);
+        // After the restart the cell is free for use again.
+        if cells {
+            let (_, reused) = commit(&spool, b"again");
+            assert_eq!(reused.slot, SlotRef::Cell(1));
+        }
+        fs::remove_dir_all(root).unwrap();
+    }
+}
+
+#[test]
+fn recovery_goes_on_past_a_slot_it_cannot_quarantine() {
+    let root = temp_dir("no-quarantine");
+    let spool = Spool::open(&root).unwrap();
+    let (_, damaged) = commit(&spool, b"damaged");
+    let (good, _) = commit(&spool, b"good");
+    let loc = at(&spool, damaged);
+    let mut bytes = read_slot(&loc, HEADER_LEN + 3);
+    bytes[HEADER_LEN + 2] ^= 1;
+    write_slot(&loc, &bytes);
+    // corrupt/ cannot be written (as on a full disk): the damaged cell stays as it is, neither
+    // sent nor reused, and the scan goes on.
+    let spool = Spool::open(&root).unwrap();
+    fs::rename(root.join("corrupt"), root.join("away")).unwrap();
+    assert_eq!(recover(&spool), vec![good.clone()]);
+    let (_, next) = commit(&spool, b"next");
+    assert_eq!(next.slot, SlotRef::Cell(2), "cell 0 is left alone");
+    // The next start quarantines it.
+    fs::rename(root.join("away"), root.join("corrupt")).unwrap();
+    let spool = Spool::open(&root).unwrap();
+    assert_eq!(recover(&spool).len(), 2);
+    assert!(root.join("corrupt/cell-0.reason").exists());
+    fs::remove_dir_all(root).unwrap();
 }

@@ -203,6 +203,11 @@ impl Scheduler {
                 .oldest()
                 .map_or(0, |id| now.saturating_sub(id.received_ms()) / 1000);
             self.s.metrics.set_queue(self.s.ledger.len() as u64, oldest);
+            // Also measures it, so that a change to or from short of space is logged
+            // while no client comes.
+            if let Some(free) = self.s.spool.space().free() {
+                self.s.metrics.set_spool_free(free);
+            }
         }
         if now.saturating_sub(self.sites_forgotten) >= FORGET_SITES_MS {
             self.sites_forgotten = now;

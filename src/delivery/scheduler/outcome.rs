@@ -15,6 +15,8 @@ use crate::spool::{Envelope, Place, RcptState};
 
 /// How much of the original message a DSN quotes (its header section).
 const DSN_HEADER_LIMIT: usize = 64 * 1024;
+/// How soon an expired message whose DSN could not be spooled tries again, at most.
+const DSN_RETRY: Duration = Duration::from_secs(300);
 
 impl Scheduler {
     pub(super) fn apply(&mut self, outcome: Outcome) {
@@ -173,10 +175,11 @@ impl Scheduler {
             // The DSN is spooled before the failures are recorded: a crash in between can
             // repeat a DSN, never lose one.
             let (env, place) = (entry.env.clone(), entry.place);
-            if !self.bounce(&env, place, &failed) {
+            if let Err(e) = self.bounce(&env, place, &failed) {
                 // Without the DSN on disk the failures must not be recorded either: they
                 // stay pending so the next round tries again.
                 let entry = self.active.get_mut(&id).expect("active");
+                entry.env.last_error = format!("its DSN could not be spooled: {e}");
                 for f in &failed {
                     if let Some(r) = entry
                         .env
@@ -204,9 +207,15 @@ impl Scheduler {
             entry.env.attempts,
             super::super::random_below(1000) as f64 / 1000.0,
         );
-        // A message whose next try would come after its lifetime gets its last try then.
+        // A message whose next try would come after its lifetime gets its last try then. One
+        // still pending past its lifetime is one whose DSN could not be spooled (a full
+        // disk): it tries again after its delay, at most `DSN_RETRY` (at once, it would spin).
         let expires = entry.env.received + lifetime.as_millis() as u64;
-        entry.env.next_attempt = (now + delay.as_millis() as u64).min(expires.max(now + 1));
+        let delay = delay.as_millis() as u64;
+        entry.env.next_attempt = match expires > now {
+            true => (now + delay).min(expires),
+            false => now + delay.min(DSN_RETRY.as_millis() as u64),
+        };
         self.s.events.report(&Event::Deferred {
             id: &entry.env.id,
             recipients: &entry.env.pending_addresses(),
@@ -245,8 +254,13 @@ impl Scheduler {
 
     /// Reports failures to the sender; a null-sender message is never bounced: its failure
     /// goes to the postmaster as a double bounce, and a double bounce that fails is dropped.
-    /// False if the DSN could not be spooled.
-    fn bounce(&mut self, env: &Envelope, place: Place, failed: &[FailedRecipient]) -> bool {
+    /// An error if the DSN could not be spooled.
+    fn bounce(
+        &mut self,
+        env: &Envelope,
+        place: Place,
+        failed: &[FailedRecipient],
+    ) -> std::io::Result<()> {
         let to = bounce::addressee(env, &self.cfg.postmaster);
         let address = match &to {
             Addressee::Nobody => {
@@ -256,7 +270,7 @@ impl Scheduler {
                     failed.len()
                 );
                 self.bounced_events(env, failed, None);
-                return true;
+                return Ok(());
             }
             Addressee::Postmaster(a) => {
                 log::warn!(
@@ -313,14 +327,14 @@ impl Scheduler {
                 };
                 self.s.ledger.insert(id, record);
                 self.arrive(Arrival { env: dsn, place });
-                true
+                Ok(())
             }
             Err(e) => {
                 log::error!(
                     "{}: cannot spool the DSN: {e}; failures stay pending",
                     env.id
                 );
-                false
+                Err(e)
             }
         }
     }

@@ -252,6 +252,40 @@ fn a_message_expires_from_waiting_with_a_last_try_at_its_lifetime() {
 }
 
 #[test]
+fn an_expired_message_whose_dsn_cannot_be_spooled_waits_and_is_not_lost() {
+    use crate::spool::fsio::fault::{self, Fault};
+    let mut b = bench(100, 4);
+    let id = b.submit("x@fast.test");
+    b.work(deferred);
+    b.clock.advance(11 * MINUTE);
+    // The disk is full: neither the DSN nor the deferral's state record can be written.
+    fault::inject(Fault::Disk {
+        errno: libc::ENOSPC,
+    });
+    b.turn();
+    assert_eq!(b.work(deferred), 1, "its last try");
+    fault::clear();
+    assert_eq!(b.holder(id), Some(Holder::Waiting), "still queued");
+    let due = b.sched.s.ledger.get(id).unwrap().due as u64 * 1000;
+    let wait = due - b.clock.now_ms();
+    assert!(
+        (54_000..=67_000).contains(&wait),
+        "not at once again: {wait}"
+    );
+    b.turn();
+    assert_eq!(b.work(deferred), 0);
+    assert_eq!(b.on_disk().len(), 1, "the message only");
+    // Space is back: its next round bounces it.
+    b.clock.advance(wait);
+    b.turn();
+    assert_eq!(b.work(deferred), 2, "its round, then the DSN's first try");
+    assert_eq!(b.holder(id), None);
+    let queued = b.on_disk();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].kind, Kind::Bounce);
+}
+
+#[test]
 fn expiry_reaches_jobs_that_wait_at_a_slow_site() {
     let mut b = bench(100, 1);
     let stuck = b.submit("x@slow.test");

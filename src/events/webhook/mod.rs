@@ -110,6 +110,8 @@ pub struct Outbox {
     url: String,
     writer: Writer,
     dropped: u64,
+    /// Appends that failed in a row (a full disk): logged at powers of two.
+    failing: u64,
 }
 
 /// The running senders, to stop.
@@ -167,6 +169,7 @@ impl Webhooks {
                 url: url.clone(),
                 writer,
                 dropped: 0,
+                failing: 0,
             });
             dirs.push(dir);
             log::info!("webhooks: sending events to {}", shown(url));
@@ -224,8 +227,7 @@ impl Outbox {
     pub fn append(&mut self, record: &[u8], max_backlog: u64, metrics: &Metrics) {
         if self.writer.backlog_bytes() + record.len() as u64 > max_backlog {
             metrics.webhook_dropped(WebhookDrop::BacklogFull, 1);
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
+            if once_more(&mut self.dropped) {
                 log::warn!(
                     "webhooks: {}: backlog full (--webhook-max-backlog), {} events dropped so far",
                     shown(&self.url),
@@ -234,11 +236,24 @@ impl Outbox {
             }
             return;
         }
-        if let Err(e) = self.writer.append(record) {
-            log::error!(
-                "webhooks: {}: cannot write the outbox: {e}",
-                shown(&self.url)
-            );
+        match self.writer.append(record) {
+            Ok(()) if self.failing > 0 => {
+                log::info!(
+                    "webhooks: {}: writing the outbox again after {} failed events",
+                    shown(&self.url),
+                    std::mem::take(&mut self.failing)
+                );
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if once_more(&mut self.failing) {
+                    log::error!(
+                        "webhooks: {}: cannot write the outbox: {e} ({} events lost so far)",
+                        shown(&self.url),
+                        self.failing
+                    );
+                }
+            }
         }
     }
 
@@ -262,6 +277,12 @@ impl Outbox {
             );
         }
     }
+}
+
+/// Counts one more of a repeated problem; true at 1, 2, 4, 8...: when to log it again.
+fn once_more(count: &mut u64) -> bool {
+    *count += 1;
+    count.is_power_of_two()
 }
 
 /// An outbox record for an event line as the event log writes it.

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::spool::fsio;
+
 /// A segment is closed and a new one started past this size.
 const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 const HEADER: usize = 16;
@@ -258,11 +260,12 @@ fn open_sized(dir: &Path, segment_size: u64) -> io::Result<(Writer, Reader, Arc<
 
 fn create_segment(dir: &Path, seg: u64) -> io::Result<File> {
     let f = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(seg_path(dir, seg))?;
-    crate::spool::fsio::sync_dir(dir)?;
+    fsio::sync_dir(dir)?;
     Ok(f)
 }
 
@@ -292,7 +295,13 @@ impl Writer {
             self.file = create_segment(&self.dir, seg)?;
             self.at = Pos { seg, at: 0 };
         }
-        self.file.write_all(rec)?;
+        // At its place rather than appended: a record cut short (a full disk) is cut off, or
+        // else written over by the next one, and never stays in front of it, where the reader
+        // would stop.
+        if let Err(e) = fsio::write_all_at(&self.file, rec, self.at.at) {
+            let _ = self.file.set_len(self.at.at);
+            return Err(e);
+        }
         self.at.at += rec.len() as u64;
         self.pending.0 += 1;
         self.pending.1 += rec.len() as u64;

@@ -85,6 +85,7 @@ fn a_full_backlog_drops_new_events_and_counts_them() {
         url: "http://127.0.0.1/".into(),
         writer,
         dropped: 0,
+        failing: 0,
     };
     let metrics = Metrics::new();
     let event = record("{\"event\":\"delivered\"}", std::time::SystemTime::now());

@@ -1,3 +1,5 @@
+use std::os::unix::fs::FileExt;
+
 use super::*;
 
 struct Dir(PathBuf);
@@ -124,7 +126,7 @@ fn a_torn_record_ends_its_segment_only() {
         w.publish();
         // A crash in the middle of the next append.
         let rec = record(1, b"torn-in-half");
-        w.file.write_all(&rec[..rec.len() - 3]).unwrap();
+        w.file.write_all_at(&rec[..rec.len() - 3], w.at.at).unwrap();
     }
     {
         let (mut w, _, _) = open(&d.0).unwrap();
@@ -137,6 +139,27 @@ fn a_torn_record_ends_its_segment_only() {
     assert_eq!(r.count().unwrap(), 2);
     let b = r.next(10, u64::MAX, 0).unwrap();
     assert_eq!(texts(&b), ["whole", "after", "newest"]);
+}
+
+#[test]
+fn an_append_cut_short_by_a_full_disk_leaves_nothing_in_front_of_the_next() {
+    use crate::spool::fsio::fault::{self, Fault};
+    let d = Dir::new("full");
+    let (mut w, mut r, _) = open(&d.0).unwrap();
+    put(&mut w, 1, "before");
+    let errno = libc::ENOSPC;
+    fault::inject(Fault::Write { errno, kept: 20 });
+    let e = w.append(&record(1, b"cut short")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(errno));
+    fault::inject(Fault::Disk { errno });
+    assert!(w.append(&record(1, b"nothing written")).is_err());
+    fault::clear();
+    put(&mut w, 1, "after");
+    w.publish();
+    let b = r.next(10, u64::MAX, 0).unwrap();
+    assert_eq!(texts(&b), ["before", "after"]);
+    let len = fs::metadata(seg_path(&d.0, w.at.seg)).unwrap().len();
+    assert_eq!(len, w.at.at, "nothing past the last whole record");
 }
 
 #[test]
