@@ -111,7 +111,12 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(spool: &Path, args: &[&str]) -> Relay {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxrelay"));
+        Relay::start_binary(Path::new(env!("CARGO_BIN_EXE_mxrelay")), spool, args)
+    }
+
+    /// As `start`, with another build of mxrelay (the static one).
+    pub fn start_binary(binary: &Path, spool: &Path, args: &[&str]) -> Relay {
+        let mut cmd = Command::new(binary);
         cmd.args(["--hostname", "relay.test", "--spool"]).arg(spool);
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
