@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::smtp::reply::{ParseError, Reply, ReplyParser};
 
@@ -187,7 +187,9 @@ pub enum ReplyError {
 
 impl LineReader<Stream> {
     /// Reads one SMTP reply (all its lines) on the client side: lines of at most `max_line`
-    /// bytes, each read waiting at most `timeout`.
+    /// bytes (and at most `MAX_REPLY_LINES` of them), each read waiting at most `timeout`,
+    /// and no read starting once `timeout` has passed since the call: a peer that trickles
+    /// bytes, or streams an endless line, holds the caller for less than twice `timeout`.
     pub fn read_reply(&mut self, max_line: usize, timeout: Duration) -> Result<Reply, ReplyError> {
         if self.timeout != Some(timeout) {
             let tcp = self.inner.tcp();
@@ -195,6 +197,13 @@ impl LineReader<Stream> {
                 .map_err(ReplyError::Io)?;
             self.timeout = Some(timeout);
         }
+        self.deadline = Some(Instant::now() + timeout);
+        let reply = self.read_reply_lines(max_line);
+        self.deadline = None;
+        reply
+    }
+
+    fn read_reply_lines(&mut self, max_line: usize) -> Result<Reply, ReplyError> {
         let mut parser = ReplyParser::default();
         loop {
             let line = match self.read_line(max_line) {
@@ -220,6 +229,8 @@ pub struct LineReader<R> {
     end: usize,
     /// The read timeout `read_reply` last set on the socket.
     timeout: Option<Duration>,
+    /// While `read_reply` runs: no read starts after this (`fill` says `TimedOut`).
+    deadline: Option<Instant>,
 }
 
 impl<R: Read> LineReader<R> {
@@ -231,6 +242,7 @@ impl<R: Read> LineReader<R> {
             start: 0,
             end: 0,
             timeout: None,
+            deadline: None,
         }
     }
 
@@ -269,6 +281,9 @@ impl<R: Read> LineReader<R> {
         }
         if self.end == self.buf.len() {
             return Err(io::Error::other("line buffer full"));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::ErrorKind::TimedOut.into());
         }
         let n = loop {
             match self.inner.read(&mut self.buf[self.end..]) {
@@ -366,6 +381,53 @@ mod tests {
         ));
         drop(peer);
         assert!(matches!(reader.read_reply(100, t), Err(ReplyError::Closed)));
+    }
+
+    /// A peer that writes `chunk` every `pause` until the reader hangs up (or 10 s pass).
+    fn endless_peer(mut peer: TcpStream, chunk: &'static [u8], pause: Duration) {
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(10) && peer.write_all(chunk).is_ok() {
+                std::thread::sleep(pause);
+            }
+        });
+    }
+
+    #[test]
+    fn a_reply_that_never_ends_is_given_up_at_its_deadline() {
+        let t = Duration::from_millis(300);
+        // An endless line at full speed, and one byte at a time (each read well within the
+        // timeout): without a deadline either would hold the reader for the peer's 10 s.
+        for (chunk, pause) in [
+            (&[0xa5u8; 4096][..], Duration::ZERO),
+            (&b"2"[..], Duration::from_millis(20)),
+        ] {
+            let (mut reader, peer) = pair();
+            endless_peer(peer, chunk, pause);
+            let start = std::time::Instant::now();
+            let r = reader.read_reply(100, t);
+            assert!(matches!(r, Err(ReplyError::Timeout)), "{r:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                start.elapsed()
+            );
+            // Replies after it get their own deadline.
+            assert!(matches!(
+                reader.read_reply(100, t),
+                Err(ReplyError::Timeout)
+            ));
+        }
+    }
+
+    #[test]
+    fn continuation_lines_are_bounded() {
+        let (mut reader, peer) = pair();
+        endless_peer(peer, b"250-more\r\n", Duration::ZERO);
+        assert!(matches!(
+            reader.read_reply(100, Duration::from_secs(5)),
+            Err(ReplyError::Malformed(ParseError::TooLong))
+        ));
     }
 
     /// A reader that hands out its input in small pieces, as a socket might.

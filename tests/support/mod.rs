@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod haproxy;
+pub mod hostile;
 pub mod redis_server;
 pub mod sink;
 

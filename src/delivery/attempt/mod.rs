@@ -118,6 +118,10 @@ struct HostError {
     tls: bool,
     /// The TCP connection itself failed.
     connect: bool,
+    /// The end of data went out and no verdict came back (timeout, lost connection): the
+    /// next hop may have taken the message, so the attempt ends here, deferred. Trying a
+    /// fresh connection or the next host at once would send it again in the same attempt.
+    sent: bool,
 }
 
 impl From<String> for HostError {
@@ -126,6 +130,7 @@ impl From<String> for HostError {
             reason,
             tls: false,
             connect: false,
+            sent: false,
         }
     }
 }
@@ -182,6 +187,7 @@ pub fn deliver(job: &Job, body: &impl Body, ctx: &Context, cache: &mut Cache) ->
                 keep_or_close(conn, reusable, ctx, cache);
                 return Attempt::new(results, Feedback::Reached);
             }
+            Err(e) if e.sent => return unknown_outcome(job, e.reason),
             // The kept connection went stale (closed by the server): start afresh.
             Err(e) => log::debug!("{}: kept connection unusable: {}", job.id, e.reason),
         }
@@ -207,6 +213,22 @@ pub fn deliver(job: &Job, body: &impl Body, ctx: &Context, cache: &mut Cache) ->
         ctx.hosts.order(&mut hosts);
     }
     try_hosts(job, body, ctx, &hosts, cache)
+}
+
+/// The end of data went out and no verdict came: deferred (the next hop may have the
+/// message, and may get it again at the next attempt: the one transaction in flight).
+fn unknown_outcome(job: &Job, reason: String) -> Attempt {
+    log::info!(
+        "{}: no verdict after the end of data ({reason}): deferred, not sent elsewhere now; \
+         the message may arrive twice",
+        job.id
+    );
+    let deferred = RcptResult::Deferred {
+        reason: reason.clone(),
+    };
+    let mut attempt = Attempt::new(all(job, deferred), Feedback::Throttled);
+    attempt.error = reason;
+    attempt
 }
 
 /// Every recipient of the job with the same result.
@@ -287,6 +309,11 @@ fn try_hosts(
             match result {
                 Ok(results) => {
                     let mut attempt = Attempt::new(results, Feedback::Reached);
+                    attempt.mx_site = mx_site;
+                    return attempt;
+                }
+                Err(e) if e.sent => {
+                    let mut attempt = unknown_outcome(job, e.reason);
                     attempt.mx_site = mx_site;
                     return attempt;
                 }
@@ -397,6 +424,7 @@ impl Wire {
             reason,
             tls: true,
             connect: false,
+            sent: false,
         };
         let connector = ctx.tls.connector(verify).map_err(tls_error)?;
         let tls = connector
@@ -483,6 +511,7 @@ fn open(
         reason: format!("connect to {relay} failed: {e}"),
         tls: false,
         connect: true,
+        sent: false,
     })?;
     let _ = tcp.set_nodelay(true);
     let write_timeout = ctx
@@ -551,6 +580,7 @@ fn setup_failed(conn: Connection, f: Failure) -> HostError {
                 reason: format!("{relay} refused STARTTLS: {}", r.summary()),
                 tls: true,
                 connect: false,
+                sent: false,
             };
         }
         Failure::NoStartTls => (
@@ -619,17 +649,27 @@ fn transaction(
         smtputf8: job.smtputf8,
     };
     let mut action = conn.client.send(&envelope);
+    // Whether the end of data went out: from then on a failure leaves the outcome unknown.
+    let mut sent = false;
     let report = loop {
-        action = match action {
-            Action::SendBody => {
-                send_body(&mut conn.wire, job, body).map_err(|e| {
-                    format!("sending the message to {} failed: {e}", conn.wire.relay)
-                })?;
-                conn.client.body_sent()
-            }
+        let next = match action {
+            Action::SendBody => match send_body(&mut conn.wire, job, body) {
+                Ok(()) => {
+                    sent = true;
+                    Ok(conn.client.body_sent())
+                }
+                Err(e) => Err(format!(
+                    "sending the message to {} failed: {e}",
+                    conn.wire.relay
+                )),
+            },
             Action::Done(report) => break report,
-            other => conn.wire.exchange(&mut conn.client, other)?,
+            other => conn.wire.exchange(&mut conn.client, other),
         };
+        action = next.map_err(|reason| HostError {
+            sent,
+            ..HostError::from(reason)
+        })?;
     };
     let results = results(job, &report, &conn.wire.relay, conn.client.is_tls())?;
     Ok((results, conn.client.is_ready()))

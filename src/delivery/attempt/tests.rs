@@ -232,7 +232,13 @@ struct Server {
 }
 
 fn server(rcpt: fn(&str) -> &'static str) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    server_on("127.0.0.1:0", rcpt, |_| true)
+}
+
+/// As `server`, on `addr`, answering the end of the connection's `n`th message (from 0)
+/// only if `answers(n)`; else it keeps reading, and never answers again.
+fn server_on(addr: &str, rcpt: fn(&str) -> &'static str, answers: fn(usize) -> bool) -> Server {
+    let listener = TcpListener::bind(addr).unwrap();
     let port = listener.local_addr().unwrap().port();
     let log: Arc<Mutex<Vec<Vec<String>>>> = Default::default();
     let shared = log.clone();
@@ -247,6 +253,7 @@ fn server(rcpt: fn(&str) -> &'static str) -> Server {
             let mut lines = BufReader::new(out.try_clone().unwrap()).lines();
             let _ = out.write_all(b"220 up.test ESMTP\r\n");
             let mut recipients = false;
+            let mut messages = 0;
             while let Some(Ok(line)) = lines.next() {
                 shared.lock().unwrap()[n].push(line.clone());
                 let answer = match line.split(':').next().unwrap_or("") {
@@ -274,6 +281,12 @@ fn server(rcpt: fn(&str) -> &'static str) -> Server {
                         if body.map_or(true, |l| l == ".") {
                             break;
                         }
+                    }
+                    shared.lock().unwrap()[n].push(".".into());
+                    messages += 1;
+                    if !answers(messages - 1) {
+                        lines.by_ref().for_each(drop);
+                        break;
                     }
                     let _ = out.write_all(b"250 2.0.0 queued\r\n");
                 }
@@ -381,4 +394,57 @@ fn mx_hosts_are_tried_in_order_of_preference() {
     assert!(matches!(a.results[..], [(0, RcptResult::Deferred { .. })]));
     assert_eq!(a.feedback, Feedback::Unreachable);
     assert!(a.error.starts_with("connect to up.test"), "{}", a.error);
+}
+
+/// A job whose end of data went out without a verdict coming back is deferred at once: no
+/// fresh connection (for a kept one) and no other host gets it in the same attempt, since
+/// the next hop may have taken it.
+#[test]
+fn no_verdict_after_the_end_of_data_defers_without_sending_again() {
+    let once = |n: usize| n == 0;
+    let s = server_on("127.0.0.1:0", |_| "250 ok", once);
+    let mut ctx = context(s.port, 100);
+    ctx.cfg.delivery_timeout = Some(Duration::from_millis(500));
+    let mut cache = Cache::default();
+    let a = deliver(&literal(&["b@d.test"]), &BODY, &ctx, &mut cache);
+    assert!(matches!(a.results[..], [(0, RcptResult::Delivered { .. })]));
+    assert!(!cache.is_empty());
+    // The second message goes over the kept connection, and its end of data is never
+    // answered.
+    let a = deliver(&literal(&["c@d.test"]), &BODY, &ctx, &mut cache);
+    assert!(
+        matches!(&a.results[..], [(0, RcptResult::Deferred { reason })] if reason.contains("timed out")),
+        "{:?}",
+        a.results
+    );
+    assert_eq!(a.feedback, Feedback::Throttled);
+    assert!(cache.is_empty());
+    let conns = s.connections();
+    assert_eq!(
+        conns.len(),
+        1,
+        "not sent again on a fresh connection: {conns:?}"
+    );
+    assert_eq!(conns[0].iter().filter(|l| *l == ".").count(), 2);
+
+    // MX delivery: the first host (down.test, 127.0.0.2) never answers the end of data; the
+    // second (up.test) is not tried.
+    let up = server(|_| "250 ok");
+    let down = server_on(&format!("127.0.0.2:{}", up.port), |_| "250 ok", |_| false);
+    let mut ctx = context(up.port, 100);
+    ctx.cfg.delivery_timeout = Some(Duration::from_millis(500));
+    let a = deliver(
+        &job(Destination::Mx("d.test".into()), &["b@d.test"]),
+        &BODY,
+        &ctx,
+        &mut cache,
+    );
+    assert!(
+        matches!(&a.results[..], [(0, RcptResult::Deferred { reason })] if reason.contains("down.test")),
+        "{:?}",
+        a.results
+    );
+    assert_eq!(a.mx_site.as_deref(), Some("mx down.test,up.test"));
+    assert_eq!(down.connections().len(), 1);
+    assert!(up.connections().is_empty(), "{:?}", up.connections());
 }
