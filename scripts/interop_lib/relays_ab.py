@@ -39,7 +39,10 @@ def start_dnsmasq(ctx):
         "--port=%d" % port, "--local=/test/",
         "--mx-host=example.test,mx1.example.test,10",
         "--host-record=mx1.example.test,127.0.0.2",
-        "--dns-rr=nullmx.test,15,000000"])
+        "--dns-rr=nullmx.test,15,000000",
+        # the interop matrix's private Postfix as an MX, under a name in the test
+        # certificate (OpenSSL matches its *.test with nothing: too few labels)
+        "--mx-host=postfix.test,sink.test,10", "--host-record=sink.test,127.0.0.20"])
     tap.check("dnsmasq: example.test MX 10 mx1.example.test",
               dns.expect("127.0.0.1", port, "example.test", "MX", "rcode=0 MX 10 mx1.example.test.", 5))
     tap.check("dnsmasq: mx1.example.test A 127.0.0.2",

@@ -53,29 +53,6 @@ class Tap:
             result, why = result
         return self.ok(desc) if result else self.not_ok(desc, why)
 
-    def track(self):
-        """`with tap.track() as t:` ... `t.ok` is True if no check failed in the block."""
-        return _Track(self)
-
-
-class _Track:
-    def __init__(self, tap):
-        self.tap = tap
-        self.ok = None
-        self.ran = False
-
-    def __enter__(self):
-        self._failed = self.tap.failed
-        self._passed = self.tap.passed
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.tap.not_ok("no exception in the checks (%s: %s)" % (exc_type.__name__, exc))
-        self.ran = self.tap.passed + self.tap.failed > self._passed + self._failed
-        self.ok = self.ran and self.tap.failed == self._failed
-        return exc_type is not None and issubclass(exc_type, Exception)
-
 
 class Matrix:
     """A results table: rows (a client or next hop) by columns (a way of connecting).
@@ -88,12 +65,16 @@ class Matrix:
         self.rows = {}  # row -> {column: cell}
         self.notes = {}
 
+    def add_row(self, row):
+        self.rows.setdefault(row, {})
+
     def set(self, row, column, cell):
         assert column in self.columns, column
         self.rows.setdefault(row, {})[column] = cell
 
-    def record(self, row, column, track):
-        self.set(row, column, "ok" if track.ok else "FAIL")
+    def result(self, row, column, results):
+        """The cell from a list of check results: ok if there is one and none failed."""
+        self.set(row, column, "ok" if results and all(results) else "FAIL")
 
     def row_note(self, row, text):
         self.notes[row] = text
