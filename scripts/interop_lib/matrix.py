@@ -24,6 +24,7 @@ Exim, at smtp-sink #3).
 """
 
 import os
+import re
 import time
 
 from . import clients, dns, smtpclient
@@ -47,7 +48,6 @@ class Expect:
         self.desc, self.want, self.unwanted = desc, want, unwanted
 
     def test(self, value):
-        import re
         missing = [r for r in self.want if not re.search(r, value)]
         extra = [r for r in self.unwanted if re.search(r, value)]
         if not missing and not extra:

@@ -4,7 +4,6 @@ Both need root (Postfix's master, Exim's change to its own user)."""
 
 import glob
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -294,6 +293,8 @@ class Exim:
                 os.path.dirname(os.path.dirname(os.path.dirname(EXIM_UNPACKED))))
         if not shutil.which("unshare"):
             return "unshare (util-linux) not installed"
+        if run(["unshare", "-m", "true"], timeout=10)[0] != 0:
+            return "no private mount namespace here (unshare -m failed)"
         return ""
 
     def _write_files(self):

@@ -17,11 +17,6 @@ def diag(text):
     sys.stdout.flush()
 
 
-def note(text):
-    print("# " + text)
-    sys.stdout.flush()
-
-
 class Tap:
     """Counts checks. A check is a description and a result: True/False, or a
     (bool, why) pair whose `why` is printed as diagnostics when the check fails."""
@@ -29,7 +24,6 @@ class Tap:
     def __init__(self):
         self.passed = 0
         self.failed = 0
-        self._marks = []  # open Tap.track() blocks: failure counts at their start
 
     def ok(self, desc):
         self.passed += 1
@@ -63,7 +57,6 @@ class Matrix:
         self.title = title
         self.columns = list(columns)
         self.rows = {}  # row -> {column: cell}
-        self.notes = {}
 
     def add_row(self, row):
         self.rows.setdefault(row, {})
@@ -75,12 +68,6 @@ class Matrix:
     def result(self, row, column, results):
         """The cell from a list of check results: ok if there is one and none failed."""
         self.set(row, column, "ok" if results and all(results) else "FAIL")
-
-    def row_note(self, row, text):
-        self.notes[row] = text
-
-    def failed(self):
-        return [(r, c) for r, cells in self.rows.items() for c, v in cells.items() if v == "FAIL"]
 
     def render(self):
         """The table as Markdown (readable as it is on a terminal)."""
