@@ -60,7 +60,8 @@ def relay_received(relay_host, case):
     host = relay_host.replace(".", r"\.")
     proto = {"plain": "ESMTP", "starttls": "ESMTPS", "submission": "ESMTPSA",
              "smtps": "ESMTPSA"}[case]
-    want = [r"^from client\.test \(\[127\.0\.0\.1\]\)", r"by %s \(mxrelay\) with %s id " % (host, proto)]
+    want = [r"^from client\.test \(\[127\.0\.0\.1\]\)",
+            r"by %s \(mxrelay\) with %s id " % (host, proto)]
     unwanted = []
     if case == "plain":
         unwanted.append(r"\(using ")
@@ -77,8 +78,8 @@ def hop_received(peer, relay_host, tls, auth=False):
     if peer == "Postfix":
         want = [r"^from %s \(" % host]
         if tls:
-            return Expect("ESMTPS, using TLS, from " + relay_host,
-                          want + [r"\(using TLSv1\.[23] with cipher ", r"by postfix\.test \(Postfix\) with ESMTPS id "])
+            return Expect("ESMTPS, using TLS, from " + relay_host, want + [
+                r"\(using TLSv1\.[23] with cipher ", r"by postfix\.test \(Postfix\) with ESMTPS id "])
         return Expect("ESMTP, no TLS, from " + relay_host,
                       want + [r"by postfix\.test \(Postfix\) with ESMTP id "], [r"using TLS"])
     want = [r"\(helo=%s\)" % host]
@@ -116,8 +117,7 @@ def check_arrival(tap, label, box, marker, sender, rcpt, msg, hop, relay, deadli
     with open(msg, "rb") as f:
         want_body = f.read().replace(b"\r\n", b"\n").partition(b"\n\n")[2]
     rep("body byte-exact (%s)" % name,
-        (m.body.rstrip(b"\n") == want_body.rstrip(b"\n"),
-         "want %r\ngot  %r" % (want_body, m.body)))
+        (m.body == want_body, "want %r\ngot  %r" % (want_body, m.body)))
     return res
 
 

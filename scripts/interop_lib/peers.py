@@ -435,7 +435,10 @@ class SinkBox(Maildir):
         out = []
         for f in sorted(glob.glob(os.path.join(self.path, "m.*"))):
             with open(f, "rb") as fh:
-                out.append(Delivered(f, fh.read()))
+                m = Delivered(f, fh.read())
+            if m.body.endswith(b"\n\n"):
+                m.body = m.body[:-1]  # smtp-sink adds an empty line after the message
+            out.append(m)
         return out
 
     def envelope(self, m):
