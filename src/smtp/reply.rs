@@ -144,9 +144,11 @@ impl ReplyParser {
         let enhanced = Enhanced::parse_prefix(&lines[0]).filter(|e| e.0 as u16 == code / 100);
         if enhanced.is_some() {
             for l in lines.iter_mut() {
-                if let Some(e) = Enhanced::parse_prefix(l) {
-                    let skip = e.to_string().len();
-                    *l = l[skip..].trim_start().to_string();
+                if Enhanced::parse_prefix(l).is_some() {
+                    // Drop the code as written (`4.03.1` is 4.3.1) and the spaces around it.
+                    let text = l.trim_start();
+                    let word = text.find(char::is_whitespace).unwrap_or(text.len());
+                    *l = text[word..].trim_start().to_string();
                 }
             }
         }
@@ -415,6 +417,21 @@ mod tests {
         assert_eq!(r.lines, vec!["<x@y>: unknown"]);
         let r = p.feed("550 4.1.1 class mismatch").unwrap().unwrap();
         assert_eq!(r.enhanced, None);
+    }
+
+    /// Found by the smtp_reply fuzz target: the code was cut off by the length of its
+    /// canonical form, not of what the server wrote, which lost text after a code written
+    /// with leading zeros, and panicked (cutting inside a character) after leading Unicode
+    /// spaces: a remote server could end a delivery thread.
+    #[test]
+    fn the_enhanced_code_is_lifted_as_written() {
+        let mut p = ReplyParser::default();
+        assert_eq!(p.feed("452-4.3.1 first"), Ok(None));
+        assert_eq!(p.feed("452-4.03.1 full"), Ok(None));
+        assert_eq!(p.feed("452-\u{3000}\u{3000}4.3.1 wide"), Ok(None));
+        let r = p.feed("452  4.3.1  last").unwrap().unwrap();
+        assert_eq!(r.enhanced, Some(Enhanced(4, 3, 1)));
+        assert_eq!(r.lines, ["first", "full", "wide", "last"]);
     }
 
     #[test]

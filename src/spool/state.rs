@@ -137,7 +137,7 @@ impl Record {
         let seq = words.next()?.parse().ok()?;
         let body_len: usize = words.next()?.parse().ok()?;
         let crc = u32::from_str_radix(words.next()?, 16).ok()?;
-        let body = bytes.get(nl + 1..nl + 1 + body_len)?;
+        let body = bytes.get(nl + 1..(nl + 1).checked_add(body_len)?)?;
         if words.next().is_some() || crc32fast::hash(body) != crc {
             return None;
         }
@@ -227,6 +227,16 @@ mod tests {
         assert_eq!(pick(&torn, &old), Some(1));
         assert_eq!(pick(&new[..new.len() - 1], &old), Some(1), "cut short");
         assert_eq!(pick(&[0u8; 512], &[b' '; 512]), None);
+    }
+
+    /// Found by the spool_records fuzz target: a body length near 2^64 overflowed.
+    #[test]
+    fn a_body_length_past_the_record_is_refused() {
+        let id = "0006452A1B2C3D4E-0001";
+        for len in [u64::MAX, u64::MAX - 40] {
+            let rec = format!("{MAGIC}{id} 1 {len} 00000000\n0 0 0\nP\n\n");
+            assert_eq!(Record::decode(rec.as_bytes(), id), None);
+        }
     }
 
     #[test]

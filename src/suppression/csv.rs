@@ -66,7 +66,10 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
     }
     let offset_s: i64 = match rest {
         "Z" | "z" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) && &r[3..4] == ":" => {
+        r if r.len() == 6
+            && (r.starts_with('+') || r.starts_with('-'))
+            && r.as_bytes()[3] == b':' =>
+        {
             let (Some(oh), Some(om)) = (num(s.len() - 5, 2), num(s.len() - 2, 2)) else {
                 return Err(bad());
             };

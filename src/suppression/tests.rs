@@ -342,6 +342,20 @@ fn hard_bounces_go_on_the_list_with_an_expiry() {
     assert!(off.is_empty());
 }
 
+/// Found by the suppression_records fuzz target: an offset with a character of several
+/// bytes where its colon goes was cut inside that character, a panic (of `mxrelay
+/// suppression import` on such a CSV line, for one).
+#[test]
+fn a_time_offset_with_a_wide_character_is_refused() {
+    for text in [
+        "6122-02-07T17:30:08+0\u{3ff}00",
+        "2026-12-07T17:33:08+01\u{e9}0",
+    ] {
+        assert!(parse_time(text).is_err(), "{text}");
+        assert!(import_line(&format!("a@b.test,manual,{text}"), 0).is_err());
+    }
+}
+
 #[test]
 fn times_parse_as_rfc3339_dates_or_unix_seconds() {
     for (text, want) in [

@@ -109,7 +109,8 @@ impl BodyHasher {
             self.hash.update(piece);
             self.len += piece.len() as u64;
             self.any = true;
-            self.in_line = piece.last() != Some(&LF);
+            // A line ends at CR LF only: a piece ending in a bare LF ends inside a line.
+            self.in_line = !piece.ends_with(b"\r\n");
             return;
         }
         let mut i = 0;
@@ -319,6 +320,18 @@ mod tests {
             }
             let bytes: Vec<&[u8]> = body.chunks(1).collect();
             assert_eq!(canon(kind, &bytes), whole);
+        }
+    }
+
+    /// Found by the dkim_canon fuzz target: a piece hashed as it is that ended in a bare LF
+    /// (text, not a line end) left the hasher thinking a line had ended, so a CR LF starting
+    /// the next piece was taken for an empty line, and dropped if trailing.
+    #[test]
+    fn a_piece_ending_in_a_bare_lf_ends_no_line() {
+        for kind in [BodyCanon::Simple, BodyCanon::Relaxed] {
+            assert_eq!(canon(kind, &[b"x\n", b"\r\n"]), sha(b"x\n\r\n"), "{kind:?}");
+            assert_eq!(canon(kind, &[b"x\n\r\n"]), sha(b"x\n\r\n"), "{kind:?}");
+            assert_eq!(canon(kind, &[b"x\n", b"\r\ny\r\n"]), sha(b"x\n\r\ny\r\n"));
         }
     }
 
