@@ -8,6 +8,7 @@ pub mod control;
 pub mod date;
 pub mod delivery;
 pub mod dns;
+pub mod doctor;
 pub mod events;
 pub mod http;
 pub mod limits;

@@ -147,6 +147,58 @@ impl DnsClient {
     }
 }
 
+/// Lookups beyond delivery's, for `mxrelay check`: no cache, NXDOMAIN as
+/// [`DnsError::NoSuchDomain`], NODATA as an empty list.
+impl DnsClient {
+    /// The TXT records of `name`, each as its character-strings.
+    pub fn txt(&self, name: &str) -> Result<Vec<Vec<Vec<u8>>>, DnsError> {
+        let txt = |r| match r {
+            Rec::Txt(strings) => Some(strings),
+            _ => None,
+        };
+        let recs = self.query(name, TYPE::TXT).result?;
+        Ok(recs.into_iter().filter_map(txt).collect())
+    }
+
+    /// The A (or, with `v6`, AAAA) addresses of `name`.
+    pub fn ips(&self, name: &str, v6: bool) -> Result<Vec<IpAddr>, DnsError> {
+        let ip = |r| match r {
+            Rec::Ip(ip) => Some(ip),
+            _ => None,
+        };
+        let qtype = if v6 { TYPE::AAAA } else { TYPE::A };
+        let recs = self.query(name, qtype).result?;
+        Ok(recs.into_iter().filter_map(ip).collect())
+    }
+
+    /// The names a PTR query for `ip` gives (in-addr.arpa or ip6.arpa).
+    pub fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let name = |r| match r {
+            Rec::Ptr(n) => Some(n),
+            _ => None,
+        };
+        let recs = self.query(&reverse_name(ip), TYPE::PTR).result?;
+        Ok(recs.into_iter().filter_map(name).collect())
+    }
+}
+
+/// The reverse-lookup name of an address (RFC 1035 3.5, RFC 3596 2.5).
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(72);
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            name + "ip6.arpa"
+        }
+    }
+}
+
 /// `read_exact` that must finish by `deadline`, so a slow sender cannot stretch the timeout.
 fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
     let mut got = 0;
@@ -185,7 +237,7 @@ impl TtlResolver for DnsClient {
         let ips = |recs: Vec<Rec>| -> Vec<IpAddr> {
             let ip = |r| match r {
                 Rec::Ip(ip) => Some(ip),
-                Rec::Mx(..) => None,
+                _ => None,
             };
             recs.into_iter().filter_map(ip).collect()
         };

@@ -15,6 +15,10 @@ use super::{DEFAULT_NEGATIVE_TTL, DnsError, MxLookup};
 pub(super) enum Rec {
     Mx(u16, String),
     Ip(IpAddr),
+    /// A TXT record: its character-strings, each as received.
+    Txt(Vec<Vec<u8>>),
+    /// A PTR record's target name, without the trailing dot.
+    Ptr(String),
 }
 
 /// `Records` and `NxDomain` carry their TTL in seconds (see the module docs).
@@ -42,7 +46,7 @@ pub(super) fn mx_lookup(recs: Vec<Rec>) -> MxLookup {
         match rec {
             Rec::Mx(_, host) if host.is_empty() => root = true,
             Rec::Mx(pref, host) => hosts.push((pref, host)),
-            Rec::Ip(_) => {}
+            _ => {}
         }
     }
     match (hosts.is_empty(), root) {
@@ -136,6 +140,8 @@ impl<'a> Query<'a> {
                 (RData::MX(mx), TYPE::MX) => Some(Rec::Mx(mx.preference, mx.exchange.to_string())),
                 (RData::A(a), TYPE::A) => Some(Rec::Ip(Ipv4Addr::from(a.address).into())),
                 (RData::AAAA(a), TYPE::AAAA) => Some(Rec::Ip(Ipv6Addr::from(a.address).into())),
+                (RData::TXT(t), TYPE::TXT) => Some(Rec::Txt(txt_strings(t))),
+                (RData::PTR(p), TYPE::PTR) => Some(Rec::Ptr(p.to_string())),
                 (RData::CNAME(_), _) => None,
                 _ => continue,
             };
@@ -146,6 +152,23 @@ impl<'a> Query<'a> {
             ttl = ttl.min(negative_ttl(p));
         }
         Reply::Records(recs, ttl)
+    }
+}
+
+/// The character-strings of a TXT record. simple-dns shows them only split at their first `=`
+/// (and drops one that starts with `=`), so they are put back together and checked against
+/// the whole text; if that does not add up, the whole text is one string.
+fn txt_strings(t: &simple_dns::rdata::TXT) -> Vec<Vec<u8>> {
+    let strings: Vec<Vec<u8>> = t
+        .iter_raw()
+        .map(|(k, v)| match v {
+            Some(v) => [k, b"=", v].concat(),
+            None => k.to_vec(),
+        })
+        .collect();
+    match String::try_from(t.clone()) {
+        Ok(whole) if whole.as_bytes() != strings.concat() => vec![whole.into_bytes()],
+        _ => strings,
     }
 }
 

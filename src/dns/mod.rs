@@ -28,7 +28,7 @@ mod message;
 mod tests;
 
 pub use cache::{CACHE_ENTRIES, CachingResolver};
-pub use client::DnsClient;
+pub use client::{DnsClient, reverse_name};
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -1,0 +1,1 @@
+//! SPF (RFC 7208): placeholder.
