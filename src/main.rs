@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some("hash-password") => return hash_password(),
         Some("queue") => return mxrelay::queue_cmd::main(&args[1..]),
         Some("suppression") => return mxrelay::suppression::cmd::main(&args[1..]),
+        Some("check") => return mxrelay::doctor::main(&args[1..]),
         Some("sendmail") => return mxrelay::sendmail::main(&args[1..]),
         Some("dkim-keygen") => return mxrelay::transform::dkim::keygen::main(&args[1..]),
         _ => {}

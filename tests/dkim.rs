@@ -7,43 +7,27 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mxrelay::config::Role;
 use mxrelay::smtp::session::{BodyType, Transaction};
 use mxrelay::transform::dkim::{Dkim, parse_spec};
 use mxrelay::transform::{Context, Transforms};
-use simple_dns::{CLASS, Name, Packet, Question, TYPE};
 use support::TempDir;
+use support::dnsmasq::Dnsmasq;
 
 const PYTHON: &str = "/usr/bin/python3";
 const RECEIVED: &[u8] = b"Received: from app.internal (app.internal [127.0.0.9])\r\n\
     \tby relay.test with ESMTPSA id 0006613118200133-0015;\r\n\
     \tMon, 7 Dec 2026 16:00:00 +0000\r\n";
 
-fn path_with_sbin() -> String {
-    format!(
-        "{}:/usr/sbin:/sbin",
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 /// Fails (never skips) when a tool is missing, saying what to install.
 fn require_tools() {
-    let dnsmasq = Command::new("dnsmasq")
-        .arg("--version")
-        .env("PATH", path_with_sbin())
-        .output();
-    assert!(
-        dnsmasq.is_ok_and(|o| o.status.success()),
-        "dnsmasq is missing: apt-get install dnsmasq-base (scripts/test installs it)"
-    );
+    support::dnsmasq::require();
     let py = Command::new(PYTHON)
         .args(["-c", "import dkim, nacl, dns.resolver"])
         .output();
@@ -108,110 +92,14 @@ fn parse_record(stdout: &str) -> Record {
     }
 }
 
-/// dnsmasq serving the records on 127.0.0.1, stopped on drop.
-struct Dnsmasq {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1 for both UDP and TCP");
-}
-
-/// A TXT query to the server: the joined strings of the first answer, if any.
-fn query_txt(port: u16, name: &str) -> Option<String> {
-    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
-    sock.set_read_timeout(Some(Duration::from_millis(300)))
-        .ok()?;
-    let mut p = Packet::new_query(4711);
-    p.questions.push(Question::new(
-        Name::new(name).ok()?,
-        TYPE::TXT.into(),
-        CLASS::IN.into(),
-        false,
-    ));
-    sock.send_to(&p.build_bytes_vec().ok()?, ("127.0.0.1", port))
-        .ok()?;
-    let mut buf = [0u8; 4096];
-    let (n, _) = sock.recv_from(&mut buf).ok()?;
-    let reply = Packet::parse(&buf[..n]).ok()?;
-    reply.answers.iter().find_map(|rr| match &rr.rdata {
-        simple_dns::rdata::RData::TXT(t) => Some(
-            t.attributes()
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => format!("{k}={v}"),
-                    None => k,
-                })
-                .collect::<Vec<_>>()
-                .join(";"),
-        ),
-        _ => None,
-    })
-}
-
+/// dnsmasq serving the records on 127.0.0.1.
 fn start_dnsmasq(dir: &Path, records: &[&Record]) -> Dnsmasq {
-    for attempt in 0..5 {
-        let port = free_port();
-        let log = std::fs::File::create(dir.join(format!("dnsmasq-{attempt}.log"))).unwrap();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.env("PATH", path_with_sbin()).args([
-            "--conf-file=/dev/null",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--pid-file=",
-            "--log-facility=-",
-            "--log-queries",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--local=/test/",
-        ]);
-        cmd.arg(format!("--port={port}"));
-        for r in records {
-            // Each string as given: dnsmasq keeps quotes given on its command line.
-            cmd.arg(format!("--txt-record={},{}", r.name, r.strings.join(",")));
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        // SAFETY: prctl is async-signal-safe; dnsmasq dies with the test process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start dnsmasq");
-        let mut d = Dnsmasq { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(txt) = query_txt(port, &records[0].name) {
-                assert!(txt.contains("DKIM1"), "dnsmasq answered {txt:?}");
-                return d;
-            }
-            if d.child.try_wait().unwrap().is_some() {
-                break; // the port was taken meanwhile: another one
-            }
-        }
-        drop(d);
-    }
-    panic!(
-        "dnsmasq did not answer on 127.0.0.1; logs in {}",
-        dir.display()
-    );
+    // Each string as given: dnsmasq keeps quotes given on its command line.
+    let args: Vec<String> = records
+        .iter()
+        .map(|r| format!("--txt-record={},{}", r.name, r.strings.join(",")))
+        .collect();
+    Dnsmasq::start(dir, &args, &records[0].name)
 }
 
 fn tx() -> Transaction {

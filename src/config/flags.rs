@@ -12,7 +12,7 @@ pub struct FlagDef {
     pub multi: bool,
 }
 
-const fn opt(
+pub const fn opt(
     long: &'static str,
     hint: &'static str,
     help: &'static str,
@@ -27,7 +27,7 @@ const fn opt(
         multi: false,
     }
 }
-const fn switch(long: &'static str, help: &'static str) -> FlagDef {
+pub const fn switch(long: &'static str, help: &'static str) -> FlagDef {
     FlagDef {
         long,
         short: "",
@@ -37,7 +37,7 @@ const fn switch(long: &'static str, help: &'static str) -> FlagDef {
         multi: false,
     }
 }
-const fn multi(
+pub const fn multi(
     long: &'static str,
     hint: &'static str,
     help: &'static str,
@@ -537,22 +537,34 @@ pub static FLAGS: &[FlagDef] = &[
 
 pub(super) fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
-    for f in FLAGS {
+    add(&mut o, FLAGS);
+    o
+}
+
+pub(super) fn add(o: &mut getopts::Options, flags: &[FlagDef]) {
+    for f in flags {
         match (f.hint.is_empty(), f.multi) {
             (true, _) => o.optflag(f.short, f.long, f.help),
             (false, true) => o.optmulti(f.short, f.long, f.help, f.hint),
             (false, false) => o.optopt(f.short, f.long, f.help, f.hint),
         };
     }
-    o
 }
 
 pub fn usage() -> String {
     let mut s = String::from(
-        "Usage: mxrelay [FLAGS]\n       mxrelay hash-password   (reads a password on stdin, prints a bcrypt hash for --users)\n       mxrelay queue|suppression ...   (see mxrelay queue --help, mxrelay suppression --help)\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
+        "Usage: mxrelay [FLAGS]\n       mxrelay hash-password   (reads a password on stdin, prints a bcrypt hash for --users)\n       mxrelay queue|suppression ...   (see mxrelay queue --help, mxrelay suppression --help)\n       mxrelay check DOMAIN [FLAGS]   (deliverability: SPF, DKIM, DMARC, MX, PTR; see mxrelay check --help)\n\nmxrelay accepts mail over SMTP, queues it durably and delivers it to the recipients' MX hosts\n\
          or through a smarthost, with retries and bounces.\n\nFlags:\n",
     );
-    for f in FLAGS {
+    s.push_str(&describe(FLAGS));
+    s.push_str("\nDurations take s, m, h or d suffixes (ms too), e.g. 30s, 5m, 5d.\nLog level: RUST_LOG (error, warn, info, debug, trace).\n");
+    s
+}
+
+/// One line per flag: name, value hint, help and default.
+pub fn describe(flags: &[FlagDef]) -> String {
+    let mut s = String::new();
+    for f in flags {
         let short = if f.short.is_empty() {
             "    ".to_string()
         } else {
@@ -565,6 +577,5 @@ pub fn usage() -> String {
         }
         s.push('\n');
     }
-    s.push_str("\nDurations take s, m, h or d suffixes (ms too), e.g. 30s, 5m, 5d.\nLog level: RUST_LOG (error, warn, info, debug, trace).\n");
     s
 }

@@ -28,7 +28,7 @@ mod print;
 mod values;
 
 use flags::{DEFAULT_LISTEN, options};
-pub use flags::{FLAGS, FlagDef, usage};
+pub use flags::{FLAGS, FlagDef, describe, multi, opt, switch, usage};
 pub use values::*;
 
 /// Everything the relay runs with: the flags, validated and already shaped into the config of
@@ -95,9 +95,31 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             "unexpected argument {extra:?} (see --help)"
         )));
     }
-    let f = Flags(m);
+    let f = Flags(&m);
+    let config = build(&f)?;
+    if f.on("print-config") {
+        return Ok(Parsed::Print(print::command_line(&f, &config)));
+    }
+    Ok(Parsed::Run(Box::new(config)))
+}
+
+/// For a subcommand that takes the daemon's command line (`mxrelay check`): the daemon's flags
+/// plus the subcommand's own (`extra`, which must not share names with `FLAGS`). Gives the
+/// daemon's config and the matches, from which the subcommand reads its flags and arguments.
+pub fn parse_with(
+    args: &[String],
+    extra: &[FlagDef],
+) -> Result<(Config, getopts::Matches), ConfigError> {
+    let mut o = options();
+    flags::add(&mut o, extra);
+    let m = o.parse(args).map_err(|e| ConfigError(e.to_string()))?;
+    let config = build(&Flags(&m))?;
+    Ok((config, m))
+}
+
+fn build(f: &Flags) -> Result<Config, ConfigError> {
     let listen = f.list("listen", &[DEFAULT_LISTEN], parse_listener)?;
-    let hostname = hostname(&f)?;
+    let hostname = hostname(f)?;
     let spool = match f.given("spool") {
         Some(s) if s.is_empty() => return Err(bad("spool", "empty path".into())),
         Some(s) => PathBuf::from(s),
@@ -112,30 +134,30 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
             domain: hostname.clone(),
         },
     };
-    let routes = Arc::new(routes(&f)?);
-    let delivery = delivery(&f, &hostname, !routes.smarthost.is_empty())?;
-    let tracking = tracking(&f)?;
-    let server = server(&f, &hostname, &postmaster)?;
+    let routes = Arc::new(routes(f)?);
+    let delivery = delivery(f, &hostname, !routes.smarthost.is_empty())?;
+    let tracking = tracking(f)?;
+    let server = server(f, &hostname, &postmaster)?;
     check_proxy(&listen, &server.proxy_from)?;
     let config = Config {
         server,
         tls_cert: f
             .pair("tls-cert", "tls-key")?
             .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
-        auth: auth(&f)?,
-        sites: sites(&f, delivery.workers)?,
+        auth: auth(f)?,
+        sites: sites(f, delivery.workers)?,
         delivery,
-        scheduler: scheduler(&f, &hostname, &postmaster, routes)?,
+        scheduler: scheduler(f, &hostname, &postmaster, routes)?,
         in_flow: InFlowConfig {
             backlog: f.num("in-flow-backlog", 1)? as usize,
             delay: f.dur("in-flow-delay")?,
         },
-        transforms: transforms(&f, &tracking)?,
+        transforms: transforms(f, &tracking)?,
         tracking,
-        suppression: suppression(&f)?,
+        suppression: suppression(f)?,
         dns_servers: f.list("dns-server", &[], parse_dns_server)?,
         events: f.given("events"),
-        webhooks: webhooks(&f)?,
+        webhooks: webhooks(f)?,
         metrics_listen: f.opt("metrics-listen", |v| {
             v.parse().map_err(|_| format!("{v:?} is not ADDR:PORT"))
         })?,
@@ -147,10 +169,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, ConfigError> {
         spool,
         min_free_space,
     };
-    if f.on("print-config") {
-        return Ok(Parsed::Print(print::command_line(&f, &config)));
-    }
-    Ok(Parsed::Run(Box::new(config)))
+    Ok(config)
 }
 
 impl Config {
@@ -180,13 +199,13 @@ impl Config {
 }
 
 /// getopts' matches, read as the flag table says: a flag not given takes its `[default]`.
-struct Flags(getopts::Matches);
+struct Flags<'m>(&'m getopts::Matches);
 
 fn bad(name: &str, why: String) -> ConfigError {
     ConfigError(format!("--{name}: {why}"))
 }
 
-impl Flags {
+impl Flags<'_> {
     /// The value given on the command line.
     fn given(&self, name: &str) -> Option<String> {
         self.0.opt_str(name)

@@ -78,8 +78,10 @@ pub struct Audit {
 pub struct Problem {
     /// Receivers' evaluation breaks or means nothing (permerror, `+all`); otherwise advice.
     pub fatal: bool,
-    /// One sentence naming the domain whose record has it and what to change.
+    /// One sentence naming the domain whose record has it and what receivers make of it.
     pub text: String,
+    /// What to change.
+    pub fix: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1005,21 +1007,21 @@ pub fn audit(dns: &dyn Lookup, domain: &str) -> Audit {
     let mut summary = Vec::new();
     if walk.lookups >= AUDIT_LOOKUP_CAP {
         summary.push(fatal(format!(
-            "{domain}: at least {} DNS lookups (stopped following includes at {AUDIT_LOOKUP_CAP}), over the limit of {MAX_LOOKUPS} (RFC 7208 4.6.4); receivers return permerror: flatten includes or drop unused ones",
+            "{domain}: at least {} DNS lookups (stopped following includes at {AUDIT_LOOKUP_CAP}), over the limit of {MAX_LOOKUPS} (RFC 7208 4.6.4); receivers return permerror",
             walk.lookups
-        )));
+        ), FLATTEN));
     } else if walk.lookups > MAX_LOOKUPS {
         summary.push(fatal(format!(
-            "{domain}: {} DNS lookups, over the limit of {MAX_LOOKUPS} (RFC 7208 4.6.4); receivers return permerror: flatten includes or drop unused ones",
+            "{domain}: {} DNS lookups, over the limit of {MAX_LOOKUPS} (RFC 7208 4.6.4); receivers return permerror",
             walk.lookups
-        )));
+        ), FLATTEN));
     }
     let voids = walk.void_names.len() as u32;
     if voids > MAX_VOID_LOOKUPS {
         summary.push(advice(format!(
-            "{domain}: {voids} terms name hosts without records ({}); receivers that reach more than {MAX_VOID_LOOKUPS} of them return permerror: remove them",
+            "{domain}: {voids} terms name hosts without records ({}); receivers that reach more than {MAX_VOID_LOOKUPS} of them return permerror",
             walk.void_names.join(", ")
-        )));
+        ), "remove the terms that name hosts without records"));
     }
     summary.append(&mut walk.problems);
     Audit {
@@ -1029,12 +1031,23 @@ pub fn audit(dns: &dyn Lookup, domain: &str) -> Audit {
     }
 }
 
-fn fatal(text: String) -> Problem {
-    Problem { fatal: true, text }
+const FLATTEN: &str = "replace includes by the ip4/ip6 ranges they stand for, or drop unused ones";
+const ENDING: &str = "end the record with -all (or ~all while testing)";
+
+fn fatal(text: String, fix: &str) -> Problem {
+    Problem {
+        fatal: true,
+        text,
+        fix: fix.to_string(),
+    }
 }
 
-fn advice(text: String) -> Problem {
-    Problem { fatal: false, text }
+fn advice(text: String, fix: &str) -> Problem {
+    Problem {
+        fatal: false,
+        text,
+        fix: fix.to_string(),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -1061,9 +1074,7 @@ impl Walk<'_> {
             Ok(Some(text)) => text,
             Ok(None) => {
                 let text = match role {
-                    Role::Top => format!(
-                        "{domain}: no SPF record; receivers get none: publish one that ends in -all or ~all"
-                    ),
+                    Role::Top => format!("{domain}: no SPF record; receivers get none"),
                     Role::Include { from } => {
                         format!("{from}: include:{domain} has no SPF record (permerror)")
                     }
@@ -1071,28 +1082,33 @@ impl Walk<'_> {
                         format!("{from}: redirect={domain} has no SPF record (permerror)")
                     }
                 };
-                return self.problems.push(fatal(text));
+                let fix = "publish the record, or correct or remove the term that names it";
+                return self.problems.push(fatal(text, fix));
             }
             Err(RecordError::Several(n)) => {
-                return self.problems.push(fatal(format!(
-                    "{domain}: several SPF records ({n}), receivers return permerror: merge them into one"
-                )));
+                return self.problems.push(fatal(
+                    format!("{domain}: several SPF records ({n}), receivers return permerror"),
+                    "merge them into one",
+                ));
             }
             Err(e @ RecordError::Temporary(_)) => {
                 return self.problems.push(advice(format!(
                     "{domain}: the SPF record could not be read: {e}; receivers would return temperror"
-                )));
+                ), "check that the domain's name servers answer, then run the check again"));
             }
             Err(e @ RecordError::BadName(_)) => {
-                return self.problems.push(fatal(format!("{domain}: {e}")));
+                return self
+                    .problems
+                    .push(fatal(format!("{domain}: {e}"), "correct the name"));
             }
         };
         let record = match Record::parse(&text) {
             Ok(record) => record,
             Err(e) => {
-                return self.problems.push(fatal(format!(
-                    "{domain}: syntax: {e}; receivers return permerror"
-                )));
+                return self.problems.push(fatal(
+                    format!("{domain}: syntax: {e}; receivers return permerror"),
+                    "correct the term (RFC 7208 section 5)",
+                ));
             }
         };
         self.path.push(domain.to_ascii_lowercase());
@@ -1107,9 +1123,10 @@ impl Walk<'_> {
             let text = &directive.text;
             match &directive.mechanism {
                 Mechanism::All if directive.qualifier == Qualifier::Pass => {
-                    self.problems.push(fatal(format!(
-                        "{domain}: \"{text}\" lets every host on the Internet pass SPF; end the record with -all or ~all"
-                    )));
+                    self.problems.push(fatal(
+                        format!("{domain}: \"{text}\" lets every host on the Internet pass SPF"),
+                        ENDING,
+                    ));
                 }
                 Mechanism::All | Mechanism::Ip4 { .. } | Mechanism::Ip6 { .. } => {}
                 Mechanism::Include(spec) => {
@@ -1135,8 +1152,8 @@ impl Walk<'_> {
                     if !ptr_seen {
                         ptr_seen = true;
                         self.problems.push(advice(format!(
-                            "{domain}: the ptr mechanism is deprecated (RFC 7208 5.5) and many receivers skip it: list the addresses with ip4, ip6 or a"
-                        )));
+                            "{domain}: the ptr mechanism is deprecated (RFC 7208 5.5) and many receivers skip it"
+                        ), "list the addresses with ip4, ip6 or a"));
                     }
                 }
                 Mechanism::Exists(_) => self.count(),
@@ -1146,15 +1163,21 @@ impl Walk<'_> {
         if let Some((at, all)) = all
             && at + 1 < record.directives.len()
         {
-            self.problems.push(advice(format!(
-                "{domain}: the terms after \"{}\" are never evaluated: move them before it",
-                all.text
-            )));
+            self.problems.push(advice(
+                format!(
+                    "{domain}: the terms after \"{}\" are never evaluated",
+                    all.text
+                ),
+                "move them before it",
+            ));
         }
         match (&record.redirect, all) {
-            (Some(spec), Some(_)) => self.problems.push(advice(format!(
-                "{domain}: redirect={spec} is ignored because the record has an all mechanism"
-            ))),
+            (Some(spec), Some(_)) => self.problems.push(advice(
+                format!(
+                    "{domain}: redirect={spec} is ignored because the record has an all mechanism"
+                ),
+                "drop the redirect or the all",
+            )),
             (Some(spec), None) => {
                 self.count();
                 let term = format!("redirect={spec}");
@@ -1162,14 +1185,20 @@ impl Walk<'_> {
                     self.follow(&target, Role::Redirect { from: domain }, &term);
                 }
             }
-            (None, None) if !included => self.problems.push(advice(format!(
-                "{domain}: no all mechanism or redirect at the end: unmatched hosts are neutral; end the record with -all or ~all"
-            ))),
+            (None, None) if !included => self.problems.push(advice(
+                format!(
+                    "{domain}: no all mechanism or redirect at the end: unmatched hosts are neutral"
+                ),
+                ENDING,
+            )),
             (None, Some((_, all))) if !included && all.qualifier == Qualifier::Neutral => {
-                self.problems.push(advice(format!(
-                    "{domain}: \"{}\" makes unmatched hosts neutral, which protects nothing; end the record with -all or ~all",
-                    all.text
-                )));
+                self.problems.push(advice(
+                    format!(
+                        "{domain}: \"{}\" makes unmatched hosts neutral, which protects nothing",
+                        all.text
+                    ),
+                    ENDING,
+                ));
             }
             (None, _) => {}
         }
@@ -1189,7 +1218,7 @@ impl Walk<'_> {
             let cycle = self.path[start..].join(" → ");
             return self.problems.push(fatal(format!(
                 "{from}: {term} loops back ({cycle} → {target}); receivers run out of DNS lookups and return permerror"
-            )));
+            ), "remove the include or redirect that loops"));
         }
         if self.lookups < AUDIT_LOOKUP_CAP {
             self.record(target, role);
@@ -1209,7 +1238,7 @@ impl Walk<'_> {
         if target.is_none() {
             self.problems.push(advice(format!(
                 "{domain}: {term} depends on the sender or the client, so it is not followed here; its lookups are not counted"
-            )));
+            ), "count its lookups by hand: the whole tree must stay within 10"));
         }
         target
     }
@@ -1254,9 +1283,9 @@ impl Walk<'_> {
         match self.dns.mx(name) {
             Ok(MxLookup::Hosts(hosts)) if hosts.len() > MAX_NAMES => {
                 self.problems.push(fatal(format!(
-                    "{domain}: \"{term}\": {name} has {} MX hosts, over the limit of {MAX_NAMES} (RFC 7208 4.6.4); receivers return permerror: use a or ip4/ip6 instead",
+                    "{domain}: \"{term}\": {name} has {} MX hosts, over the limit of {MAX_NAMES} (RFC 7208 4.6.4); receivers return permerror",
                     hosts.len()
-                )));
+                ), "use a or ip4/ip6 instead"));
             }
             Ok(MxLookup::None) | Err(DnsError::NoSuchDomain) => {
                 self.void_names.push(format!("{term} in {domain}"));

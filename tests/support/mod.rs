@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod dnsmasq;
 pub mod haproxy;
 pub mod hostile;
 pub mod redis_server;
