@@ -56,6 +56,8 @@ enum Published {
     Other,
     /// Its first string as one record, the rest as another.
     TwoRecords,
+    /// Pasted with the quotes between its strings, as web forms that split it themselves get it.
+    Quoted,
 }
 
 /// One test domain: the good setup, with at most one thing changed.
@@ -95,6 +97,11 @@ impl Domain {
             Published::TwoRecords => {
                 r.push(format!("--txt-record={key},{}", strings[0]));
                 r.push(format!("--txt-record={key},{}", strings[1..].join(",")));
+            }
+            Published::Quoted => {
+                let (a, b) = strings[0].split_at(200);
+                let rest = strings[1..].concat();
+                r.push(format!("--txt-record={key},{a}\",\"{b}{rest}"));
             }
         }
         if let Some(dmarc) = self.dmarc {
@@ -139,6 +146,10 @@ fn world(name: &str, extra: &[String]) -> World {
         Domain {
             dkim: Published::TwoRecords,
             ..Domain::good("dkim-split.test")
+        },
+        Domain {
+            dkim: Published::Quoted,
+            ..Domain::good("dkim-quoted.test")
         },
         Domain {
             dmarc: None,
@@ -272,6 +283,13 @@ fn a_good_domain_passes_and_each_mistake_is_named_with_its_fix() {
         SOURCE,
         "the key is split across 2 TXT records",
         "publish this record: mail._domainkey.dkim-split.test. IN TXT",
+    );
+    assert_one_failure(
+        &w,
+        "dkim-quoted.test",
+        SOURCE,
+        "the record contains quote characters",
+        "publish this record: mail._domainkey.dkim-quoted.test. IN TXT",
     );
     assert_one_failure(
         &w,

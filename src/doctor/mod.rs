@@ -66,15 +66,22 @@ pub enum Senders {
     Unknown(String),
 }
 
+/// One `--dkim` flag and its key, or why it cannot be read (a finding when it signs the
+/// domain's mail).
+pub struct KeySpec {
+    pub domain: String,
+    pub file: PathBuf,
+    pub key: Result<Key, String>,
+}
+
 /// What the checks look at, taken from the flags.
 pub struct Setup {
     pub domain: String,
     pub senders: Senders,
     /// `--hostname`: the EHLO name.
     pub hostname: String,
-    /// The keys mxrelay signs the domain's mail with, and their files (a key that cannot be
-    /// read is a finding).
-    pub keys: Vec<(Result<Key, String>, PathBuf)>,
+    /// The `--dkim` keys.
+    pub keys: Vec<KeySpec>,
     pub reach: Option<reach::Target>,
     pub probe_timeout: Duration,
 }
@@ -123,7 +130,11 @@ pub fn main(args: &[String]) -> ExitCode {
         .transforms
         .dkim
         .iter()
-        .map(|(d, s, file)| (signer::key::read(d, s, file), file.clone()))
+        .map(|(d, s, file)| KeySpec {
+            domain: d.clone(),
+            file: file.clone(),
+            key: signer::key::read(d, s, file),
+        })
         .collect();
     let setup = Setup {
         domain,
@@ -156,23 +167,23 @@ pub fn run(dns: &dyn Lookup, setup: &Setup) -> Report {
     let mut dkim_domains = Vec::new();
     let mut signing = 0;
     let signer = signing_domain(setup, domain);
-    for (key, file) in &setup.keys {
-        let key = match key {
+    for spec in &setup.keys {
+        if signer.as_deref() != Some(spec.domain.as_str()) {
+            continue;
+        }
+        signing += 1;
+        let key = match &spec.key {
             Ok(k) => k,
             Err(e) => {
                 findings.push(Finding::fail(
                     "dkim",
                     e.clone(),
-                    "fix the key file or the --dkim flag",
+                    "fix the key file or the --dkim flag; the relay does not start with it",
                 ));
                 continue;
             }
         };
-        if signer.as_deref() != Some(key.domain.as_str()) {
-            continue;
-        }
-        signing += 1;
-        let found = dkim::check_key(dns, key, file);
+        let found = dkim::check_key(dns, key, &spec.file);
         if found.iter().all(|f| f.status != report::Status::Fail) {
             dkim_domains.push(key.domain.clone());
         }
@@ -223,11 +234,7 @@ pub fn run(dns: &dyn Lookup, setup: &Setup) -> Report {
 fn signing_domain(setup: &Setup, domain: &str) -> Option<String> {
     let mut d = domain;
     loop {
-        if setup
-            .keys
-            .iter()
-            .any(|(k, _)| k.as_ref().is_ok_and(|k| k.domain == d))
-        {
+        if setup.keys.iter().any(|k| k.domain == d) {
             return Some(d.to_string());
         }
         d = d.split_once('.')?.1;

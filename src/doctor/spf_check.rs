@@ -48,13 +48,6 @@ pub fn check(
         }
     }
     let audit = spf::audit(dns, domain);
-    for p in &audit.problems {
-        out.push(if p.fatal {
-            Finding::fail(CHECK, p.text.clone(), p.fix.clone())
-        } else {
-            Finding::warn(CHECK, p.text.clone(), p.fix.clone())
-        });
-    }
     if !audit.problems.iter().any(|p| p.fatal) {
         out.push(Finding::ok(
             CHECK,
@@ -63,6 +56,13 @@ pub fn check(
                 audit.lookups
             ),
         ));
+    }
+    for p in &audit.problems {
+        out.push(if p.fatal {
+            Finding::fail(CHECK, p.text.clone(), p.fix.clone())
+        } else {
+            Finding::warn(CHECK, p.text.clone(), p.fix.clone())
+        });
     }
     let sender = format!("postmaster@{domain}");
     let mut all_pass = true;

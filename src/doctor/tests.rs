@@ -338,12 +338,19 @@ fn good_zone(key: &Key) -> Table {
         .with_ip("mail.example.com", "192.0.2.10")
 }
 
-fn setup(domain: &str, senders: Senders, keys: Vec<Result<Key, String>>) -> Setup {
+fn setup(domain: &str, senders: Senders, keys: Vec<(&str, Result<Key, String>)>) -> Setup {
     Setup {
         domain: domain.into(),
         senders,
         hostname: "mail.example.com".into(),
-        keys: keys.into_iter().map(|k| (k, FILE.into())).collect(),
+        keys: keys
+            .into_iter()
+            .map(|(domain, key)| KeySpec {
+                domain: domain.into(),
+                file: FILE.into(),
+                key,
+            })
+            .collect(),
         reach: None,
         probe_timeout: Duration::from_secs(1),
     }
@@ -364,7 +371,10 @@ fn whole_reports_for_each_way_mail_leaves() {
     let k = key();
     let dns = good_zone(&k);
     let direct = Senders::Direct(vec!["192.0.2.10".parse().unwrap()]);
-    let r = run(&dns, &setup("example.com", direct, vec![Result::Ok(k)]));
+    let r = run(
+        &dns,
+        &setup("example.com", direct, vec![("example.com", Result::Ok(k))]),
+    );
     assert!(!r.failed(), "{}", r.text());
     assert_eq!(r.count(Ok), 8, "{}", r.text());
     assert_eq!(
@@ -379,7 +389,10 @@ fn whole_reports_for_each_way_mail_leaves() {
         host: "smtp.provider.test".into(),
         addrs: vec!["198.51.100.7".parse().unwrap()],
     };
-    let r = run(&dns, &setup("example.com", via, vec![Result::Ok(k)]));
+    let r = run(
+        &dns,
+        &setup("example.com", via, vec![("example.com", Result::Ok(k))]),
+    );
     let spf = r.findings.iter().find(|f| f.status == Warn).unwrap();
     assert!(
         spf.text.contains(
@@ -404,7 +417,10 @@ fn whole_reports_for_each_way_mail_leaves() {
     let k = key();
     let dns = good_zone(&k);
     let unknown = Senders::Unknown("behind NAT".into());
-    let r = run(&dns, &setup("example.com", unknown, vec![Result::Ok(k)]));
+    let r = run(
+        &dns,
+        &setup("example.com", unknown, vec![("example.com", Result::Ok(k))]),
+    );
     assert_eq!(summary(&r), [&without_ptr[..], &[("ptr", Warn)]].concat());
 
     // A subdomain signed with its parent's key; a key that cannot be read is a failure; keys
@@ -414,9 +430,16 @@ fn whole_reports_for_each_way_mail_leaves() {
         .with_txt("news.example.com", "v=spf1 ip4:192.0.2.10 -all")
         .with_mx("news.example.com", 10, "mx.example.com");
     let keys = vec![
-        Result::Ok(ed25519("other.org", "x")),
-        Result::Ok(k),
-        Err("DKIM key for example.com (selector old) /gone.pem: cannot read".into()),
+        ("other.org", Result::Ok(ed25519("other.org", "x"))),
+        ("example.com", Result::Ok(k)),
+        (
+            "example.com",
+            Err("DKIM key for example.com (selector old) /gone.pem: cannot read".into()),
+        ),
+        (
+            "other.org",
+            Err("DKIM key for other.org: not looked at".into()),
+        ),
     ];
     let direct = Senders::Direct(vec!["192.0.2.10".parse().unwrap()]);
     let r = run(&dns, &setup("news.example.com", direct, keys));
