@@ -373,6 +373,16 @@ fn reachability_tells_blocked_from_refused() {
             .map(String::from)
             .unwrap_or_else(|| panic!("no reachability line:\n{report}"))
     };
+    // Through a smarthost, its own host and port are probed.
+    let smarthost = format!("127.0.0.1:{port}");
+    let (_, report) = w.check("good.test", &["--smarthost", &smarthost, "--reachability"]);
+    assert!(
+        report.contains(&format!(
+            "ok    reachability  connected to 127.0.0.1 (127.0.0.1) port {port}, which greeted: 220"
+        )),
+        "{report}"
+    );
+
     let ok = reach(port);
     assert!(ok.starts_with("ok "), "{ok}");
     assert!(

@@ -259,6 +259,7 @@ fn describe(setup: &Setup) -> String {
     format!("mail leaves {from}, as {}", setup.hostname)
 }
 
+/// The addresses of a host name or address literal (`192.0.2.1`, `[2001:db8::1]`), IPv4 first.
 fn addresses(dns: &dyn Lookup, host: &str) -> Vec<IpAddr> {
     if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
         return vec![ip];

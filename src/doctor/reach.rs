@@ -39,11 +39,8 @@ pub fn check(dns: &dyn Lookup, target: &Target, timeout: Duration) -> Finding {
             }
         },
     };
-    let addrs: Vec<IpAddr> = [false, true]
-        .into_iter()
-        .flat_map(|v6| dns.ips(&host, v6).unwrap_or_default())
-        .take(TRIES)
-        .collect();
+    let mut addrs = super::addresses(dns, &host);
+    addrs.truncate(TRIES);
     if addrs.is_empty() {
         return Finding::warn(
             CHECK,
