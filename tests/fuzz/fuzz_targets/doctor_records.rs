@@ -72,7 +72,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let audit = spf::audit(&zone, "example.com");
     if audit.lookups > 10 {
-        assert!(audit.problems.iter().any(|p| p.fatal), "{} lookups", audit.lookups);
+        assert!(
+            audit.problems.iter().any(|p| p.fatal),
+            "{} lookups",
+            audit.lookups
+        );
     }
     let found = dkim::check_key(&zone, key(), Path::new("/k.pem"));
     assert!(!found.is_empty());

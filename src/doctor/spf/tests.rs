@@ -1,3 +1,6 @@
+//! check_host() and the audit against zones in memory: the RFC 7208 examples (Appendix A,
+//! section 7.4), the limits, and the problems the audit names.
+
 use std::net::IpAddr;
 
 use super::*;
