@@ -135,6 +135,12 @@ pub static FLAGS: &[FlagDef] = &[
         Some("10000"),
     ),
     opt(
+        "active-recipients",
+        "N",
+        "Recipients of the messages held in memory, at most (a message with more is taken alone)",
+        Some("100000"),
+    ),
+    opt(
         "dest-concurrency",
         "N",
         "Deliveries in flight to one destination at most (it starts lower and grows on success)",

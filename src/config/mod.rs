@@ -567,6 +567,7 @@ fn scheduler(
         max_queue_lifetime: f.dur("max-queue-lifetime")?,
         routes,
         active_limit: f.num("active-limit", 1)? as usize,
+        active_recipients: f.num("active-recipients", 1)? as usize,
     })
 }
 

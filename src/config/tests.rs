@@ -72,6 +72,7 @@ fn defaults() {
         (c.scheduler.active_limit, c.sites.concurrency, c.sites.rate),
         (10_000, 20, None)
     );
+    assert_eq!(c.scheduler.active_recipients, 100_000);
     assert_eq!(c.delivery.messages_per_connection, 100);
     assert_eq!(
         c.suppression.bounce_expiry,
@@ -187,6 +188,7 @@ fn errors_name_the_flag() {
         ),
         (&["--limit-exempt", "10.0.0.0/99"], "--limit-exempt"),
         (&["--active-limit", "0"], "--active-limit"),
+        (&["--active-recipients", "0"], "--active-recipients"),
         (&["--sender-domain", "alice"], "--sender-domain"),
         (&["--retry", "1m,x"], "--retry"),
         (&["--retry", "0s"], "--retry"),

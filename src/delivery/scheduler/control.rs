@@ -171,7 +171,7 @@ impl Scheduler {
             tag: crate::events::tag(&tag),
         });
         self.s.ledger.remove(id);
-        let Some(mut entry) = self.active.remove(&id) else {
+        let Some(mut entry) = self.leave(id) else {
             if let Err(e) = self.s.spool.remove(record.place) {
                 log::error!("{id}: cannot remove from the spool: {e}");
             }

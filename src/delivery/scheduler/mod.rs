@@ -47,6 +47,10 @@ pub struct SchedulerConfig {
     pub routes: Arc<RouteTable>,
     /// `--active-limit`: messages with their envelopes in memory, at most.
     pub active_limit: usize,
+    /// `--active-recipients`: the recipients of those messages, at most; a message with more
+    /// comes in alone. What bounds the memory when messages have many recipients, personalised
+    /// mail most of all (a job per recipient).
+    pub active_recipients: usize,
 }
 
 /// Where the scheduler's work comes from.
@@ -87,6 +91,8 @@ pub struct Scheduler {
     /// ledger says it is waiting with that due time; stale ones are skipped when they come due.
     timers: BTreeMap<u32, Vec<MsgId>>,
     active: HashMap<MsgId, Entry>,
+    /// The recipients of the active messages.
+    active_rcpts: usize,
     expiry_checked: u64,
     gauges_updated: u64,
     sites_forgotten: u64,
@@ -113,6 +119,7 @@ impl Scheduler {
             s: shared,
             timers: BTreeMap::new(),
             active: HashMap::new(),
+            active_rcpts: 0,
             expiry_checked: 0,
             gauges_updated: 0,
             sites_forgotten: 0,
@@ -137,7 +144,7 @@ impl Scheduler {
                 .spool
                 .mark_freed_cells(crate::spool::MARK_FREED_AFTER);
             let now = self.s.clock.now_ms();
-            let timer = match self.active.len() < self.cfg.active_limit {
+            let timer = match self.has_room() {
                 true => self.timers.keys().next().map(|&s| s as u64 * 1000),
                 false => None,
             };
@@ -227,7 +234,7 @@ impl Scheduler {
         let Some(id) = MsgId::parse(&a.env.id) else {
             return;
         };
-        if self.active.len() < self.cfg.active_limit {
+        if self.has_room() {
             if self.s.ledger.update(id, |r| r.holder = Holder::Active) {
                 self.activate(id, a.env, a.place, 0);
             }
@@ -255,7 +262,7 @@ impl Scheduler {
     fn activate_due(&mut self) -> bool {
         let now = self.s.clock.now_ms();
         let mut loaded = 0;
-        while self.active.len() < self.cfg.active_limit {
+        while self.has_room() {
             let Some(mut first) = self.timers.first_entry() else {
                 return false;
             };
@@ -326,8 +333,28 @@ impl Scheduler {
             failed: Vec::new(),
             cancelled: Arc::default(),
         };
-        self.active.insert(id, entry);
+        self.enter(id, entry);
         self.dispatch(id);
+    }
+
+    /// Whether another message may become active (`--active-limit`, `--active-recipients`).
+    fn has_room(&self) -> bool {
+        self.active.is_empty()
+            || self.active.len() < self.cfg.active_limit
+                && self.active_rcpts < self.cfg.active_recipients
+    }
+
+    fn enter(&mut self, id: MsgId, entry: Entry) {
+        self.active_rcpts += entry.env.recipients.len();
+        if let Some(old) = self.active.insert(id, entry) {
+            self.active_rcpts -= old.env.recipients.len();
+        }
+    }
+
+    fn leave(&mut self, id: MsgId) -> Option<Entry> {
+        let entry = self.active.remove(&id)?;
+        self.active_rcpts -= entry.env.recipients.len();
+        Some(entry)
     }
 
     /// Splits an active message's pending recipients into jobs, one per destination, and

@@ -119,7 +119,7 @@ impl Scheduler {
                     failed: Vec::new(),
                     cancelled,
                 };
-                self.active.insert(id, entry);
+                self.enter(id, entry);
                 true
             }
             Err(e) => {
@@ -194,7 +194,7 @@ impl Scheduler {
         }
         let entry = self.active.get_mut(&id).expect("active");
         if !entry.env.has_pending() {
-            let entry = self.active.remove(&id).expect("active");
+            let entry = self.leave(id).expect("active");
             self.s.ledger.remove(id);
             match self.s.spool.remove(entry.place) {
                 Ok(()) => log::info!("{id}: removed (all recipients done)"),
@@ -232,7 +232,7 @@ impl Scheduler {
     /// An active message with no jobs left goes back to disk: waiting for its next try, or
     /// held.
     pub(super) fn deactivate(&mut self, id: MsgId) {
-        let Some(entry) = self.active.remove(&id) else {
+        let Some(entry) = self.leave(id) else {
             return;
         };
         if entry.env.held {

@@ -75,6 +75,7 @@ fn bench(active_limit: usize, workers: usize) -> Bench {
             max_queue_lifetime: Duration::from_secs(10 * 60),
             routes,
             active_limit,
+            active_recipients: 1_000_000,
         },
         Shared {
             clock: clock.clone(),
@@ -97,10 +98,14 @@ fn bench(active_limit: usize, workers: usize) -> Bench {
 impl Bench {
     /// A message committed and handed to the scheduler, as a session does.
     fn submit(&mut self, to: &str) -> MsgId {
+        self.submit_to(&[to])
+    }
+
+    fn submit_to(&mut self, to: &[&str]) -> MsgId {
         let spool = &self.sched.s.spool;
         let mut inc = spool.create();
         inc.write_all(b"Subject: t\r\n\r\nbody\r\n").unwrap();
-        let mut env = Envelope::sample(&inc.id, &[to]);
+        let mut env = Envelope::sample(&inc.id, to);
         env.received = self.clock.now_ms();
         env.size = 20;
         let place = spool.commit(inc, &env).unwrap();
@@ -181,6 +186,43 @@ fn a_recipient_suppressed_on_its_retry_is_done_without_a_dsn() {
     assert_eq!(b.work(suppressed), 1);
     assert!(b.sched.s.ledger.is_empty(), "done");
     assert!(b.on_disk().is_empty(), "no DSN");
+}
+
+/// Messages with many recipients (personalised mail gets a job per recipient) are bounded by
+/// their recipients too; one with more than the budget still comes in, alone.
+#[test]
+fn the_recipient_budget_bounds_what_is_in_memory() {
+    let mut b = bench(100, 1);
+    b.sched.cfg.active_recipients = 5;
+    let three = ["a@fast.test", "b@fast.test", "c@fast.test"];
+    let ids: Vec<MsgId> = (0..4).map(|_| b.submit_to(&three)).collect();
+    assert_eq!(
+        b.sched.active.len(),
+        2,
+        "3 + 3 recipients reach the budget of 5"
+    );
+    assert_eq!(b.sched.active_rcpts, 6);
+    let waiting = |b: &Bench| {
+        ids.iter()
+            .filter(|id| b.holder(**id) == Some(Holder::Waiting))
+            .count()
+    };
+    assert_eq!(waiting(&b), 2);
+    let big: Vec<String> = (0..8).map(|i| format!("r{i}@fast.test")).collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    let alone = b.submit_to(&big);
+    assert_eq!(b.holder(alone), Some(Holder::Waiting));
+    for _ in 0..20 {
+        b.work(delivered);
+        b.turn();
+        assert!(b.sched.active_rcpts < 5 + 8, "{}", b.sched.active_rcpts);
+    }
+    assert!(
+        b.sched.s.ledger.is_empty(),
+        "every one delivered, the big one too"
+    );
+    assert_eq!(b.sched.active_rcpts, 0);
+    assert!(b.on_disk().is_empty());
 }
 
 #[test]
