@@ -745,3 +745,27 @@ fn sighup_reloads_the_users_file() {
         "the open session sees the new account"
     );
 }
+
+/// Over a connection limit, an implicit-TLS client gets the connection closed, not a
+/// plaintext 421 that its TLS stack would read as a broken handshake; the smtp listener of
+/// the same relay still says 421.
+#[test]
+fn smtps_over_the_limit_is_closed_without_plaintext() {
+    let s = setup(&["--max-connections-per-ip", "1"]);
+    let smtps = addr(&s.relay, "smtps");
+    let held = TlsClient::connect(smtps, true);
+    let mut raw = std::net::TcpStream::connect(smtps).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    s.relay
+        .wait_log("limit max_connections_per_ip reached by [127.0.0.1]: CONNECT refused");
+    drop(held);
+
+    let plain = addr(&s.relay, "smtp");
+    let first = support::Client::connect(plain);
+    let mut second = support::Client::connect(plain);
+    assert!(second.reply().starts_with("421 4.7.0"));
+    drop(first);
+}

@@ -26,7 +26,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     let ip = canonical(peer.ip());
     let _slot = match shared.services.limits.connect(ip) {
         Ok(slot) => slot,
-        Err(_) => return refuse_over_address_limit(shared, stream, ip),
+        Err(_) => return refuse_over_address_limit(shared, stream, ip, role),
     };
     let trusted = cfg.trusted.iter().any(|n| n.contains(ip));
     let (stream, tls) = if role == Role::Smtps {
@@ -90,7 +90,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
 const MAX_QUEUED_REPLIES: usize = 64 * 1024;
 
 /// A client whose address has `--max-connections-per-ip` open: 421, without waiting on it.
-fn refuse_over_address_limit(shared: &Shared, mut stream: TcpStream, ip: IpAddr) {
+fn refuse_over_address_limit(shared: &Shared, stream: TcpStream, ip: IpAddr, role: Role) {
     let r = reply::too_many_connections_from_address();
     shared.services.metrics.connection_refused();
     let refused = Refused {
@@ -99,8 +99,7 @@ fn refuse_over_address_limit(shared: &Shared, mut stream: TcpStream, ip: IpAddr)
         argument: None,
     };
     report_refusal(shared, ip, None, &refused, &r);
-    let _ = stream.set_nonblocking(true);
-    let _ = stream.write_all(r.render().as_bytes());
+    super::refuse_with(stream, role, &r);
 }
 
 /// The `rejected` event (and metric); a limit's refusal is also logged, with who and why.

@@ -25,7 +25,7 @@ use crate::config::{Cidr, Listener, Role};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::smtp::address::Mailbox;
-use crate::smtp::reply;
+use crate::smtp::reply::{self, Reply};
 use crate::spool::Spool;
 use crate::tls::ServerTls;
 
@@ -250,7 +250,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, l: &Listening, shared: &Shared) {
             "connection from {peer} refused: {} connections open",
             shared.cfg.max_connections
         );
-        refuse(stream);
+        refuse(stream, l.role);
         return;
     }
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +274,17 @@ fn serve(stream: TcpStream, peer: SocketAddr, l: &Listening, shared: &Shared) {
 }
 
 /// Tells a client over the cap to come back later, without waiting on it.
-fn refuse(mut stream: TcpStream) {
+fn refuse(stream: TcpStream, role: Role) {
+    refuse_with(stream, role, &reply::too_many_connections());
+}
+
+/// Writes a refusal without waiting on the client, then closes. On an implicit-TLS listener
+/// the connection is only closed: a TLS client would take a plaintext reply for a broken
+/// handshake, and a handshake to say no costs the CPU a refused client should not get.
+pub(super) fn refuse_with(mut stream: TcpStream, role: Role, r: &Reply) {
+    if role == Role::Smtps {
+        return;
+    }
     let _ = stream.set_nonblocking(true);
-    let _ = stream.write_all(reply::too_many_connections().render().as_bytes());
+    let _ = stream.write_all(r.render().as_bytes());
 }
