@@ -12,7 +12,7 @@ use super::{DEFAULT_NEGATIVE_TTL, DnsError, MxLookup};
 
 /// One answer record of the asked type; an empty MX exchange is the root.
 #[derive(Debug, PartialEq)]
-pub(super) enum Rec {
+pub enum Rec {
     Mx(u16, String),
     Ip(IpAddr),
     /// A TXT record: its character-strings, each as received.
@@ -23,7 +23,7 @@ pub(super) enum Rec {
 
 /// `Records` and `NxDomain` carry their TTL in seconds (see the module docs).
 #[derive(Debug, PartialEq)]
-pub(super) enum Reply {
+pub enum Reply {
     Records(Vec<Rec>, u32),
     NxDomain(u32),
     Truncated,
@@ -33,14 +33,14 @@ pub(super) enum Reply {
 }
 
 /// One outgoing question: its wire form and what a matching reply has to echo.
-pub(super) struct Query<'a> {
-    pub(super) id: u16,
-    pub(super) name: &'a str,
-    pub(super) qtype: TYPE,
-    pub(super) wire: Vec<u8>,
+pub struct Query<'a> {
+    pub id: u16,
+    pub name: &'a str,
+    pub qtype: TYPE,
+    pub wire: Vec<u8>,
 }
 
-pub(super) fn mx_lookup(recs: Vec<Rec>) -> MxLookup {
+pub fn mx_lookup(recs: Vec<Rec>) -> MxLookup {
     let (mut hosts, mut root) = (Vec::new(), false);
     for rec in recs {
         match rec {
@@ -57,7 +57,7 @@ pub(super) fn mx_lookup(recs: Vec<Rec>) -> MxLookup {
 }
 
 /// Validates `name` (LDH plus `_`, ASCII only) and returns it without its trailing dot.
-pub(super) fn check_name(name: &str) -> Result<&str, DnsError> {
+pub fn check_name(name: &str) -> Result<&str, DnsError> {
     let n = name.strip_suffix('.').unwrap_or(name);
     let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
     let why = match n
@@ -75,7 +75,7 @@ pub(super) fn check_name(name: &str) -> Result<&str, DnsError> {
 }
 
 impl<'a> Query<'a> {
-    pub(super) fn new(name: &'a str, qtype: TYPE) -> Result<Query<'a>, String> {
+    pub fn new(name: &'a str, qtype: TYPE) -> Result<Query<'a>, String> {
         let mut id = [0u8; 2];
         getrandom::fill(&mut id).map_err(|e| format!("no random query id: {e}"))?;
         let id = u16::from_be_bytes(id);
@@ -99,7 +99,7 @@ impl<'a> Query<'a> {
         })
     }
 
-    pub(super) fn parse_reply(&self, buf: &[u8]) -> Reply {
+    pub fn parse_reply(&self, buf: &[u8]) -> Reply {
         // Raw header check first, so foreign garbage is ignored rather than counted as a failure.
         if buf.len() < 12 || u16::from_be_bytes([buf[0], buf[1]]) != self.id || buf[2] & 0x80 == 0 {
             return Reply::Ignore;
@@ -173,12 +173,12 @@ fn txt_strings(t: &simple_dns::rdata::TXT) -> Vec<Vec<u8>> {
 }
 
 /// A record's TTL; RFC 2181 8: one with the top bit set counts as zero.
-pub(super) fn ttl_of(rr: &ResourceRecord) -> u32 {
+pub fn ttl_of(rr: &ResourceRecord) -> u32 {
     if rr.ttl > i32::MAX as u32 { 0 } else { rr.ttl }
 }
 
 /// RFC 2308 5: the smaller of the authority SOA's TTL and its MINIMUM field.
-pub(super) fn negative_ttl(p: &Packet) -> u32 {
+pub fn negative_ttl(p: &Packet) -> u32 {
     let soa = |rr: &ResourceRecord| match &rr.rdata {
         RData::SOA(soa) => Some(ttl_of(rr).min(soa.minimum)),
         _ => None,

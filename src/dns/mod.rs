@@ -23,7 +23,7 @@
 
 mod cache;
 mod client;
-mod message;
+pub mod message;
 #[cfg(test)]
 mod tests;
 
