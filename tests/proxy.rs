@@ -137,6 +137,7 @@ fn only_proxy_from_may_connect_and_only_with_a_good_header() {
     let ev = spool.path().join("events.jsonl").display().to_string();
     let mut args = proxy_args("smtp", &ev);
     args.extend(["--tls-handshake-timeout".into(), "1s".into()]);
+    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     let relay = Relay::start(spool.path(), &strs(&args));
     let read_all = |mut s: TcpStream| {
         s.set_read_timeout(Some(WAIT)).unwrap();
@@ -150,6 +151,11 @@ fn only_proxy_from_may_connect_and_only_with_a_good_header() {
     relay.wait_log(&format!(
         "connection from [{UNTRUSTED}] to a +proxy listener refused: not in --proxy-from"
     ));
+    let refused = relay
+        .metrics()
+        .lines()
+        .any(|l| l == "mxrelay_connections_refused_total 1");
+    assert!(refused, "{}", relay.metrics());
     // A balancer's address, but SMTP instead of a header.
     let mut s = connect_from("127.0.0.1", relay.addr);
     s.write_all(b"EHLO client.test\r\n").unwrap();

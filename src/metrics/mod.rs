@@ -13,7 +13,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `mxrelay_connections_total` | counter | | SMTP connections accepted |
-//! | `mxrelay_connections_refused_total` | counter | | SMTP connections refused over a connection cap (`--max-connections`, `--max-connections-per-ip`) |
+//! | `mxrelay_connections_refused_total` | counter | | SMTP connections refused over a connection cap (`--max-connections`, `--max-connections-per-ip`), or from outside `--proxy-from` on a `+proxy` listener |
 //! | `mxrelay_in_flow_delays_total` | counter | | MAIL commands held back because delivery lagged (`--in-flow-delay`) |
 //! | `mxrelay_messages_received_total` | counter | | messages accepted (answered 250 at end of data) |
 //! | `mxrelay_received_bytes_total` | counter | | bytes of the messages accepted |

@@ -83,7 +83,7 @@ impl Metrics {
             ),
             (
                 "mxrelay_connections_refused_total",
-                "SMTP connections refused because a connection cap (total or per address) was reached.",
+                "SMTP connections refused: a connection cap (total or per address) was reached, or a +proxy listener's peer is not in --proxy-from.",
                 &self.connections_refused,
             ),
             (

@@ -241,6 +241,7 @@ fn session_thread(l: &Arc<Listening>, shared: &Arc<Shared>) {
 
 fn serve(stream: TcpStream, peer: SocketAddr, l: &Listening, shared: &Shared) {
     if l.proxy && !proxied::from_balancer(peer, &shared.cfg.proxy_from) {
+        shared.services.metrics.connection_refused();
         return;
     }
     if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
