@@ -46,6 +46,7 @@ pub struct Relay {
     recovery: JoinHandle<()>,
     spool: Arc<Spool>,
     events: Arc<Events>,
+    suppressions: Arc<Suppressions>,
     /// The HTTP listeners (metrics, tracking) being served.
     http: Vec<web::Serving>,
 }
@@ -140,7 +141,7 @@ impl Relay {
                 metrics: metrics.clone(),
                 links: acquired.links,
                 events: events.clone(),
-                suppressions,
+                suppressions: suppressions.clone(),
                 tracking_max_connections: cfg.tracking.max_connections,
             },
         )?;
@@ -171,6 +172,7 @@ impl Relay {
             recovery: delivery.recovery,
             spool,
             events,
+            suppressions,
             http,
         })
     }
@@ -228,6 +230,7 @@ impl Relay {
         self.spool.mark_freed_cells_at_once();
         // Events still queued reach the log and the webhook outboxes.
         self.events.close(Duration::from_secs(5));
+        self.suppressions.stop_sharing(Duration::from_secs(5));
     }
 }
 

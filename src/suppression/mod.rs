@@ -244,6 +244,8 @@ pub struct Suppressions {
     entries: RwLock<HashMap<String, Entry>>,
     store: Mutex<Box<dyn Store>>,
     cfg: SuppressionConfig,
+    /// The link to `--suppression-store`, while it runs.
+    sharing: Mutex<Option<shared::Sharing>>,
 }
 
 impl Suppressions {
@@ -265,6 +267,7 @@ impl Suppressions {
             }
         }
         Ok(Suppressions {
+            sharing: Mutex::new(None),
             entries: RwLock::new(entries),
             store: Mutex::new(store),
             cfg,
@@ -505,9 +508,19 @@ pub fn start(
     let now = crate::delivery::clock::now_ms();
     let list = Arc::new(Suppressions::open(Box::new(store), cfg.clone(), now)?);
     if let (Some(url), Some(queue)) = (&cfg.store, queue) {
-        shared::Link::start(url, list.clone(), queue, metrics)?;
+        let sharing = shared::Link::start(url, list.clone(), queue, metrics)?;
+        *list.sharing.lock().unwrap_or_else(|e| e.into_inner()) = Some(sharing);
     }
     Ok(list)
+}
+
+impl Suppressions {
+    /// Stops sharing the list through the store (see `shared::Sharing::stop`); false if its
+    /// thread did not end within `wait`.
+    pub fn stop_sharing(&self, wait: Duration) -> bool {
+        let sharing = self.sharing.lock().unwrap_or_else(|e| e.into_inner()).take();
+        sharing.is_none_or(|s| s.stop(wait))
+    }
 }
 
 /// Whether a permanent failure (`status` as `x.y.z`, `reply` as the remote server's reply,

@@ -35,6 +35,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(15);
+/// How often the thread looks whether it is to stop, while it waits.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 /// How often the whole list is read anyway.
 const FULL_EVERY: Duration = Duration::from_secs(3600);
 /// Stream entries read per command, and changes pushed per MULTI.
@@ -348,6 +351,28 @@ pub struct Link {
     read_at: Instant,
     /// Whether the last round reached the store; `None` before the first.
     up: Option<bool>,
+    stop: Arc<AtomicBool>,
+    /// Dropped when the thread ends.
+    _running: crossbeam_channel::Sender<()>,
+}
+
+/// The running link, to stop it.
+pub struct Sharing {
+    stop: Arc<AtomicBool>,
+    running: crossbeam_channel::Receiver<()>,
+}
+
+impl Sharing {
+    /// Asks the thread to push what is still queued (if the store is there) and end, and waits
+    /// for it up to `wait`; whether it ended. What it could not push stays queued in the spool
+    /// for the next start.
+    pub fn stop(self, wait: Duration) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        matches!(
+            self.running.recv_timeout(wait),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
+    }
 }
 
 impl Link {
@@ -359,8 +384,10 @@ impl Link {
         list: Arc<Suppressions>,
         queue: Arc<Queue>,
         metrics: Arc<Metrics>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Sharing> {
         let client = Client::open(url.url.as_str()).map_err(io::Error::other)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (running, ended) = crossbeam_channel::bounded(0);
         let mut link = Link {
             url: url.clone(),
             client,
@@ -372,12 +399,17 @@ impl Link {
             last: None,
             read_at: Instant::now(),
             up: None,
+            stop: stop.clone(),
+            _running: running,
         };
         link.round();
         thread::Builder::new()
             .name("suppression-store".into())
             .spawn(move || link.run())?;
-        Ok(())
+        Ok(Sharing {
+            stop,
+            running: ended,
+        })
     }
 
     fn run(mut self) {
@@ -391,7 +423,13 @@ impl Link {
                 if left.is_zero() {
                     break;
                 }
-                let version = self.queue.wait(seen, left);
+                if self.stop.load(Ordering::SeqCst) {
+                    if up && !self.queue.is_empty() {
+                        self.round();
+                    }
+                    return;
+                }
+                let version = self.queue.wait(seen, left.min(STOP_CHECK));
                 self.metrics
                     .suppression_store_pending(self.queue.len() as u64);
                 if version != seen {

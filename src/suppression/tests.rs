@@ -636,3 +636,19 @@ fn changes_encode_on_one_line() {
         assert_eq!(Change::decode(bad), None, "{bad}");
     }
 }
+
+/// The link to a store ends when asked, even while the store is unreachable (it would retry
+/// for ever otherwise), and the list keeps working from the spool's copy.
+#[test]
+fn sharing_stops_when_asked() {
+    let dir = Dir::new();
+    let cfg = SuppressionConfig {
+        // Nothing listens on port 1 of loopback: refused at once.
+        store: Some(shared::parse_url("redis://127.0.0.1:1/0").unwrap()),
+        ..SuppressionConfig::default()
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let list = start(&dir.0, &cfg, metrics, Duration::from_secs(1)).unwrap();
+    assert!(list.stop_sharing(Duration::from_secs(30)), "the thread ended");
+    assert!(list.stop_sharing(Duration::ZERO), "nothing left to stop");
+}
