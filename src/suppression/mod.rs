@@ -518,7 +518,11 @@ impl Suppressions {
     /// Stops sharing the list through the store (see `shared::Sharing::stop`); false if its
     /// thread did not end within `wait`.
     pub fn stop_sharing(&self, wait: Duration) -> bool {
-        let sharing = self.sharing.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sharing = self
+            .sharing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         sharing.is_none_or(|s| s.stop(wait))
     }
 }

@@ -649,6 +649,9 @@ fn sharing_stops_when_asked() {
     };
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let list = start(&dir.0, &cfg, metrics, Duration::from_secs(1)).unwrap();
-    assert!(list.stop_sharing(Duration::from_secs(30)), "the thread ended");
+    assert!(
+        list.stop_sharing(Duration::from_secs(30)),
+        "the thread ended"
+    );
     assert!(list.stop_sharing(Duration::ZERO), "nothing left to stop");
 }
