@@ -110,13 +110,18 @@ fn report_refusal(
     refused: &Refused,
     reply: &Reply,
 ) {
-    if refused.reason.is_limit() {
+    let label = refused.reason.label();
+    let held = match refused.reason.is_limit() {
+        true => shared.refusals_logged.pass(label, super::now_s()),
+        false => None,
+    };
+    if let Some(held) = held {
         log::warn!(
-            "limit {} reached by [{ip}]{}: {} refused: {}",
-            refused.reason.label(),
+            "limit {label} reached by [{ip}]{}: {} refused: {}{}",
             user.map(|u| format!(" user={u}")).unwrap_or_default(),
             refused.command,
-            reply.summary()
+            reply.summary(),
+            super::log_gate::held_back(held)
         );
     }
     shared.services.events.report(&Event::Rejected {

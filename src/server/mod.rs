@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod conn;
+pub mod log_gate;
 pub mod proxied;
 pub mod reply_map;
 
@@ -74,6 +75,8 @@ pub struct Shared {
     active: AtomicUsize,
     next_conn: AtomicU64,
     open: Mutex<HashMap<u64, TcpStream>>,
+    /// Refusals in the log: at most a line a second for each kind.
+    pub refusals_logged: log_gate::LogGate,
 }
 
 /// A listening socket and the session threads waiting on it.
@@ -109,6 +112,7 @@ impl Server {
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
+            refusals_logged: log_gate::LogGate::default(),
         });
         let mut local_addrs = Vec::new();
         let mut listening = Vec::new();
@@ -242,15 +246,25 @@ fn session_thread(l: &Arc<Listening>, shared: &Arc<Shared>) {
 fn serve(stream: TcpStream, peer: SocketAddr, l: &Listening, shared: &Shared) {
     if l.proxy && !proxied::from_balancer(peer, &shared.cfg.proxy_from) {
         shared.services.metrics.connection_refused();
+        if let Some(held) = shared.refusals_logged.pass("proxy_from", now_s()) {
+            log::warn!(
+                "connection from [{}] to a +proxy listener refused: not in --proxy-from{}",
+                peer.ip(),
+                log_gate::held_back(held)
+            );
+        }
         return;
     }
     if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_connections {
         shared.active.fetch_sub(1, Ordering::SeqCst);
         shared.services.metrics.connection_refused();
-        log::warn!(
-            "connection from {peer} refused: {} connections open",
-            shared.cfg.max_connections
-        );
+        if let Some(held) = shared.refusals_logged.pass("max_connections", now_s()) {
+            log::warn!(
+                "connection from {peer} refused: {} connections open{}",
+                shared.cfg.max_connections,
+                log_gate::held_back(held)
+            );
+        }
         refuse(stream, l.role);
         return;
     }
@@ -272,6 +286,11 @@ fn serve(stream: TcpStream, peer: SocketAddr, l: &Listening, shared: &Shared) {
     shared.services.metrics.session_closed();
     shared.open.lock().expect("conn registry").remove(&id);
     shared.active.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Seconds since the epoch, for the log gate.
+fn now_s() -> u64 {
+    crate::delivery::clock::now_ms() / 1000
 }
 
 /// Tells a client over the cap to come back later, without waiting on it.

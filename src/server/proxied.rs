@@ -9,17 +9,10 @@ use std::time::{Duration, Instant};
 use crate::config::Cidr;
 use crate::proxy::{self, Header, MAX_HEADER, Malformed, Parsed};
 
-/// Whether `peer` may speak to a `+proxy` listener; a refusal is logged. The connection is
-/// then closed without a byte read or written.
+/// Whether `peer` may speak to a `+proxy` listener. If not, the connection is
+/// closed without a byte read or written.
 pub fn from_balancer(peer: SocketAddr, proxy_from: &[Cidr]) -> bool {
-    let allowed = proxy_from.iter().any(|n| n.contains(peer.ip()));
-    if !allowed {
-        log::warn!(
-            "connection from [{}] to a +proxy listener refused: not in --proxy-from",
-            peer.ip()
-        );
-    }
-    allowed
+    proxy_from.iter().any(|n| n.contains(peer.ip()))
 }
 
 /// The client a balancer at `peer` names in its header: `peer` itself for a `LOCAL` or
