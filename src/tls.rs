@@ -5,17 +5,18 @@
 use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
-use openssl::ssl::{SslAcceptor, SslMethod, SslStream, SslVersion};
+use openssl::ssl::{ErrorCode, HandshakeError, SslAcceptor, SslMethod, SslStream, SslVersion};
 use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
@@ -104,12 +105,59 @@ impl ServerTls {
         }
     }
 
-    pub fn accept(&self, tcp: TcpStream) -> Result<SslStream<TcpStream>, String> {
-        self.acceptor().accept(tcp).map_err(|e| match e {
-            openssl::ssl::HandshakeError::SetupFailure(e) => e.to_string(),
-            openssl::ssl::HandshakeError::Failure(m)
-            | openssl::ssl::HandshakeError::WouldBlock(m) => m.error().to_string(),
-        })
+    /// The server side of a handshake, which must be over by `deadline` however the client
+    /// paces its bytes (a per-read timeout alone would let one byte every few seconds hold the
+    /// session for an hour). The socket is non-blocking meanwhile and blocking again after.
+    pub fn accept(
+        &self,
+        tcp: TcpStream,
+        deadline: Instant,
+    ) -> Result<SslStream<TcpStream>, String> {
+        tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut attempt = self.acceptor().accept(tcp);
+        loop {
+            match attempt {
+                Ok(s) => {
+                    s.get_ref()
+                        .set_nonblocking(false)
+                        .map_err(|e| e.to_string())?;
+                    return Ok(s);
+                }
+                Err(HandshakeError::WouldBlock(mid)) => {
+                    let write = mid.error().code() == ErrorCode::WANT_WRITE;
+                    if !ready(mid.get_ref(), write, deadline) {
+                        return Err("not finished in time".into());
+                    }
+                    attempt = mid.handshake();
+                }
+                Err(HandshakeError::SetupFailure(e)) => return Err(e.to_string()),
+                Err(HandshakeError::Failure(m)) => return Err(m.error().to_string()),
+            }
+        }
+    }
+}
+
+/// Waits until the socket can be read (or written) or `deadline` passes; whether it can.
+fn ready(tcp: &TcpStream, write: bool, deadline: Instant) -> bool {
+    let events = if write { libc::POLLOUT } else { libc::POLLIN };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: tcp.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            n if n > 0 => return true,
+            0 => {}
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
 use support::dns::FakeDns;
@@ -768,4 +768,36 @@ fn smtps_over_the_limit_is_closed_without_plaintext() {
     let mut second = support::Client::connect(plain);
     assert!(second.reply().starts_with("421 4.7.0"));
     drop(first);
+}
+
+/// A client that drips its handshake, a byte at a time inside the per-read timeout, is cut
+/// off when --tls-handshake-timeout has passed in all, not after one timeout per byte.
+#[test]
+fn a_dripped_handshake_is_cut_off_at_the_handshake_timeout() {
+    let s = setup(&["--tls-handshake-timeout", "1s"]);
+    let mut c = TcpStream::connect(addr(&s.relay, "smtps")).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // A TLS record header announcing a 512-byte ClientHello, then its body byte by byte.
+    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+        if c.write_all(&[0x01]).is_err() {
+            break Some(started.elapsed());
+        }
+        match c.read(&mut buf) {
+            Ok(_) => break Some(started.elapsed()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break Some(started.elapsed()),
+        }
+    };
+    let closed = closed.expect("the relay kept a dripped handshake open for 8 s");
+    assert!(closed < Duration::from_secs(4), "{closed:?}");
+    assert!(closed >= Duration::from_millis(800), "{closed:?}");
+    s.relay
+        .wait_log("tls handshake with [127.0.0.1] failed: not finished in time");
 }

@@ -297,7 +297,7 @@ pub static FLAGS: &[FlagDef] = &[
     opt(
         "tls-handshake-timeout",
         "DURATION",
-        "Time a client gets to finish the TLS handshake (and a balancer to send its PROXY header)",
+        "Time a client gets for the whole TLS handshake (and a balancer to send its PROXY header)",
         Some("30s"),
     ),
     opt(

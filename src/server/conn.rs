@@ -357,14 +357,10 @@ impl Conn<'_> {
     }
 }
 
-/// The TLS handshake, on this client's thread, bounded by the handshake timeout.
+/// The TLS handshake, on this client's thread, over within the handshake timeout.
 fn handshake(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Option<(Stream, String)> {
     let tls = shared.services.tls.as_ref()?;
-    let limit = Some(shared.cfg.tls_handshake_timeout);
-    if tcp.set_read_timeout(limit).is_err() || tcp.set_write_timeout(limit).is_err() {
-        return None;
-    }
-    match tls.accept(tcp) {
+    match tls.accept(tcp, Instant::now() + shared.cfg.tls_handshake_timeout) {
         Ok(s) => {
             let info = crate::tls::describe(&s);
             let idle = Some(shared.cfg.idle_timeout);
