@@ -763,8 +763,15 @@ fn smtps_over_the_limit_is_closed_without_plaintext() {
         .wait_log("limit max_connections_per_ip reached by [127.0.0.1]: CONNECT refused");
     drop(held);
 
+    // Once the TLS session's place is free, a plain client takes it and the next gets 421.
     let plain = addr(&s.relay, "smtp");
-    let first = support::Client::connect(plain);
+    let mut first = None;
+    assert!(support::wait_until(WAIT, || {
+        let mut c = support::Client::connect(plain);
+        let greeted = c.reply().starts_with("220");
+        first = greeted.then_some(c);
+        greeted
+    }));
     let mut second = support::Client::connect(plain);
     assert!(second.reply().starts_with("421 4.7.0"));
     drop(first);
@@ -796,7 +803,7 @@ fn a_dripped_handshake_is_cut_off_at_the_handshake_timeout() {
         }
     };
     let closed = closed.expect("the relay kept a dripped handshake open for 8 s");
-    assert!(closed < Duration::from_secs(4), "{closed:?}");
+    assert!(closed < Duration::from_secs(5), "{closed:?}");
     assert!(closed >= Duration::from_millis(800), "{closed:?}");
     s.relay
         .wait_log("tls handshake with [127.0.0.1] failed: not finished in time");
