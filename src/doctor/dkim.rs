@@ -11,7 +11,6 @@ use openssl::pkey::Id;
 use super::lookup::Lookup;
 use super::report::Finding;
 use super::tags;
-use crate::dns::DnsError;
 use crate::transform::dkim::Key;
 use crate::transform::dkim::keygen::{dns_value, txt_record};
 
@@ -49,12 +48,8 @@ pub fn check_key(dns: &dyn Lookup, key: &Key, file: &Path) -> Vec<Finding> {
             ),
         ));
     }
-    let records: Vec<String> = match dns.txt(&name) {
-        Ok(r) => r
-            .iter()
-            .map(|strings| String::from_utf8_lossy(&strings.concat()).into_owned())
-            .collect(),
-        Err(DnsError::NoSuchDomain) => Vec::new(),
+    let records = match dns.texts(&name) {
+        Ok(r) => r,
         Err(e) => {
             out.push(Finding::fail(
                 CHECK,

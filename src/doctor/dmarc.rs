@@ -6,7 +6,6 @@
 use super::lookup::Lookup;
 use super::report::Finding;
 use super::tags;
-use crate::dns::DnsError;
 
 const CHECK: &str = "dmarc";
 
@@ -141,19 +140,11 @@ fn find(dns: &dyn Lookup, domain: &str) -> Result<Option<(String, String)>, Stri
     let mut d = domain.trim_end_matches('.').to_ascii_lowercase();
     loop {
         let name = format!("_dmarc.{d}");
-        let records = match dns.txt(&name) {
-            Ok(r) => r,
-            Err(DnsError::NoSuchDomain) => Vec::new(),
-            Err(e) => return Err(e.to_string()),
-        };
         // RFC 7489 6.6.3: records not starting with v=DMARC1 are discarded; several left is none.
-        let dmarc: Vec<String> = records
-            .iter()
-            .map(|s| String::from_utf8_lossy(&s.concat()).into_owned())
-            .filter(|r| is_dmarc(r))
-            .collect();
+        let mut dmarc = dns.texts(&name).map_err(|e| e.to_string())?;
+        dmarc.retain(|r| is_dmarc(r));
         match dmarc.len() {
-            1 => return Ok(Some((d, dmarc.into_iter().next().unwrap_or_default()))),
+            1 => return Ok(Some((d, dmarc.remove(0)))),
             n if n > 1 => {
                 return Err(format!(
                     "{n} DMARC records at {name}: receivers apply none of them; keep one"

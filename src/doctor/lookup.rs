@@ -15,6 +15,19 @@ pub trait Lookup {
     fn mx(&self, name: &str) -> Result<MxLookup, DnsError>;
     /// PTR names of an address, without trailing dots.
     fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError>;
+
+    /// TXT records as texts: the strings of each joined without a separator, as SPF, DKIM
+    /// and DMARC read them (RFC 7208 3.3, RFC 6376 3.6.2.2); NXDOMAIN is no record.
+    fn texts(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        match self.txt(name) {
+            Ok(records) => Ok(records
+                .iter()
+                .map(|strings| String::from_utf8_lossy(&strings.concat()).into_owned())
+                .collect()),
+            Err(DnsError::NoSuchDomain) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Lookup for DnsClient {

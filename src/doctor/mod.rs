@@ -165,13 +165,9 @@ pub fn run(dns: &dyn Lookup, setup: &Setup) -> Report {
     findings.extend(spf);
 
     let mut dkim_domains = Vec::new();
-    let mut signing = 0;
-    let signer = signing_domain(setup, domain);
-    for spec in &setup.keys {
-        if signer.as_deref() != Some(spec.domain.as_str()) {
-            continue;
-        }
-        signing += 1;
+    // The flags mxrelay would sign the domain's mail with, as the signer picks them.
+    let signing = signer::nearest(&setup.keys, domain, |k| &k.domain);
+    for spec in &signing {
         let key = match &spec.key {
             Ok(k) => k,
             Err(e) => {
@@ -189,7 +185,7 @@ pub fn run(dns: &dyn Lookup, setup: &Setup) -> Report {
         }
         findings.extend(found);
     }
-    if signing == 0 {
+    if signing.is_empty() {
         findings.push(Finding::warn(
             "dkim",
             format!("mxrelay has no DKIM key for {domain}: its mail goes out unsigned, and DMARC then rests on SPF alone"),
@@ -226,18 +222,6 @@ pub fn run(dns: &dyn Lookup, setup: &Setup) -> Report {
         domain: domain.to_string(),
         setup: describe(setup),
         findings,
-    }
-}
-
-/// The d= domain of the keys mxrelay signs mail From: `domain` with: the domain's own, or
-/// else its nearest parent's (as `transform::dkim::keys_for` picks them).
-fn signing_domain(setup: &Setup, domain: &str) -> Option<String> {
-    let mut d = domain;
-    loop {
-        if setup.keys.iter().any(|k| k.domain == d) {
-            return Some(d.to_string());
-        }
-        d = d.split_once('.')?.1;
     }
 }
 

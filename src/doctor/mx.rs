@@ -69,9 +69,6 @@ pub fn check(dns: &dyn Lookup, domain: &str) -> Finding {
 }
 
 fn addresses(dns: &dyn Lookup, host: &str) -> Vec<String> {
-    [false, true]
-        .into_iter()
-        .flat_map(|v6| dns.ips(host, v6).unwrap_or_default())
-        .map(|ip| ip.to_string())
-        .collect()
+    let ips = super::addresses(dns, host);
+    ips.iter().map(ToString::to_string).collect()
 }

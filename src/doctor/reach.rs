@@ -2,13 +2,14 @@
 //! receiver's MX host (or to the smarthost's port), to tell "outbound port 25 is blocked
 //! here" (a silent timeout, what most cloud providers do) from other failures.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::lookup::Lookup;
 use super::report::Finding;
 use crate::dns::MxLookup;
+use crate::net::{LineReader, ReplyError, Stream};
 
 const CHECK: &str = "reachability";
 /// Addresses tried before concluding.
@@ -73,8 +74,11 @@ enum Outcome {
     Other(String),
 }
 
+/// A greeting line longer than this is not SMTP's (RFC 5321 4.5.3.1.5 says 512).
+const MAX_GREETING_LINE: usize = 1000;
+
 fn probe(addr: SocketAddr, timeout: Duration) -> Outcome {
-    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+    let s = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
         Err(e) => {
             return match e.kind() {
@@ -85,27 +89,13 @@ fn probe(addr: SocketAddr, timeout: Duration) -> Outcome {
             };
         }
     };
-    let deadline = Instant::now() + timeout;
-    let mut line = Vec::new();
-    let mut buf = [0u8; 512];
-    while !line.contains(&b'\n') && line.len() < 512 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => line.extend_from_slice(&buf[..n]),
-        }
-    }
-    let first = String::from_utf8_lossy(&line);
-    let first = first.lines().next().unwrap_or("").trim().to_string();
-    if first.starts_with("220") {
-        Outcome::Greeted(first)
-    } else if first.is_empty() {
-        Outcome::Silent("no greeting".into())
-    } else {
-        Outcome::Silent(format!("greeted with {first:?}"))
+    let mut reader = LineReader::new(Stream::Plain(s), MAX_GREETING_LINE);
+    match reader.read_reply(MAX_GREETING_LINE, timeout) {
+        Ok(r) if r.code == 220 => Outcome::Greeted(r.summary()),
+        Ok(r) => Outcome::Silent(format!("greeted with {:?}", r.summary())),
+        Err(ReplyError::Timeout) => Outcome::Silent("no greeting".into()),
+        Err(ReplyError::Closed) => Outcome::Silent("closed without a greeting".into()),
+        Err(e) => Outcome::Silent(format!("no SMTP greeting ({e:?})")),
     }
 }
 

@@ -158,13 +158,8 @@ impl Evaluator<'_> {
                 domain: spec,
                 v4,
                 v6,
-            } => {
-                self.count(&term)?;
-                let name = self.optional_target(spec, domain, &term)?;
-                let prefix = if self.ip.is_ipv4() { *v4 } else { *v6 };
-                self.has_address(&name, prefix, &term)?
             }
-            Mechanism::Mx {
+            | Mechanism::Mx {
                 domain: spec,
                 v4,
                 v6,
@@ -172,7 +167,10 @@ impl Evaluator<'_> {
                 self.count(&term)?;
                 let name = self.optional_target(spec, domain, &term)?;
                 let prefix = if self.ip.is_ipv4() { *v4 } else { *v6 };
-                self.mx_has_address(&name, prefix, &term)?
+                match directive.mechanism {
+                    Mechanism::Mx { .. } => self.mx_has_address(&name, prefix, &term)?,
+                    _ => self.has_address(&name, prefix, &term)?,
+                }
             }
             Mechanism::Ptr(spec) => {
                 self.count(&term)?;

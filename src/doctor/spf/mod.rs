@@ -103,20 +103,16 @@ impl fmt::Display for RecordError {
 
 /// RFC 7208 4.4 and 4.5; the strings of one TXT record are joined without a separator (3.3).
 fn fetch(dns: &dyn Lookup, domain: &str) -> Result<Option<String>, RecordError> {
-    let records = match dns.txt(domain) {
-        Ok(records) => records,
+    let mut spf = match dns.texts(domain) {
+        Ok(texts) => texts,
         Err(DnsError::NoSuchDomain) => return Ok(None),
         Err(DnsError::Temporary(why)) => return Err(RecordError::Temporary(why)),
         Err(DnsError::BadName(why)) => return Err(RecordError::BadName(why)),
     };
-    let mut spf: Vec<Vec<u8>> = records
-        .into_iter()
-        .map(|strings| strings.concat())
-        .filter(|text| is_spf(text))
-        .collect();
+    spf.retain(|text| is_spf(text));
     match spf.len() {
         0 => Ok(None),
-        1 => Ok(Some(String::from_utf8_lossy(&spf.remove(0)).into_owned())),
+        1 => Ok(Some(spf.remove(0))),
         n => Err(RecordError::Several(n)),
     }
 }

@@ -95,7 +95,8 @@ impl fmt::Display for SyntaxError {
 impl std::error::Error for SyntaxError {}
 
 /// RFC 7208 4.5: "v=spf1" (any case) alone or followed by a space.
-pub fn is_spf(text: &[u8]) -> bool {
+pub fn is_spf(text: &str) -> bool {
+    let text = text.as_bytes();
     text.len() >= 6
         && text[..6].eq_ignore_ascii_case(b"v=spf1")
         && (text.len() == 6 || text[6] == b' ')

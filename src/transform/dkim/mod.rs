@@ -91,11 +91,17 @@ fn describe(k: &Key) -> String {
 
 /// The keys for a From: domain: its own, or else those of its nearest parent that has some.
 pub fn keys_for<'k>(keys: &'k [Key], domain: &str) -> Vec<&'k Key> {
+    nearest(keys, domain, |k| &k.domain)
+}
+
+/// The items (keys, or `--dkim` flags) whose domain is `domain`, or else its nearest parent
+/// that has some.
+pub fn nearest<'k, T>(items: &'k [T], domain: &str, domain_of: impl Fn(&T) -> &str) -> Vec<&'k T> {
     let mut d = domain.trim_end_matches('.');
     loop {
-        let found: Vec<&Key> = keys
+        let found: Vec<&T> = items
             .iter()
-            .filter(|k| k.domain.eq_ignore_ascii_case(d))
+            .filter(|k| domain_of(k).eq_ignore_ascii_case(d))
             .collect();
         if !found.is_empty() {
             return found;
