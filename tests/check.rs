@@ -390,6 +390,23 @@ fn reachability_tells_blocked_from_refused() {
         "{ok}"
     );
 
+    // Connected, but nothing answers: something in between takes port 25 and says nothing.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = mute.incoming().take(1).flatten().collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    let silent = reach(mute_port);
+    assert!(silent.starts_with("FAIL "), "{silent}");
+    assert!(
+        silent.contains(&format!(
+            "cannot reach mx.probe.test port {mute_port}: 127.0.0.1: connected, no greeting"
+        )),
+        "{silent}"
+    );
+
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);

@@ -472,3 +472,40 @@ fn whole_reports_for_each_way_mail_leaves() {
         r.text()
     );
 }
+
+/// An address that gets permerror or temperror is told apart from one left out of the record:
+/// the fix differs.
+#[test]
+fn spf_errors_for_a_sending_address_say_what_receivers_make_of_them() {
+    let ip = "192.0.2.10".parse().unwrap();
+    let check = |dns: &Table| {
+        let senders = Senders::Direct(vec![ip]);
+        let (found, pass) = spf_check::check(dns, "example.com", &senders, "mail.example.com");
+        assert!(!pass);
+        found.last().cloned().unwrap()
+    };
+    let broken = Table::default().with_txt("example.com", "v=spf1 include:gone.example.net -all");
+    let f = check(&broken);
+    assert_finding(&f, Status::Fail, "gets SPF permerror");
+    assert!(f.text.contains("receivers see a broken record"), "{f:?}");
+    assert!(
+        f.fix
+            .unwrap()
+            .contains("fix the record's errors, and make it cover ip4:192.0.2.10"),
+    );
+    let down = Table::default()
+        .with_txt("example.com", "v=spf1 include:dns.example.net -all")
+        .with_servfail("dns.example.net");
+    let f = check(&down);
+    assert_finding(&f, Status::Fail, "gets SPF temperror");
+    assert!(f.fix.unwrap().contains("name servers of every domain"));
+    let soft = Table::default().with_txt("example.com", "v=spf1 ip4:192.0.2.99 ~all");
+    let f = check(&soft);
+    assert_finding(&f, Status::Fail, "gets SPF softfail");
+    assert!(f.text.contains("DMARC needs a pass"), "{f:?}");
+    assert!(
+        f.fix
+            .unwrap()
+            .contains("add ip4:192.0.2.10 to the record of example.com")
+    );
+}
